@@ -1,0 +1,117 @@
+"""One entry point from an environment name to environments and datasets."""
+
+import os
+import queue
+import threading
+
+os.environ.setdefault('MUJOCO_GL', 'egl')
+
+import gymnasium  # noqa: E402
+import ogbench  # noqa: E402,F401  (registers the OGBench environments with gymnasium)
+
+from envs import data_sources  # noqa: E402
+from envs.tasks import parse_env_name  # noqa: E402
+
+
+def make_env(task):
+    """A fresh single-task environment (goal fixed by the task, success computed before each step)."""
+    return gymnasium.make(task.gym_id)
+
+
+class ShardedDataset:
+    """Streams a sharded dataset one shard at a time (PROTOCOL §4.4).
+
+    `current` is the shard in use. The next shard is loaded by a background thread while training goes on,
+    so at most two shards are ever in memory; `advance()` swaps it in (cyclically) and starts the next load.
+    """
+
+    def __init__(self, shard_paths, load_shard):
+        if not shard_paths:
+            raise data_sources.DatasetError('A sharded dataset needs at least one shard file.')
+        self.shard_paths = list(shard_paths)
+        self._load_shard = load_shard
+        self.index = 0
+        self.current = load_shard(self.shard_paths[0])
+        self._next = queue.Queue(maxsize=1)
+        self._prefetch()
+
+    def __len__(self):
+        return len(self.shard_paths)
+
+    def _prefetch(self):
+        if len(self.shard_paths) == 1:
+            return
+        path = self.shard_paths[(self.index + 1) % len(self.shard_paths)]
+
+        def load():
+            try:
+                self._next.put(self._load_shard(path))
+            except Exception as e:  # re-raised in the training thread by advance()
+                self._next.put(e)
+
+        threading.Thread(target=load, daemon=True).start()
+
+    def advance(self):
+        """Make the next shard (cyclically) current and return it."""
+        if len(self.shard_paths) == 1:
+            return self.current
+        loaded = self._next.get()
+        if isinstance(loaded, Exception):
+            raise loaded
+        self.current = loaded
+        self.index = (self.index + 1) % len(self.shard_paths)
+        self._prefetch()
+        return self.current
+
+
+def make_env_and_datasets(
+    env_name,
+    dataset_source='auto',
+    dataset_dir=data_sources.DEFAULT_DATASET_DIR,
+    cache_dir=data_sources.DEFAULT_CACHE_DIR,
+    dataset_episodes=None,
+    generation_seed=0,
+    num_workers=1,
+    sparse=None,
+    use_sharded=True,
+    num_shards=100,
+    log=print,
+):
+    """Environments and datasets for one single-task OGBench name.
+
+    Returns (env, make_eval_env, train, val, info):
+      env            the training environment;
+      make_eval_env  a function returning a new, independent evaluation environment;
+      train          a dict of float32 arrays (observations, actions, rewards, masks, terminals,
+                     next_observations), or a `ShardedDataset` for the 100M sharded sets;
+      val            the validation dict, or None for sharded sets;
+      info           task, sparse flag, dataset name and paths, and which source was used.
+    `sparse=None` uses the domain's setting (PROTOCOL §2).
+    """
+    task = parse_env_name(env_name)
+    sparse = task.domain.sparse if sparse is None else bool(sparse)
+    env = make_env(task)
+    located = data_sources.locate_dataset(
+        task,
+        source=dataset_source,
+        dataset_dir=dataset_dir,
+        cache_dir=cache_dir,
+        episodes=dataset_episodes,
+        seed=generation_seed,
+        num_workers=num_workers,
+        use_sharded=use_sharded,
+        num_shards=num_shards,
+        log=log,
+    )
+    log(f'Dataset {located["dataset_name"]}: source={located["source"]}.')
+    if 'shard_paths' in located:
+        shard_env = make_env(task)  # relabelling resets its env: the loader thread gets its own
+        train = ShardedDataset(
+            located['shard_paths'], lambda path: data_sources.load_transitions(path, shard_env, sparse)
+        )
+        val = None
+    else:
+        train = data_sources.load_transitions(located['train_path'], env, sparse)
+        val = data_sources.load_transitions(located['val_path'], env, sparse)
+    info = dict(located, task=task, sparse=sparse)
+    return env, (lambda: make_env(task)), train, val, info

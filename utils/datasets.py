@@ -1,0 +1,141 @@
+"""Chunked sequence sampling (PROTOCOL §5) on the host and on the accelerator, and the replay buffer.
+
+A dataset is a dict of per-row arrays: observations, actions, rewards, masks, terminals (1 on the last
+transition of an episode) and next_observations. A batch row starts at a uniformly drawn t in
+{0, ..., N - H} and covers rows t .. t + H - 1:
+
+  terminals[i]  = max(d[t..t+i])                     "an episode ended at or before step i"
+  valid[i]      = 1 - terminals[i - 1], valid[0] = 1  "no episode ended strictly before step i"
+  rewards[i]    = sum_{j <= i} gamma^j r[t + j] valid[j]   (cumulative discounted chunk returns)
+  masks[i]      = running minimum of m over the valid steps
+  next_observations[i] = s'[t + i] while valid, else the last valid one (carried)
+  observations  = o[t];  actions[i] = a[t + i] (never masked)
+
+The NumPy and the JAX version compute the same thing from the same start indices; the JAX one runs
+inside `jit`/`lax.scan` on arrays already on the device, so training needs no host round trip.
+"""
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+TRANSITION_KEYS = ('observations', 'actions', 'rewards', 'masks', 'terminals', 'next_observations')
+
+
+def _chunk_fields(xp, data, starts, horizon, discount):
+    """Gather and combine one chunk per start index; `xp` is numpy or jax.numpy."""
+    rows = starts[:, None] + xp.arange(horizon)[None, :]  # (B, H)
+    terminals = xp.maximum.accumulate(data['terminals'][rows], axis=1) if xp is np else (
+        jax.lax.cummax(data['terminals'][rows], axis=1)
+    )
+    valid = xp.concatenate([xp.ones_like(terminals[:, :1]), 1.0 - terminals[:, :-1]], axis=1)
+    step_discounts = discount ** xp.arange(horizon, dtype=xp.float32)
+    rewards = xp.cumsum(data['rewards'][rows] * step_discounts * valid, axis=1)
+    # Invalid steps are replaced by 1, which never lowers the running minimum: masks[i] = masks[i - 1] there.
+    masked = xp.where(valid > 0, data['masks'][rows], 1.0)
+    masks = xp.minimum.accumulate(masked, axis=1) if xp is np else jax.lax.cummin(masked, axis=1)
+    # valid is 1...1 0...0, so the last valid step is sum(valid) - 1; later steps carry its next observation.
+    last_valid = valid.sum(axis=1, keepdims=True).astype(xp.int32) - 1
+    carried_rows = starts[:, None] + xp.minimum(xp.arange(horizon)[None, :], last_valid)
+    return dict(
+        observations=data['observations'][starts],
+        actions=data['actions'][rows],
+        rewards=rewards.astype(xp.float32),
+        masks=masks.astype(xp.float32),
+        valid=valid.astype(xp.float32),
+        terminals=terminals.astype(xp.float32),
+        next_observations=data['next_observations'][carried_rows],
+    )
+
+
+def sample_chunks_np(dataset, rng, batch_size, horizon, discount, size=None):
+    """Host sampler. `rng` is a np.random.Generator; `size` limits sampling to the first `size` rows."""
+    size = len(dataset['observations']) if size is None else size
+    if size < horizon:
+        raise ValueError(f'Cannot sample chunks of length {horizon} from {size} rows.')
+    starts = rng.integers(0, size - horizon + 1, size=batch_size)
+    return sample_chunks_at_np(dataset, starts, horizon, discount)
+
+
+def sample_chunks_at_np(dataset, starts, horizon, discount):
+    """Host chunks at given start rows (float32)."""
+    data = {k: np.asarray(dataset[k], dtype=np.float32) for k in TRANSITION_KEYS}
+    return _chunk_fields(np, data, np.asarray(starts), horizon, np.float32(discount))
+
+
+def sample_chunks(data, key, batch_size, horizon, discount, size=None):
+    """Device sampler, jit-able: `data` holds jax arrays, `size` (int or traced int32) bounds the start rows.
+
+    With a traced `size` a growing replay buffer is sampled without recompiling.
+    """
+    size = data['observations'].shape[0] if size is None else size
+    starts = jax.random.randint(key, (batch_size,), 0, size - horizon + 1)
+    return sample_chunks_at(data, starts, horizon, discount)
+
+
+def sample_chunks_at(data, starts, horizon, discount):
+    """Device chunks at given start rows."""
+    return _chunk_fields(jnp, data, starts, horizon, discount)
+
+
+def to_device(dataset):
+    """The transition arrays of a host dataset as float32 device arrays."""
+    return {k: jnp.asarray(dataset[k], dtype=jnp.float32) for k in TRANSITION_KEYS}
+
+
+class ReplayBuffer(flax.struct.PyTreeNode):
+    """Fixed-capacity transition store that lives on the device and is updated functionally.
+
+    Rows [0, size) are filled. `add` writes at `size` (jit-able, no retracing as the buffer grows);
+    nothing is evicted, as in the protocol (capacity = |dataset| + online steps). Sample it with
+    `sample_chunks(buffer.data, key, B, H, gamma, size=buffer.size)`.
+    """
+
+    data: dict
+    size: jax.Array  # int32 scalar
+
+    @property
+    def capacity(self):
+        return self.data['observations'].shape[0]
+
+    @classmethod
+    def create(cls, example_transition, capacity):
+        """An empty buffer shaped after one transition (a dict of per-row arrays without the row axis)."""
+        data = {
+            k: jnp.zeros((capacity,) + np.shape(example_transition[k]), jnp.float32) for k in TRANSITION_KEYS
+        }
+        return cls(data=data, size=jnp.zeros((), jnp.int32))
+
+    @classmethod
+    def create_from_dataset(cls, dataset, extra_capacity):
+        """A buffer holding the offline dataset first, with room for `extra_capacity` more rows."""
+        n = len(dataset['observations'])
+        data = {
+            k: jnp.concatenate(
+                [jnp.asarray(dataset[k], jnp.float32), jnp.zeros((extra_capacity,) + np.shape(dataset[k])[1:], jnp.float32)]
+            )
+            for k in TRANSITION_KEYS
+        }
+        return cls(data=data, size=jnp.asarray(n, jnp.int32))
+
+    def add(self, transition):
+        """Append one transition (a dict of per-row arrays). Adding to a full buffer is an error on the host
+        side (`is_full`); inside jit the write is clamped to the last row."""
+        index = jnp.minimum(self.size, self.capacity - 1)
+        data = {
+            k: jax.lax.dynamic_update_index_in_dim(self.data[k], jnp.asarray(transition[k], jnp.float32), index, 0)
+            for k in TRANSITION_KEYS
+        }
+        return self.replace(data=data, size=jnp.minimum(self.size + 1, self.capacity))
+
+    def is_full(self):
+        return int(self.size) >= self.capacity
+
+    def replace_prefix(self, dataset):
+        """Overwrite the first |dataset| rows (a new offline shard), leaving the online rows untouched."""
+        data = {
+            k: jax.lax.dynamic_update_slice_in_dim(self.data[k], jnp.asarray(dataset[k], jnp.float32), 0, 0)
+            for k in TRANSITION_KEYS
+        }
+        return self.replace(data=data)
