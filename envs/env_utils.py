@@ -13,8 +13,10 @@ from envs import data_sources  # noqa: E402
 from envs.tasks import parse_env_name  # noqa: E402
 
 
-def make_env(task):
+def make_env(task, render=False):
     """A fresh single-task environment (goal fixed by the task, success computed before each step)."""
+    if render:
+        return gymnasium.make(task.gym_id, render_mode='rgb_array', width=200, height=200)
     return gymnasium.make(task.gym_id)
 
 
@@ -51,6 +53,17 @@ class ShardedDataset:
 
         threading.Thread(target=load, daemon=True).start()
 
+    def seek(self, index):
+        """Make shard `index` current (used on resume), then prefetch the one after it."""
+        if len(self.shard_paths) > 1:
+            loaded = self._next.get()  # wait for the pending prefetch so that only one load runs at a time
+            del loaded
+        self.index = index % len(self.shard_paths)
+        self.current = None
+        self.current = self._load_shard(self.shard_paths[self.index])
+        self._prefetch()
+        return self.current
+
     def advance(self):
         """Make the next shard (cyclically) current and return it."""
         if len(self.shard_paths) == 1:
@@ -81,7 +94,7 @@ def make_env_and_datasets(
 
     Returns (env, make_eval_env, train, val, info):
       env            the training environment;
-      make_eval_env  a function returning a new, independent evaluation environment;
+      make_eval_env  make_eval_env(render=False) returns a new, independent evaluation environment;
       train          a dict of float32 arrays (observations, actions, rewards, masks, terminals,
                      next_observations), or a `ShardedDataset` for the 100M sharded sets;
       val            the validation dict, or None for sharded sets;
@@ -114,4 +127,4 @@ def make_env_and_datasets(
         train = data_sources.load_transitions(located['train_path'], env, sparse)
         val = data_sources.load_transitions(located['val_path'], env, sparse)
     info = dict(located, task=task, sparse=sparse)
-    return env, (lambda: make_env(task)), train, val, info
+    return env, (lambda render=False: make_env(task, render)), train, val, info

@@ -1,0 +1,112 @@
+"""Lockstep evaluation, CSV logging, run directories and checkpoints."""
+
+import os
+
+import jax.numpy as jnp
+import numpy as np
+
+from utils import evaluation, experiment
+from utils.checkpoints import Checkpointer
+from utils.logger import CsvLogger
+
+
+class CountingEnv:
+    """An episode of `length` steps; success iff the sum of first action coordinates exceeds 0.
+
+    It records every action it receives, so the test can check chunks are executed open-loop in full.
+    """
+
+    def __init__(self, length):
+        self.length = length
+        self.actions = []
+        self.reset_seeds = []
+
+    def reset(self, seed=None):
+        self.t, self.total = 0, 0.0
+        self.reset_seeds.append(seed)
+        return np.array([self.length, 0.0], np.float32), {}
+
+    def step(self, action):
+        self.actions.append(np.array(action))
+        self.t += 1
+        self.total += action[0]
+        done = self.t >= self.length
+        return np.array([self.length, self.t], np.float32), -1.0, False, done, {'success': float(self.total > 0)}
+
+
+def test_lockstep_evaluation_one_call_per_chunk_and_full_chunks():
+    horizon, action_dim = 3, 2
+    envs = [CountingEnv(length) for length in (4, 7, 2)]
+    calls = []
+
+    def policy(observations, key):
+        calls.append(observations.copy())
+        n = len(observations)
+        # Chunk entries encode (call, env, step) so the test can see which were executed.
+        values = np.array([[len(calls) * 100 + i * 10 + s for s in range(horizon) for _ in range(action_dim)] for i in range(n)])
+        return np.clip(values / 1000.0, -1, 1)
+
+    metrics, _ = evaluation.evaluate(policy, envs, seed=5, eval_index=2, horizon=horizon, action_dim=action_dim)
+    assert len(calls) == 3  # ceil(7 / 3) chunk calls for the longest episode, each for all envs at once
+    assert all(c.shape == (3, 2) for c in calls)
+    for i, env in enumerate(envs):
+        assert len(env.actions) == env.length
+        for t, action in enumerate(env.actions):
+            call, step = t // horizon + 1, t % horizon
+            np.testing.assert_allclose(action, (call * 100 + i * 10 + step) / 1000.0)
+    assert metrics['episode_length'] == np.mean([4, 7, 2]) and metrics['episode_return'] == -np.mean([4, 7, 2])
+    assert metrics['success'] == 1.0 and metrics['num_episodes'] == 3
+    # reset seeds derive from (seed, evaluation index, episode): reproducible and distinct
+    seeds = [env.reset_seeds[0] for env in envs]
+    assert len(set(seeds)) == 3 and seeds[1] == evaluation.episode_seed(5, 2, 1)
+
+
+def test_evaluation_success_is_read_at_episode_end():
+    envs = [CountingEnv(3), CountingEnv(3)]
+
+    def policy(observations, key):
+        # env 0 pushes +1 then -1 twice: the total ends negative (no success) though it was positive first
+        return np.array([[1, 0, -1, 0, -1, 0], [1, 0, 1, 0, 1, 0]], np.float32)
+
+    metrics, _ = evaluation.evaluate(policy, envs, seed=0, eval_index=0, horizon=3, action_dim=2)
+    assert metrics['success'] == 0.5
+
+
+def test_csv_logger_keeps_new_columns_and_truncates(tmp_path):
+    path = str(tmp_path / 'train.csv')
+    log = CsvLogger(path)
+    log.log(dict(step=1, phase='offline', a=1.0))
+    log.log(dict(step=2, phase='offline', a=2.0, b=3.0))
+    log.log(dict(step=3, phase='online', b=4.0))
+    rows = CsvLogger(path).read()
+    assert [r['step'] for r in rows] == [1, 2, 3]
+    assert np.isnan(rows[0]['b']) and rows[1]['b'] == 3.0 and np.isnan(rows[2]['a']) and rows[2]['phase'] == 'online'
+    reopened = CsvLogger(path)
+    reopened.truncate_after(2)
+    reopened.log(dict(step=3, phase='online', a=5.0))
+    assert [(r['step'], r['a']) for r in reopened.read()] == [(1, 1.0), (2, 2.0), (3, 5.0)]
+
+
+def test_run_dir_name_is_deterministic_and_depends_on_settings(tmp_path):
+    settings = dict(agent=dict(inv_temp=3.0, hidden=(64, 64)), env_name='x', offline_steps=10)
+    a = experiment.run_dir_name('runs', 'qam', 'x', 1, settings)
+    assert a == experiment.run_dir_name('runs', 'qam', 'x', 1, dict(settings))
+    assert a != experiment.run_dir_name('runs', 'qam', 'x', 1, dict(settings, offline_steps=11))
+    assert a != experiment.run_dir_name('runs', 'qam', 'x', 2, settings)
+    experiment.write_marker(str(tmp_path), experiment.DONE, dict(summary='ok'))
+    assert experiment.read_marker(str(tmp_path), experiment.DONE) == dict(summary='ok')
+    assert experiment.read_marker(str(tmp_path), experiment.DIVERGED) is None
+
+
+def test_checkpointer_round_trip(tmp_path):
+    checkpointer = Checkpointer(str(tmp_path / 'checkpoints'))
+    state = {'agent': {'w': jnp.arange(6.0).reshape(2, 3), 'step': jnp.asarray(7, jnp.int32)}}
+    checkpointer.save(10, state, dict(phase='offline', online_rows=0))
+    checkpointer.save(20, {'agent': {'w': state['agent']['w'] + 1, 'step': jnp.asarray(8, jnp.int32)}}, dict(phase='online'))
+    assert checkpointer.latest_step() == 20
+    restored, meta = checkpointer.restore(10, state)
+    np.testing.assert_array_equal(restored['agent']['w'], state['agent']['w'])
+    assert int(restored['agent']['step']) == 7 and meta == dict(phase='offline', online_rows=0)
+    assert checkpointer.restore_meta(20) == dict(phase='online')
+    checkpointer.close()
+    assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['10', '20']

@@ -1,0 +1,37 @@
+"""Orbax checkpoints of a whole training state: agent pytree, replay rows, and JSON metadata."""
+
+import os
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+    """Keeps the latest `max_to_keep` checkpoints of a run under `<run_dir>/checkpoints/<step>`."""
+
+    def __init__(self, directory, max_to_keep=2):
+        self.manager = ocp.CheckpointManager(
+            os.path.abspath(directory), options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+        )
+
+    def save(self, step, state, meta):
+        """`state` is any pytree of arrays; `meta` a JSON-able dict. Blocks until written."""
+        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+        self.manager.wait_until_finished()
+
+    def latest_step(self):
+        return self.manager.latest_step()
+
+    def restore_meta(self, step):
+        return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+
+    def restore(self, step, like):
+        """Restore the state shaped like `like` (a pytree of arrays or shape structs) and the metadata."""
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+        restored = self.manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
+        )
+        return restored['state'], restored['meta']
+
+    def close(self):
+        self.manager.close()
