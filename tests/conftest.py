@@ -10,3 +10,21 @@ import jax  # noqa: E402
 _CACHE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), '.cache', 'jax')
 jax.config.update('jax_compilation_cache_dir', _CACHE_DIR)
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+
+
+# Generated OGBench datasets (envs/generate.py), shared by every test that needs real files to load or train on.
+import pytest  # noqa: E402
+
+GENERATED_FIXTURE_DATASETS = ('cube-double-play-v0', 'scene-play-v0', 'puzzle-3x3-play-v0')
+
+
+@pytest.fixture(scope='session')
+def generated_datasets_dir(tmp_path_factory):
+    """A folder (pathlib.Path) with `<name>.npz` (2 episodes x 1001 rows) and `<name>-val.npz` (1 episode) for each
+    of GENERATED_FIXTURE_DATASETS, seed 0, generated once per test session with 2 worker processes."""
+    from envs import generate
+
+    out_dir = tmp_path_factory.mktemp('generated_datasets')
+    for name in GENERATED_FIXTURE_DATASETS:
+        generate.generate_dataset(name, str(out_dir), num_episodes=2, seed=0, num_workers=2, progress=False)
+    return out_dir

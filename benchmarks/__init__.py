@@ -1,0 +1,1 @@
+"""Timing scripts; each prints what it measured and on which machine."""
