@@ -44,7 +44,8 @@ def main(_):
     total_episodes = episodes + max(1, episodes // 10)
     transitions = total_episodes * (generate.EPISODE_LENGTH - 1)
     print(f'{name}: {episodes} + {total_episodes - episodes} validation episodes = {transitions:,} transitions per run')
-    print(f'machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}')
+    machine = platform.processor() or platform.machine()
+    print(f'machine: {machine}, {os.cpu_count()} CPU cores, Python {platform.python_version()}')
     for num_workers in (1, 2):
         startup = startup_seconds(name, num_workers)
         generate._WORKER.clear()  # the timed run builds its environment again, like a fresh command would

@@ -101,11 +101,13 @@ def _dataset_table():
 
 DATASETS = _dataset_table()
 GENERATABLE_DATASETS = tuple(DATASETS)
-# Standard sizes (episodes; per shard for the 100M sets): PROTOCOL §9.4, and OGBench's own sizes for the sets
-# that §9.4 does not list (cube-quadruple play/noisy: 5000 episodes, as in the official collection commands).
+
+
 def _standard_episodes(spec):
+    """PROTOCOL §9.4 (1000 episodes per shard for the 100M sets), and OGBench's own size for the sets that §9.4
+    does not list (cube-quadruple play/noisy: 5000 episodes, as in the official collection commands)."""
     if spec.sharded:
-        return 1000  # per shard
+        return 1000
     return {'cube-triple': 3000, 'cube-quadruple': 5000}.get(spec.domain, 1000)
 
 
@@ -143,7 +145,7 @@ def episode_seed_sequence(seed, split, index, attempt=0, shard=None):
     return np.random.SeedSequence(entropy=seed, spawn_key=(stream, SPLITS[split], index, attempt))
 
 
-def _episode_seeds(seed_sequence):
+def episode_seeds(seed_sequence):
     """(environment reset seed, seed array for the global np.random that the oracles draw from, episode rng)."""
     reset_ss, global_ss, rng_ss = seed_sequence.spawn(3)
     return int(reset_ss.generate_state(1, np.uint64)[0]), global_ss.generate_state(4), np.random.default_rng(rng_ss)
@@ -157,7 +159,8 @@ def episode_parameters(dataset_name, rng):
     p_stack = float(rng.uniform(low, high)) if high > low else float(low)
     if spec.dataset_type == 'noisy':
         xi = float(rng.uniform(*NOISY_XI_RANGE))
-        return dict(p_stack=p_stack, xi=xi, noise_std=xi * NOISY_STD_SCALE, p_random_action=domain.noisy_p_random_action)
+        noise_std = xi * NOISY_STD_SCALE
+        return dict(p_stack=p_stack, xi=xi, noise_std=noise_std, p_random_action=domain.noisy_p_random_action)
     return dict(p_stack=p_stack, xi=0.0, noise_std=None, p_random_action=0.0)
 
 
@@ -233,7 +236,7 @@ def make_oracles(env, domain_name, dataset_type):
 def _rollout(env, oracles, dataset_name, seed_sequence):
     """One 1001-step episode (PROTOCOL §9.6), as float32/bool/int64 arrays of its stored rows."""
     spec = DATASETS[dataset_name]
-    reset_seed, global_seed, rng = _episode_seeds(seed_sequence)
+    reset_seed, global_seed, rng = episode_seeds(seed_sequence)
     np.random.seed(global_seed)  # the ogbench oracles draw their keyframe and noise randomness from np.random
     ob, info = env.reset(seed=reset_seed)
     params = episode_parameters(dataset_name, rng)
@@ -291,6 +294,8 @@ _WORKER = {}
 
 def _init_worker(dataset_name):
     spec = DATASETS[dataset_name]
+    if 'env' in _WORKER:
+        _WORKER.pop('env').close()
     env = make_collection_env(spec.domain)
     _WORKER.update(dataset_name=dataset_name, env=env, oracles=make_oracles(env, spec.domain, spec.dataset_type))
 
@@ -318,7 +323,10 @@ class EpisodeRunner:
 
     def __exit__(self, *exc):
         if self._pool is not None:
-            self._pool.terminate() if exc[0] is not None else self._pool.close()
+            if exc[0] is None:
+                self._pool.close()  # all jobs are done: let the workers exit
+            else:
+                self._pool.terminate()  # an error or Ctrl-C: stop them now
             self._pool.join()
             self._pool = None
 

@@ -149,7 +149,8 @@ def test_generated_files_have_the_protocol_format(generated_datasets_dir):
         for path, episodes in ((train_path, 2), (val_path, 1)):
             f = raw(path)
             n = episodes * L
-            keys = {'observations', 'actions', 'terminals', 'qpos', 'qvel'} | ({'button_states'} if n_buttons else set())
+            keys = {'observations', 'actions', 'terminals', 'qpos', 'qvel'}
+            keys |= {'button_states'} if n_buttons else set()
             assert set(f) == keys
             assert f['observations'].shape == (n, obs_dim) and f['observations'].dtype == np.float32
             assert f['actions'].shape == (n, 5) and f['actions'].dtype == np.float32
@@ -179,7 +180,8 @@ def test_rows_store_the_state_they_observe(generated_datasets_dir):
         obs, qpos = f['observations'].astype(np.float64), f['qpos'].astype(np.float64)
         if name.startswith('cube'):
             for c in range(2):  # after 19 proprio entries, 9 per cube starting with its scaled xyz
-                np.testing.assert_allclose(obs[:, 19 + 9 * c : 22 + 9 * c], (qpos[:, 14 + 7 * c : 17 + 7 * c] - XYZ_CENTER) * XYZ_SCALE, atol=1e-4)
+                scaled_xyz = (qpos[:, 14 + 7 * c : 17 + 7 * c] - XYZ_CENTER) * XYZ_SCALE
+                np.testing.assert_allclose(obs[:, 19 + 9 * c : 22 + 9 * c], scaled_xyz, atol=1e-4)
         elif name.startswith('scene'):
             np.testing.assert_allclose(obs[:, 19:22], (qpos[:, 14:17] - XYZ_CENTER) * XYZ_SCALE, atol=1e-4)
             for b in range(2):  # after the cube: per button a one-hot state, position and velocity
@@ -254,7 +256,7 @@ def test_noisy_episode_respects_its_settings(tmp_path):
         assert f['observations'].shape == (L, 37) and f['actions'].dtype == np.float32
         assert np.all(np.abs(f['actions']) <= 1)
         ss = generate.episode_seed_sequence(3, split, 0)  # a cube domain: never rejected, attempt 0
-        _, _, rng = generate._episode_seeds(ss)
+        _, _, rng = generate.episode_seeds(ss)
         params = generate.episode_parameters(name, rng)
         assert 0 <= params['xi'] < 0.1 and 0 <= params['p_stack'] <= 0.25
         is_random = np.zeros(L, bool)
@@ -325,9 +327,11 @@ def test_half_written_temp_file_is_not_a_dataset(tmp_path):
 def test_shards_layout_independence_and_resume(tmp_path):
     name = 'puzzle-4x4-play-100m-v0'
     out_dir = str(tmp_path)
-    paths = generate.generate_shards(name, out_dir, num_shards=2, episodes_per_shard=1, seed=0, num_workers=2, progress=False)
+    kwargs = dict(episodes_per_shard=1, seed=0, progress=False)
+    paths = generate.generate_shards(name, out_dir, num_shards=2, num_workers=2, **kwargs)
     assert paths == [os.path.join(out_dir, name, f'{name}-{i:03d}.npz') for i in range(2)]
-    assert sorted(os.listdir(os.path.join(out_dir, name))) == sorted([os.path.basename(p) for p in paths] + ['generation.json'])
+    listing = sorted(os.listdir(os.path.join(out_dir, name)))
+    assert listing == sorted([os.path.basename(p) for p in paths] + ['generation.json'])
     shards = [raw(p) for p in paths]
     for s in shards:
         assert s['observations'].shape == (L, 83) and s['qpos'].shape == (L, 30) and s['button_states'].shape == (L, 16)
@@ -338,13 +342,13 @@ def test_shards_layout_independence_and_resume(tmp_path):
 
     # Resume: existing shards of the same seed are kept, only shard 2 is generated.
     mtimes = [os.path.getmtime(p) for p in paths]
-    more = generate.generate_shards(name, out_dir, num_shards=3, episodes_per_shard=1, seed=0, num_workers=1, progress=False)
+    more = generate.generate_shards(name, out_dir, num_shards=3, num_workers=1, **kwargs)
     assert more[:2] == paths and [os.path.getmtime(p) for p in paths] == mtimes and os.path.exists(more[2])
     assert not np.array_equal(raw(more[2])['observations'], shards[1]['observations'])
     with pytest.raises(FileExistsError, match='Delete it or choose another --out_dir'):
         generate.generate_shards(name, out_dir, num_shards=1, episodes_per_shard=1, seed=1, progress=False)
     with pytest.raises(FileExistsError):
-        generate.generate_shards(name, out_dir, num_shards=1, episodes_per_shard=1, seed=0, progress=False, resume=False)
+        generate.generate_shards(name, out_dir, num_shards=1, resume=False, **kwargs)
     with pytest.raises(ValueError, match='generate_dataset'):
         generate.generate_shards('cube-double-play-v0', out_dir, num_shards=1)
 
@@ -447,14 +451,18 @@ def _drive_single_task(env_name, make_plan):
 
 def _cube_double_task1(u):
     # Move the cubes whose goal differs from their start (task1: one cube).
-    moving = [i for i in range(u._num_cubes) if not np.allclose(u.cur_task_info['init_xyzs'][i], u.cur_task_info['goal_xyzs'][i])]
+    init, goal = u.cur_task_info['init_xyzs'], u.cur_task_info['goal_xyzs']
+    moving = [i for i in range(u._num_cubes) if not np.allclose(init[i], goal[i])]
     return [(CubeMarkovOracle(env=u, min_norm=0.4), dict(kind='cube', block=i)) for i in moving]
 
 
 def _scene_task1(u):
     # task1_open: open the drawer and the window (both unlocked).
     assert u.cur_task_info['task_name'] == 'task1_open'
-    return [(DrawerMarkovOracle(env=u, min_norm=0.4), dict(kind='drawer')), (WindowMarkovOracle(env=u, min_norm=0.4), dict(kind='window'))]
+    return [
+        (DrawerMarkovOracle(env=u, min_norm=0.4), dict(kind='drawer')),
+        (WindowMarkovOracle(env=u, min_norm=0.4), dict(kind='window')),
+    ]
 
 
 def _puzzle_3x3_task1(u):
