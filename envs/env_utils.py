@@ -3,8 +3,11 @@
 import os
 import queue
 import threading
+import warnings
 
 os.environ.setdefault('MUJOCO_GL', 'egl')
+# OGBench declares float64 action bounds; gymnasium's notice about casting them is noise.
+warnings.filterwarnings('ignore', message=".*precision lowered by casting to float32.*")
 
 import gymnasium  # noqa: E402
 import ogbench  # noqa: E402,F401  (registers the OGBench environments with gymnasium)
