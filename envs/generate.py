@@ -496,6 +496,13 @@ def generate_shards(
 
 
 def _main(_):
+    try:
+        _command()
+    except (ValueError, FileExistsError) as e:  # a wrong name or an existing file: the message says what to do
+        raise SystemExit(f'error: {e}') from None
+
+
+def _command():
     from absl import flags
 
     FLAGS = flags.FLAGS
