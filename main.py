@@ -41,6 +41,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string('env_name', 'cube-double-play-singletask-task2-v0', 'OGBench single-task environment name.')
 flags.DEFINE_integer('seed', 10001, 'Seed of the agent, batch sampling and evaluation (paper: 10001*k, k=1..12).')
 flags.DEFINE_string('save_dir', 'runs', 'Root folder of run directories.')
+flags.DEFINE_string('method', '', 'Method label recorded in flags.json for reports (e.g. QAM-E); default: the agent name.')
 # Budget and loop (PROTOCOL §4).
 flags.DEFINE_integer('offline_steps', 1_000_000, 'Offline gradient steps (0: online only, as RLPD).')
 flags.DEFINE_integer('online_steps', 500_000, 'Online environment steps.')
@@ -78,7 +79,7 @@ config_flags.DEFINE_config_file(
 
 # Flags that do not change results stay out of the run directory's hash.
 NON_RESULT_FLAGS = (
-    'seed', 'save_dir', 'log_interval', 'save_interval', 'dataset_source', 'dataset_dir', 'dataset_cache_dir',
+    'seed', 'save_dir', 'method', 'log_interval', 'save_interval', 'dataset_source', 'dataset_dir', 'dataset_cache_dir',
     'num_workers', 'wandb', 'wandb_project', 'video_episodes', 'progress', 'keep_checkpoints', 'stop_at_step',
 )
 RUN_FLAGS = (
