@@ -89,8 +89,12 @@ def polyak_update(target_params, online_params, tau):
     return jax.tree.map(lambda t, o: t + tau * (o - t), target_params, online_params)
 
 
+@functools.lru_cache(maxsize=None)
 def make_optimizer(lr=3e-4, clip_grad_norm=None):
-    """Adam(lr, β = (0.9, 0.999), ε = 1e-8), preceded by global-norm clipping when `clip_grad_norm` is set."""
+    """Adam(lr, β = (0.9, 0.999), ε = 1e-8), preceded by global-norm clipping when `clip_grad_norm` is set.
+
+    Cached: agents built with the same settings share one optimizer object, so their static pytree metadata
+    is equal and their states can be stacked and vmapped over seeds."""
     adam = optax.adam(learning_rate=lr, b1=0.9, b2=0.999, eps=1e-8)
     if clip_grad_norm is None:
         return adam

@@ -1,0 +1,196 @@
+"""Training and acting speed of every agent, at the quick-start and at the paper's network size.
+
+    python -m benchmarks.agent_speed --agents=qam,fql --sizes=quickstart,paper --out=benchmarks/results/cpu.json
+
+For each agent and size it prints, and saves as JSON:
+  compile_s                 compiling the fused loop (scan of `--scan_length` updates, batches sampled on the device)
+  fused_updates_per_s       updates per second of that fused loop
+  per_call_updates_per_s    one update per Python call with batches sampled on the host by NumPy and
+                            copied over, as the reference code trains
+  fused_speedup             fused / per-call, measured in the same run
+  act_ms_1, act_ms_50       sample_actions latency for 1 and 50 observations
+  eval_env_steps_per_s      lockstep evaluation (cube-double, `--eval_envs` episodes) environment steps per second
+  memory_mb                 argument + output + temporary bytes of the compiled fused loop (XLA memory analysis);
+                            on a GPU also the device's peak bytes in use
+  seeds_<N>_updates_per_s   total updates per second with N seeds vmapped in one program (N = 1, 2, 4, 8)
+  seeds_<N>_scaling         that total divided by N times the one-seed figure (1.0 = perfect scaling)
+  gflops_per_s, peak_fraction   on a GPU: achieved FLOP/s from XLA's cost analysis, and its fraction of `--peak_tflops`
+
+Data are random arrays shaped like cube-triple (O = 45, A = 5, H = 5, 1000-step episodes): speed does not
+depend on their values.
+"""
+
+import json
+import os
+import platform
+import resource
+import time
+
+os.environ.setdefault('MUJOCO_GL', 'egl')
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+import agents  # noqa: E402
+from utils import datasets, evaluation  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list('agents', None, 'Agents to measure (default: all).')
+flags.DEFINE_list('sizes', ['quickstart', 'paper'], 'Network sizes: quickstart (2x64, batch 64) and/or paper (4x512, batch 256).')
+flags.DEFINE_list('seed_counts', ['1', '2', '4', '8'], 'Numbers of vmapped seeds.')
+flags.DEFINE_integer('scan_length', 50, 'Updates per call of the fused loop.')
+flags.DEFINE_float('min_seconds', 3.0, 'Measure each figure for at least this long.')
+flags.DEFINE_integer('eval_envs', 4, 'Episodes of the evaluation measurement (0 skips it).')
+flags.DEFINE_float('peak_tflops', None, 'Device peak in TFLOP/s for the peak fraction (GPU only).')
+flags.DEFINE_string('out', None, 'Write the figures to this JSON file.')
+
+SIZES = {
+    'quickstart': dict(actor_hidden_dims=(64, 64), value_hidden_dims=(64, 64), batch_size=64),
+    'paper': dict(actor_hidden_dims=(512,) * 4, value_hidden_dims=(512,) * 4, batch_size=256),
+}
+OBS_DIM, ACTION_DIM, HORIZON, ROWS = 45, 5, 5, 20_000
+
+
+def random_dataset(rng):
+    terminals = np.zeros(ROWS, np.float32)
+    terminals[999::1000] = 1
+    return dict(
+        observations=rng.normal(size=(ROWS, OBS_DIM)).astype(np.float32),
+        actions=rng.uniform(-1, 1, size=(ROWS, ACTION_DIM)).astype(np.float32),
+        rewards=-rng.integers(0, 3, size=ROWS).astype(np.float32),
+        masks=np.ones(ROWS, np.float32),
+        terminals=terminals,
+        next_observations=rng.normal(size=(ROWS, OBS_DIM)).astype(np.float32),
+    )
+
+
+def timed(fn, min_seconds):
+    """Calls per second of fn (which blocks on its result), after one warm-up call."""
+    fn()
+    calls, start = 0, time.perf_counter()
+    while time.perf_counter() - start < min_seconds or calls < 2:
+        fn()
+        calls += 1
+    return calls / (time.perf_counter() - start)
+
+
+def stack(trees):
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
+
+
+def measure(module, size, host_data, device_data):
+    config = module.get_config()
+    for key, value in SIZES[size].items():
+        config[key] = value
+    config.horizon_length = HORIZON
+    batch_size, discount, scan_length = config.batch_size, config.discount, FLAGS.scan_length
+    agent = module.Agent.create(0, host_data['observations'][0], host_data['actions'][0], config)
+    figures = {}
+
+    def fused(agent, key):
+        def body(agent, key):
+            return agent.update(datasets.sample_chunks(device_data, key, batch_size, HORIZON, discount))
+
+        agent, infos = jax.lax.scan(body, agent, jax.random.split(key, scan_length))
+        return agent, infos
+
+    fused_jit = jax.jit(fused, donate_argnums=0)
+    key = jax.random.PRNGKey(1)
+    start = time.perf_counter()
+    compiled = fused_jit.lower(agent, key).compile()
+    figures['compile_s'] = time.perf_counter() - start
+    analysis = compiled.memory_analysis()
+    if analysis is not None:
+        figures['memory_mb'] = (analysis.argument_size_in_bytes + analysis.output_size_in_bytes
+                                + analysis.temp_size_in_bytes) / 2**20
+    state = [agent]
+
+    def run_fused():
+        state[0], infos = compiled(state[0], key)
+        jax.block_until_ready(infos)
+
+    figures['fused_updates_per_s'] = scan_length * timed(run_fused, FLAGS.min_seconds)
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    if jax.default_backend() == 'gpu' and cost and cost.get('flops'):
+        figures['gflops_per_s'] = cost['flops'] * figures['fused_updates_per_s'] / scan_length / 1e9
+        if FLAGS.peak_tflops:
+            figures['peak_fraction'] = figures['gflops_per_s'] / (FLAGS.peak_tflops * 1e3)
+
+    update_jit = jax.jit(lambda agent, batch: agent.update(batch))
+    rng = np.random.default_rng(0)
+
+    def run_per_call():
+        batch = datasets.sample_chunks_np(host_data, rng, batch_size, HORIZON, discount)
+        state[0], info = update_jit(state[0], jax.tree.map(jnp.asarray, batch))
+        jax.block_until_ready(info)
+
+    figures['per_call_updates_per_s'] = timed(run_per_call, FLAGS.min_seconds)
+    figures['fused_speedup'] = figures['fused_updates_per_s'] / figures['per_call_updates_per_s']
+
+    act = jax.jit(lambda agent, observations, key: agent.sample_actions(observations, key))
+    for n in (1, 50):
+        observations = jnp.asarray(host_data['observations'][:n])
+        figures[f'act_ms_{n}'] = 1e3 / timed(lambda: act(state[0], observations, key).block_until_ready(), 1.0)
+
+    if FLAGS.eval_envs:
+        from envs import env_utils, tasks
+
+        task = tasks.parse_env_name('cube-double-play-singletask-task2-v0')
+        envs = [env_utils.make_env(task) for _ in range(FLAGS.eval_envs)]
+        dims = envs[0].observation_space.shape[-1]
+        eval_agent = module.Agent.create(0, np.zeros(dims, np.float32), np.zeros(ACTION_DIM, np.float32), config)
+        policy = lambda observations, key: act(eval_agent, jnp.asarray(observations), key)  # noqa: E731
+        evaluation.evaluate(policy, envs[:1], 0, 0, HORIZON, ACTION_DIM)  # compile the policy
+        metrics, _ = evaluation.evaluate(policy, envs, 0, 1, HORIZON, ACTION_DIM)
+        figures['eval_env_steps_per_s'] = metrics['episode_length'] * len(envs) / metrics['wall_time']
+
+    seed_figures = {}
+    for count in map(int, FLAGS.seed_counts):
+        seeds = stack([module.Agent.create(s, host_data['observations'][0], host_data['actions'][0], config)
+                       for s in range(count)])
+        keys = jax.random.split(key, count)
+        vmapped = jax.jit(jax.vmap(fused), donate_argnums=0).lower(seeds, keys).compile()
+        seeds_state = [seeds]
+
+        def run_seeds():
+            seeds_state[0], infos = vmapped(seeds_state[0], keys)
+            jax.block_until_ready(infos)
+
+        seed_figures[count] = count * scan_length * timed(run_seeds, FLAGS.min_seconds)
+        figures[f'seeds_{count}_updates_per_s'] = seed_figures[count]
+        figures[f'seeds_{count}_scaling'] = seed_figures[count] / (count * seed_figures[min(seed_figures)])
+    if jax.default_backend() == 'gpu':
+        stats = jax.devices()[0].memory_stats() or {}
+        figures['device_peak_mb'] = stats.get('peak_bytes_in_use', 0) / 2**20
+    return figures
+
+
+def main(_):
+    names = FLAGS.agents or agents.available_agents()
+    host_data = random_dataset(np.random.default_rng(0))
+    device_data = datasets.to_device(host_data)
+    results = dict(
+        machine=dict(platform=platform.platform(), processor=platform.processor(), cpus=os.cpu_count(),
+                     devices=[str(d) for d in jax.devices()], backend=jax.default_backend()),
+        settings=dict(scan_length=FLAGS.scan_length, obs_dim=OBS_DIM, action_dim=ACTION_DIM, horizon=HORIZON),
+        figures={},
+    )
+    for name in names:
+        module = agents.load_agent(name)
+        for size in FLAGS.sizes:
+            figures = measure(module, size, host_data, device_data)
+            results['figures'][f'{name}/{size}'] = figures
+            print(f'{name:8s} {size:10s} ' + '  '.join(f'{k}={v:.4g}' for k, v in figures.items()), flush=True)
+    results['host_peak_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if FLAGS.out:
+        os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
+        with open(FLAGS.out, 'w') as f:
+            json.dump(results, f, indent=2)
+        print(f'Wrote {FLAGS.out}')
+
+
+if __name__ == '__main__':
+    app.run(main)
