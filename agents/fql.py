@@ -1,0 +1,178 @@
+"""FQL — Flow Q-Learning (Park, Li & Levine, 2025).
+
+A behaviour flow f_β is trained by flow matching on the dataset chunks, and a one-step policy μ_ω(s, z) maps
+noise straight to an action. The distinguishing idea: μ_ω never backpropagates through the flow's sampler;
+instead it is *distilled* towards the BC flow's Euler-ODE output for the same noise z (a constant regression
+target) while it maximises the critic, −Q̄(s, clip(μ_ω(s, z))) + alpha·‖μ_ω(s, z) − ODE_β(s, z)‖². The
+one-step policy acts and provides the TD targets of the usual pessimistic critic ensemble.
+Specification: ALGORITHMS.md §4.
+
+Networks (reference-code names in brackets): `critic` + `target_critic`; `behavior_flow` [actor_bc_flow] = f_β
+(no target); `one_step_actor` [actor_onestep_flow] = μ_ω, the velocity-field architecture on (s, z).
+
+Differences from the reference code: Polyak targets from the post-update parameters and `grad/norm` as the
+true global norm (FIX). Kept: no normalisation of the Q loss, pessimistic TD target mean − ρ·std, chunked
+actions and valid weights.
+"""
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from utils import flow, rl
+from utils.networks import CriticEnsemble, VelocityField
+
+
+class FQLAgent(flax.struct.PyTreeNode):
+    """FQL agent state: a PRNG key, every network in one `rl.TrainState`, and the (static) config."""
+
+    rng: jax.Array
+    network: rl.TrainState
+    config: Any = flax.struct.field(pytree_node=False)
+
+    # ----------------------------------------------------------------------------- helpers
+    @property
+    def action_size(self):
+        """D: the flat action dimension every network sees (H·A with action chunking, else A)."""
+        chunk = self.config.horizon_length if self.config.action_chunking else 1
+        return chunk * self.config.action_dim
+
+    def flat_actions(self, actions):
+        """Dataset chunks (B, H, A) → (B, D) in row-major order (only the first action without chunking)."""
+        if self.config.action_chunking:
+            return actions.reshape(actions.shape[0], -1)
+        return actions[:, 0, :]
+
+    def q_mean(self, observations, actions):
+        """Online critic ensemble mean (no pessimism), fixed call: gradients reach only the inputs."""
+        return jnp.mean(self.network.apply('critic', observations, actions), axis=0)
+
+    def distillation_targets(self, observations, noises):
+        """a_β = clip(EulerODE(f_β, s, z)) with the stored BC-flow parameters: a constant regression target."""
+        behavior_flow = self.network.select('behavior_flow')  # stored parameters: fixed call
+        return jax.lax.stop_gradient(flow.euler_ode(behavior_flow, observations, noises, self.config.flow_steps))
+
+    # ------------------------------------------------------------------------------ losses
+    def critic_loss(self, batch, grad_params, rng):
+        """Common TD loss (§1.4) with a' = sample_actions(s') (the one-step policy, already clipped)."""
+        observations, actions = batch['observations'], self.flat_actions(batch['actions'])
+        next_observations = batch['next_observations'][:, -1]
+        next_actions = jax.lax.stop_gradient(self.sample_actions(next_observations, rng))
+        next_q = self.network.apply('target_critic', next_observations, next_actions)  # target: fixed call
+        targets = rl.td_target(next_q, batch['rewards'][:, -1], batch['masks'][:, -1], self.config.discount,
+                               self.config.horizon_length, self.config.rho)
+        q = self.network.apply('critic', observations, actions, params=grad_params['critic'])
+        loss = rl.critic_loss(q, jax.lax.stop_gradient(targets), batch['valid'][:, -1])
+        return loss, {'critic/critic_loss': loss, 'critic/q_mean': q.mean(), 'critic/q_max': q.max(),
+                      'critic/q_min': q.min()}
+
+    def actor_loss(self, batch, grad_params, rng):
+        """L_BC(f_β) + alpha·(1/(B·D))‖μ_ω(s, z) − a_β‖² − (1/B)Σ Q̄(s, clip(μ_ω(s, z))) (§4).
+
+        Keys: rng → (BC flow loss, noise z)."""
+        bc_key, noise_key = jax.random.split(rng)
+        observations, actions = batch['observations'], self.flat_actions(batch['actions'])
+        bc_loss = flow.bc_flow_loss(self.network.select('behavior_flow', grad_params['behavior_flow']),
+                                    observations, actions, batch['valid'][:, -1], bc_key)
+
+        noises = jax.random.normal(noise_key, actions.shape)
+        targets = self.distillation_targets(observations, noises)  # constant
+        one_step_actions = self.network.apply('one_step_actor', observations, noises,
+                                              params=grad_params['one_step_actor'])
+        distill_loss = jnp.mean((one_step_actions - targets) ** 2)  # no valid mask (KEEP)
+        q = self.q_mean(observations, jnp.clip(one_step_actions, -1.0, 1.0))  # critic fixed; grads reach ω
+        q_loss = -q.mean()  # not normalised by |Q| (KEEP)
+
+        loss = bc_loss + self.config.alpha * distill_loss + q_loss
+        return loss, {'actor/actor_loss': loss, 'actor/bc_flow_loss': bc_loss, 'actor/distill_loss': distill_loss,
+                      'actor/q_loss': q_loss, 'actor/q': q.mean(),
+                      'actor/one_step_abs_action': jnp.abs(one_step_actions).mean()}
+
+    def total_loss(self, batch, grad_params, rng):
+        """L_critic + L_actor: one scalar, differentiated once w.r.t. every trainable network."""
+        critic_key, actor_key = jax.random.split(rng)
+        critic_loss, critic_info = self.critic_loss(batch, grad_params, critic_key)
+        actor_loss, actor_info = self.actor_loss(batch, grad_params, actor_key)
+        return critic_loss + actor_loss, {**critic_info, **actor_info}
+
+    # ------------------------------------------------------------------------------ update
+    def update(self, batch):
+        """One gradient step (plain Adam) on the total loss, then the EMA of `critic`. Pure."""
+        rng, loss_key = jax.random.split(self.rng)
+        grads, info = jax.grad(self.total_loss, argnums=1, has_aux=True)(batch, self.network.trainable_params,
+                                                                         loss_key)
+        network, info['grad/norm'] = self.network.apply_gradients(grads)
+        network = network.update_targets(self.config.tau)  # post-update online parameters
+        return self.replace(rng=rng, network=network), info
+
+    def batch_update(self, batch):
+        """U sequential updates over the leading axis of every batch array; info averaged over U."""
+        agent, infos = jax.lax.scan(lambda agent, minibatch: agent.update(minibatch), self, batch)
+        return agent, jax.tree.map(lambda x: x.mean(axis=0), infos)
+
+    # ---------------------------------------------------------------------------- acting
+    def sample_actions(self, observations, rng):
+        """clip(μ_ω(s, z)), z ~ N(0, I), for observations (*batch, O) → (*batch, D); best-of-n with the online
+        critic. Stored parameters throughout."""
+
+        def sample(observations, key):
+            noises = jax.random.normal(key, (*observations.shape[:-1], self.action_size))
+            return jnp.clip(self.network.apply('one_step_actor', observations, noises), -1.0, 1.0)
+
+        return flow.best_of_n(sample, self.q_mean, observations, rng, self.config.best_of_n)
+
+    @classmethod
+    def create(cls, seed, ex_observations, ex_actions, config):
+        """A fresh agent; ex_observations (O,) or (1, O), ex_actions (A,) or (1, A)."""
+        config = ml_collections.ConfigDict(config.to_dict() if hasattr(config, 'to_dict') else dict(config))
+        if config.alpha < 0:
+            raise ValueError(f'alpha must be >= 0, got {config.alpha}.')
+        if config.flow_steps < 1 or config.horizon_length < 1 or config.best_of_n < 1:
+            raise ValueError('flow_steps, horizon_length and best_of_n must be >= 1.')
+        ex_observations = jnp.asarray(ex_observations, jnp.float32).reshape(1, -1)
+        config.ob_dims, config.action_dim = ex_observations.shape[-1], int(jnp.shape(ex_actions)[-1])
+        config = ml_collections.FrozenConfigDict(config)
+        action_size = (config.horizon_length if config.action_chunking else 1) * config.action_dim
+        ex_chunks, ex_times = jnp.zeros((1, action_size)), jnp.zeros((1, 1))
+
+        actor_dims, value_dims = tuple(config.actor_hidden_dims), tuple(config.value_hidden_dims)
+        modules = {
+            'critic': CriticEnsemble(value_dims, config.num_qs, config.value_layer_norm),
+            'behavior_flow': VelocityField(actor_dims, action_size, config.actor_layer_norm),
+            'one_step_actor': VelocityField(actor_dims, action_size, config.actor_layer_norm),
+        }
+        inputs = {'critic': (ex_observations, ex_chunks), 'behavior_flow': (ex_observations, ex_chunks, ex_times),
+                  'one_step_actor': (ex_observations, ex_chunks)}
+        rng, *init_keys = jax.random.split(jax.random.PRNGKey(seed), len(modules) + 1)
+        params = {name: rl.init_params(modules[name], key, *inputs[name]) for name, key in zip(modules, init_keys)}
+        network = rl.TrainState.create(modules, params, rl.make_optimizer(config.lr),
+                                       targets={'target_critic': 'critic'})
+        return cls(rng=rng, network=network, config=config)
+
+
+def get_config():
+    config = ml_collections.ConfigDict(dict(
+        agent_name='fql',  # Agent name (file in agents/).
+        lr=3e-4,  # Adam learning rate.
+        batch_size=256,  # Batch size (read by the training loop).
+        actor_hidden_dims=(512, 512, 512, 512),  # Hidden widths of the BC flow and the one-step policy.
+        value_hidden_dims=(512, 512, 512, 512),  # Hidden widths of each critic member.
+        actor_layer_norm=False,  # LayerNorm in the BC flow and the one-step policy.
+        value_layer_norm=True,  # LayerNorm in the critic.
+        horizon_length=5,  # H: action chunk length (5 manipulation, 1 mazes; set per domain by the run).
+        action_chunking=True,  # Act with flat chunks of H actions (D = H·A); False: first action, γ^H bootstrap.
+        num_qs=10,  # K: critic ensemble size.
+        rho=0.5,  # Pessimism: TD target uses mean − rho·std over the ensemble.
+        discount=0.99,  # γ (per step; the TD target uses γ^H).
+        tau=0.005,  # λ: Polyak rate of the target critic.
+        flow_steps=10,  # T: Euler steps of the BC flow's ODE (the distillation target).
+        best_of_n=1,  # Candidates per observation scored by the online critic when acting (1: off).
+        alpha=100.0,  # Weight of the distillation loss towards the BC flow's ODE output (tuned per domain).
+    ))
+    return config
+
+
+Agent = FQLAgent
