@@ -1,0 +1,167 @@
+"""RLPD — SAC with prior data (Ball, Smith, Kostrikov & Levine, 2023), with action chunks.
+
+Online soft actor-critic from scratch: a tanh-Gaussian actor over flat action chunks, the suite's pessimistic
+LayerNorm critic ensemble, automatic entropy tuning, and an optional behaviour-cloning log-likelihood term on
+the dataset chunks (`bc_alpha`). The one idea that distinguishes RLPD from plain SAC lives in the training
+loop, not here: every batch is half offline data and half online replay (main.py `--balanced_sampling`), and
+the run has no offline phase (`--offline_steps=0`; the loop acts uniformly at random until `start_training`).
+Specification: ALGORITHMS.md §13.
+
+Networks: `critic` + `target_critic` (EMA), `actor` = tanh-Gaussian policy on s → D (no target), `alpha` =
+the entropy temperature (a LogParam, initialised to `init_temp`).
+
+Kept from the reference code: the TD target bootstraps with a plain actor sample and has NO entropy bonus;
+the actor maximises the pessimistic value mean_k Q − ρ·std_k Q. Fixed: the temperature is float32 (so
+`update` compiles once) and the target critic follows the post-update online critic; `grad/norm` is the true
+global norm.
+"""
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from utils import rl
+from utils.networks import CriticEnsemble, LogParam, TanhGaussianPolicy
+
+
+class RLPDAgent(flax.struct.PyTreeNode):
+    """RLPD agent state: a PRNG key, every network in one `rl.TrainState`, and the (static) config."""
+
+    rng: jax.Array
+    network: rl.TrainState
+    config: Any = flax.struct.field(pytree_node=False)
+
+    # ----------------------------------------------------------------------------- helpers
+    @property
+    def action_size(self):
+        """D: the flat action dimension every network sees (H·A with action chunking, else A)."""
+        chunk = self.config.horizon_length if self.config.action_chunking else 1
+        return chunk * self.config.action_dim
+
+    def flat_actions(self, actions):
+        """Dataset chunks (B, H, A) → (B, D) in row-major order (only the first action without chunking)."""
+        if self.config.action_chunking:
+            return actions.reshape(actions.shape[0], -1)
+        return actions[:, 0, :]
+
+    @property
+    def entropy_target(self):
+        """H_target: `target_entropy` if set, else −target_entropy_multiplier·D."""
+        return rl.target_entropy(self.config.target_entropy, self.config.target_entropy_multiplier, self.action_size)
+
+    # ------------------------------------------------------------------------------ losses
+    def critic_loss(self, batch, grad_params, rng):
+        """Common TD loss (§1.4) with a' ~ π(·|s') from the online actor; no entropy term in the backup (KEEP)."""
+        observations, actions = batch['observations'], self.flat_actions(batch['actions'])
+        next_observations = batch['next_observations'][:, -1]
+        next_actions = jax.lax.stop_gradient(self.sample_actions(next_observations, rng))  # stored params
+        next_q = self.network.apply('target_critic', next_observations, next_actions)  # target: fixed call
+        targets = rl.td_target(next_q, batch['rewards'][:, -1], batch['masks'][:, -1], self.config.discount,
+                               self.config.horizon_length, self.config.rho)
+        q = self.network.apply('critic', observations, actions, params=grad_params['critic'])
+        loss = rl.critic_loss(q, jax.lax.stop_gradient(targets), batch['valid'][:, -1])
+        return loss, {'critic/critic_loss': loss, 'critic/q_mean': q.mean(), 'critic/q_max': q.max(),
+                      'critic/q_min': q.min()}
+
+    def actor_loss(self, batch, grad_params, rng):
+        """L_pi + L_alpha + L_bc (§13): SAC policy loss on the pessimistic Q, temperature loss, BC log-likelihood."""
+        observations, actions = batch['observations'], self.flat_actions(batch['actions'])
+        means, log_stds = self.network.apply('actor', observations, params=grad_params['actor'])
+        policy_actions, log_probs = rl.tanh_gaussian_sample(rng, means, log_stds)  # reparameterised
+        # Online critic with its stored parameters (fixed call): the gradient reaches the actor through the actions.
+        q = rl.pessimistic_value(self.network.apply('critic', observations, policy_actions), self.config.rho)
+        alpha = self.network.apply('alpha', params=grad_params['alpha'])
+        policy_loss = jnp.mean(log_probs * jax.lax.stop_gradient(alpha) - q)
+        alpha_loss = rl.temperature_loss(alpha, log_probs, self.entropy_target)  # gradient to the temperature only
+        # Log-likelihood of the dataset chunks (clipped to ±(1 − 1e-5) inside), masked by `valid`.
+        bc_log_probs = rl.tanh_gaussian_log_prob(means, log_stds, actions)
+        bc_loss = -self.config.bc_alpha * jnp.mean(batch['valid'][:, -1] * bc_log_probs)
+        loss = policy_loss + alpha_loss + bc_loss
+        return loss, {'actor/actor_loss': loss, 'actor/policy_loss': policy_loss, 'actor/q': q.mean(),
+                      'actor/bc_loss': bc_loss, 'actor/bc_log_prob': bc_log_probs.mean(), 'actor/alpha': alpha,
+                      'actor/alpha_loss': alpha_loss, 'actor/entropy': -log_probs.mean(),
+                      'actor/std': jnp.exp(log_stds).mean()}
+
+    def total_loss(self, batch, grad_params, rng):
+        """L_critic + L_actor: one scalar, differentiated once w.r.t. every trainable network."""
+        critic_key, actor_key = jax.random.split(rng)
+        critic_loss, critic_info = self.critic_loss(batch, grad_params, critic_key)
+        actor_loss, actor_info = self.actor_loss(batch, grad_params, actor_key)
+        return critic_loss + actor_loss, {**critic_info, **actor_info}
+
+    # ------------------------------------------------------------------------------ update
+    def update(self, batch):
+        """One Adam step on the total loss, then the EMA of `critic`. Pure."""
+        rng, loss_key = jax.random.split(self.rng)
+        grads, info = jax.grad(self.total_loss, argnums=1, has_aux=True)(batch, self.network.trainable_params,
+                                                                         loss_key)
+        network, info['grad/norm'] = self.network.apply_gradients(grads)
+        network = network.update_targets(self.config.tau)  # post-update online parameters
+        return self.replace(rng=rng, network=network), info
+
+    def batch_update(self, batch):
+        """U sequential updates over the leading axis of every batch array; info averaged over U."""
+        agent, infos = jax.lax.scan(lambda agent, minibatch: agent.update(minibatch), self, batch)
+        return agent, jax.tree.map(lambda x: x.mean(axis=0), infos)
+
+    # ---------------------------------------------------------------------------- acting
+    def sample_actions(self, observations, rng):
+        """a = clip(y), y ~ π(·|s) (stochastic at evaluation too); (*batch, O) → (*batch, D), stored params."""
+        means, log_stds = self.network.apply('actor', observations)
+        actions, _ = rl.tanh_gaussian_sample(rng, means, log_stds)
+        return jnp.clip(actions, -1.0, 1.0)
+
+    @classmethod
+    def create(cls, seed, ex_observations, ex_actions, config):
+        """A fresh agent; ex_observations (O,) or (1, O), ex_actions (A,) or (1, A)."""
+        config = ml_collections.ConfigDict(config.to_dict() if hasattr(config, 'to_dict') else dict(config))
+        if config.bc_alpha < 0 or config.init_temp <= 0:
+            raise ValueError(f'bc_alpha must be >= 0 and init_temp > 0, got {config.bc_alpha}, {config.init_temp}.')
+        if config.horizon_length < 1:
+            raise ValueError(f'horizon_length must be >= 1, got {config.horizon_length}.')
+        ex_observations = jnp.asarray(ex_observations, jnp.float32).reshape(1, -1)
+        config.ob_dims, config.action_dim = ex_observations.shape[-1], int(jnp.shape(ex_actions)[-1])
+        config = ml_collections.FrozenConfigDict(config)
+        action_size = (config.horizon_length if config.action_chunking else 1) * config.action_dim
+        ex_chunks = jnp.zeros((1, action_size))
+
+        modules = {
+            'critic': CriticEnsemble(tuple(config.value_hidden_dims), config.num_qs, config.value_layer_norm),
+            'actor': TanhGaussianPolicy(tuple(config.actor_hidden_dims), action_size, config.actor_layer_norm),
+            'alpha': LogParam(config.init_temp),
+        }
+        inputs = {'critic': (ex_observations, ex_chunks), 'actor': (ex_observations,), 'alpha': ()}
+        rng, *init_keys = jax.random.split(jax.random.PRNGKey(seed), len(modules) + 1)
+        params = {name: rl.init_params(modules[name], key, *inputs[name]) for name, key in zip(modules, init_keys)}
+        network = rl.TrainState.create(modules, params, rl.make_optimizer(config.lr),
+                                       targets={'target_critic': 'critic'})
+        return cls(rng=rng, network=network, config=config)
+
+
+def get_config():
+    config = ml_collections.ConfigDict(dict(
+        agent_name='rlpd',  # Agent name (file in agents/).
+        lr=3e-4,  # Adam learning rate (plain Adam, no gradient clipping).
+        batch_size=256,  # Batch size (read by the training loop; half offline, half online with balanced sampling).
+        actor_hidden_dims=(512, 512, 512, 512),  # Hidden widths of the tanh-Gaussian actor's trunk.
+        value_hidden_dims=(512, 512, 512, 512),  # Hidden widths of each critic member.
+        actor_layer_norm=False,  # LayerNorm in the actor's trunk.
+        value_layer_norm=True,  # LayerNorm in the critic.
+        horizon_length=5,  # H: action chunk length (5 manipulation, 1 mazes; set per domain by the run).
+        action_chunking=True,  # Act with flat chunks of H actions (D = H·A); False: first action, γ^H bootstrap.
+        num_qs=10,  # K: critic ensemble size.
+        rho=0.5,  # Pessimism: TD target and actor use mean − rho·std over the ensemble.
+        discount=0.99,  # γ (per step; the TD target uses γ^H).
+        tau=0.005,  # λ: Polyak rate of the target critic.
+        bc_alpha=0.0,  # Weight of the BC log-likelihood of the dataset chunks in the actor loss (tuned per domain).
+        target_entropy=ml_collections.config_dict.placeholder(float),  # Entropy target (None: −multiplier·D).
+        target_entropy_multiplier=0.5,  # Entropy target = −multiplier·D when target_entropy is unset.
+        init_temp=1.0,  # Initial entropy temperature α.
+    ))
+    return config
+
+
+Agent = RLPDAgent
