@@ -1,0 +1,165 @@
+"""FBRAC — flow behaviour-regularised actor-critic (the flow baseline of Park, Li & Levine, 2025).
+
+A single flow policy f_φ is trained with the behaviour-cloning flow-matching loss plus a Q-maximisation term.
+The distinguishing idea: the Q term's gradient is backpropagated through all T Euler steps of the sampler
+(and its final clip), L = L_BC(f_φ) − (1/alpha)·Q̄(s, EulerODE(f_φ, s, z)); the same flow acts and provides the
+TD targets of the usual pessimistic critic ensemble. `alpha` *divides* the Q term (in FQL it multiplies the
+distillation term). Specification: ALGORITHMS.md §5.
+
+Networks (reference-code names in brackets): `critic` + `target_critic`; `actor_flow` [actor_flow] = f_φ
+(no target).
+
+Differences from the reference code: Polyak targets from the post-update parameters and `grad/norm` as the
+true global norm (FIX). Nothing else.
+"""
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from utils import flow, rl
+from utils.networks import CriticEnsemble, VelocityField
+
+
+class FBRACAgent(flax.struct.PyTreeNode):
+    """FBRAC agent state: a PRNG key, every network in one `rl.TrainState`, and the (static) config."""
+
+    rng: jax.Array
+    network: rl.TrainState
+    config: Any = flax.struct.field(pytree_node=False)
+
+    # ----------------------------------------------------------------------------- helpers
+    @property
+    def action_size(self):
+        """D: the flat action dimension every network sees (H·A with action chunking, else A)."""
+        chunk = self.config.horizon_length if self.config.action_chunking else 1
+        return chunk * self.config.action_dim
+
+    def flat_actions(self, actions):
+        """Dataset chunks (B, H, A) → (B, D) in row-major order (only the first action without chunking)."""
+        if self.config.action_chunking:
+            return actions.reshape(actions.shape[0], -1)
+        return actions[:, 0, :]
+
+    def q_mean(self, observations, actions):
+        """Online critic ensemble mean (no pessimism), fixed call: gradients reach only the inputs."""
+        return jnp.mean(self.network.apply('critic', observations, actions), axis=0)
+
+    # ------------------------------------------------------------------------------ losses
+    def critic_loss(self, batch, grad_params, rng):
+        """Common TD loss (§1.4) with a' = sample_actions(s') (the flow's ODE, already clipped)."""
+        observations, actions = batch['observations'], self.flat_actions(batch['actions'])
+        next_observations = batch['next_observations'][:, -1]
+        next_actions = jax.lax.stop_gradient(self.sample_actions(next_observations, rng))
+        next_q = self.network.apply('target_critic', next_observations, next_actions)  # target: fixed call
+        targets = rl.td_target(next_q, batch['rewards'][:, -1], batch['masks'][:, -1], self.config.discount,
+                               self.config.horizon_length, self.config.rho)
+        q = self.network.apply('critic', observations, actions, params=grad_params['critic'])
+        loss = rl.critic_loss(q, jax.lax.stop_gradient(targets), batch['valid'][:, -1])
+        return loss, {'critic/critic_loss': loss, 'critic/q_mean': q.mean(), 'critic/q_max': q.max(),
+                      'critic/q_min': q.min()}
+
+    def actor_loss(self, batch, grad_params, rng):
+        """L_BC(f_φ) − (1/alpha)·(1/B)Σ Q̄(s, EulerODE(f_φ, s, z)) (§5), the ODE differentiated end to end.
+
+        Keys: rng → (BC flow loss, noise z)."""
+        bc_key, noise_key = jax.random.split(rng)
+        observations, actions = batch['observations'], self.flat_actions(batch['actions'])
+        actor_flow = self.network.select('actor_flow', grad_params['actor_flow'])  # trainable
+        bc_loss = flow.bc_flow_loss(actor_flow, observations, actions, batch['valid'][:, -1], bc_key)
+
+        noises = jax.random.normal(noise_key, actions.shape)
+        # Gradients flow through every Euler step and through the final clip (zero where it saturates).
+        policy_actions = flow.euler_ode(actor_flow, observations, noises, self.config.flow_steps)
+        q = self.q_mean(observations, policy_actions)  # critic fixed; grads reach φ through its input
+        q_loss = -q.mean() / self.config.alpha
+
+        loss = bc_loss + q_loss
+        return loss, {'actor/actor_loss': loss, 'actor/bc_flow_loss': bc_loss, 'actor/q_loss': q_loss,
+                      'actor/q': q.mean(), 'actor/clipped_fraction': jnp.mean(jnp.abs(policy_actions) >= 1.0)}
+
+    def total_loss(self, batch, grad_params, rng):
+        """L_critic + L_actor: one scalar, differentiated once w.r.t. every trainable network."""
+        critic_key, actor_key = jax.random.split(rng)
+        critic_loss, critic_info = self.critic_loss(batch, grad_params, critic_key)
+        actor_loss, actor_info = self.actor_loss(batch, grad_params, actor_key)
+        return critic_loss + actor_loss, {**critic_info, **actor_info}
+
+    # ------------------------------------------------------------------------------ update
+    def update(self, batch):
+        """One gradient step (plain Adam) on the total loss, then the EMA of `critic`. Pure."""
+        rng, loss_key = jax.random.split(self.rng)
+        grads, info = jax.grad(self.total_loss, argnums=1, has_aux=True)(batch, self.network.trainable_params,
+                                                                         loss_key)
+        network, info['grad/norm'] = self.network.apply_gradients(grads)
+        network = network.update_targets(self.config.tau)  # post-update online parameters
+        return self.replace(rng=rng, network=network), info
+
+    def batch_update(self, batch):
+        """U sequential updates over the leading axis of every batch array; info averaged over U."""
+        agent, infos = jax.lax.scan(lambda agent, minibatch: agent.update(minibatch), self, batch)
+        return agent, jax.tree.map(lambda x: x.mean(axis=0), infos)
+
+    # ---------------------------------------------------------------------------- acting
+    def sample_actions(self, observations, rng):
+        """clip(EulerODE(f_φ, s, z)), z ~ N(0, I), for observations (*batch, O) → (*batch, D); best-of-n with the
+        online critic. Stored parameters throughout."""
+
+        def sample(observations, key):
+            noises = jax.random.normal(key, (*observations.shape[:-1], self.action_size))
+            return flow.euler_ode(self.network.select('actor_flow'), observations, noises, self.config.flow_steps)
+
+        return flow.best_of_n(sample, self.q_mean, observations, rng, self.config.best_of_n)
+
+    @classmethod
+    def create(cls, seed, ex_observations, ex_actions, config):
+        """A fresh agent; ex_observations (O,) or (1, O), ex_actions (A,) or (1, A)."""
+        config = ml_collections.ConfigDict(config.to_dict() if hasattr(config, 'to_dict') else dict(config))
+        if not config.alpha > 0:
+            raise ValueError(f'alpha divides the Q term and must be > 0, got {config.alpha}.')
+        if config.flow_steps < 1 or config.horizon_length < 1 or config.best_of_n < 1:
+            raise ValueError('flow_steps, horizon_length and best_of_n must be >= 1.')
+        ex_observations = jnp.asarray(ex_observations, jnp.float32).reshape(1, -1)
+        config.ob_dims, config.action_dim = ex_observations.shape[-1], int(jnp.shape(ex_actions)[-1])
+        config = ml_collections.FrozenConfigDict(config)
+        action_size = (config.horizon_length if config.action_chunking else 1) * config.action_dim
+        ex_chunks, ex_times = jnp.zeros((1, action_size)), jnp.zeros((1, 1))
+
+        modules = {
+            'critic': CriticEnsemble(tuple(config.value_hidden_dims), config.num_qs, config.value_layer_norm),
+            'actor_flow': VelocityField(tuple(config.actor_hidden_dims), action_size, config.actor_layer_norm),
+        }
+        inputs = {'critic': (ex_observations, ex_chunks), 'actor_flow': (ex_observations, ex_chunks, ex_times)}
+        rng, *init_keys = jax.random.split(jax.random.PRNGKey(seed), len(modules) + 1)
+        params = {name: rl.init_params(modules[name], key, *inputs[name]) for name, key in zip(modules, init_keys)}
+        network = rl.TrainState.create(modules, params, rl.make_optimizer(config.lr),
+                                       targets={'target_critic': 'critic'})
+        return cls(rng=rng, network=network, config=config)
+
+
+def get_config():
+    config = ml_collections.ConfigDict(dict(
+        agent_name='fbrac',  # Agent name (file in agents/).
+        lr=3e-4,  # Adam learning rate.
+        batch_size=256,  # Batch size (read by the training loop).
+        actor_hidden_dims=(512, 512, 512, 512),  # Hidden widths of the flow policy.
+        value_hidden_dims=(512, 512, 512, 512),  # Hidden widths of each critic member.
+        actor_layer_norm=False,  # LayerNorm in the flow policy.
+        value_layer_norm=True,  # LayerNorm in the critic.
+        horizon_length=5,  # H: action chunk length (5 manipulation, 1 mazes; set per domain by the run).
+        action_chunking=True,  # Act with flat chunks of H actions (D = H·A); False: first action, γ^H bootstrap.
+        num_qs=10,  # K: critic ensemble size.
+        rho=0.5,  # Pessimism: TD target uses mean − rho·std over the ensemble.
+        discount=0.99,  # γ (per step; the TD target uses γ^H).
+        tau=0.005,  # λ: Polyak rate of the target critic.
+        flow_steps=10,  # T: Euler steps of the flow policy's ODE (also backpropagated through).
+        best_of_n=1,  # Candidates per observation scored by the online critic when acting (1: off).
+        alpha=100.0,  # Divides the Q term: actor loss = L_BC − Q̄/alpha (tuned per domain).
+    ))
+    return config
+
+
+Agent = FBRACAgent
