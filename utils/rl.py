@@ -183,3 +183,22 @@ def num_params(params):
     """Total number of parameters in a tree (works on `jax.eval_shape` outputs too)."""
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
 
+
+# ------------------------------------------------------------------ losses shared by several agents
+def expectile_loss(differences, expectile):
+    """(1/B) Σ_b |κ − 1[u_b < 0]| · u_b², u = differences (e.g. Q(s, a) − V(s)), κ = `expectile` (IQL, IFQL).
+
+    Weight κ where u ≥ 0 and 1 − κ where u < 0; the mean runs over every entry, without a mask."""
+    weights = jnp.where(differences < 0, 1.0 - expectile, expectile)
+    return jnp.mean(weights * differences**2)
+
+
+def entropy_regularised_actor_loss(q_values, log_probs, alpha, entropy_target):
+    """SAC-style policy and temperature losses (§1.7), e.g. the edit policies of FEdit and QAM-E:
+
+        (1/B) Σ_b (log π_b · sg(α) − q_b)  +  α · (−(1/B) Σ_b sg(log π_b) − H_target)
+
+    q_values (B,) must carry the gradient into the policy (fixed critic, reparameterised action); log_probs
+    (B,) from the same sample. Returns (total loss, temperature loss)."""
+    alpha_loss = temperature_loss(alpha, log_probs, entropy_target)
+    return jnp.mean(log_probs * jax.lax.stop_gradient(alpha) - q_values) + alpha_loss, alpha_loss

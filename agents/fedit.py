@@ -1,0 +1,194 @@
+"""FEdit — a behaviour-cloning flow plus a bounded Gaussian edit policy (the "flow + edit" baseline of the
+QAM paper; the edit mechanism of QAM-E applied to the behaviour flow).
+
+A BC flow f_β is trained by flow matching only. Its Euler-ODE action a_β is then perturbed by a learned,
+entropy-regularised tanh-Gaussian edit e ~ π_ω(·|s, a_β), e ∈ (−1, 1)^D, scaled by `edit_scale`:
+a = clip(a_β + edit_scale·e). The distinguishing idea: policy improvement happens only inside a box of
+half-width `edit_scale` around the behaviour action, so the policy cannot leave the data support by more
+than the edit size. The edit policy maximises the online critic's ensemble mean with an automatically tuned
+entropy bonus (SAC temperature). The edit is sampled at acting and evaluation time too, and the TD target
+bootstraps with this stochastic acting policy. Specification: ALGORITHMS.md §6.
+
+Networks (reference-code names in brackets): `critic` + `target_critic`; `behavior_flow` [actor_bc_flow] = f_β
+(no target); `edit_actor` = π_ω, tanh-Gaussian on concat(s, a_β) → D; `edit_alpha` [alpha], a LogParam
+(init 1.0).
+
+Differences from the reference code (FIX): float32 temperature; Polyak targets from the post-update
+parameters; `grad/norm` is the true global norm.
+"""
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from utils import flow, rl
+from utils.networks import CriticEnsemble, LogParam, TanhGaussianPolicy, VelocityField
+
+
+class FEditAgent(flax.struct.PyTreeNode):
+    """FEdit agent state: a PRNG key, every network in one `rl.TrainState`, and the (static) config."""
+
+    rng: jax.Array
+    network: rl.TrainState
+    config: Any = flax.struct.field(pytree_node=False)
+
+    # ----------------------------------------------------------------------------- helpers
+    @property
+    def action_size(self):
+        """D: the flat action dimension every network sees (H·A with action chunking, else A)."""
+        chunk = self.config.horizon_length if self.config.action_chunking else 1
+        return chunk * self.config.action_dim
+
+    def flat_actions(self, actions):
+        """Dataset chunks (B, H, A) → (B, D) in row-major order (only the first action without chunking)."""
+        if self.config.action_chunking:
+            return actions.reshape(actions.shape[0], -1)
+        return actions[:, 0, :]
+
+    def q_mean(self, observations, actions):
+        """Online critic ensemble mean (no pessimism), fixed call: gradients reach only the inputs."""
+        return jnp.mean(self.network.apply('critic', observations, actions), axis=0)
+
+    def flow_actions(self, observations, noises):
+        """a_β = clip(EulerODE(f_β, s, z)) with the stored BC-flow parameters: a constant."""
+        behavior_flow = self.network.select('behavior_flow')  # stored parameters: fixed call
+        return jax.lax.stop_gradient(flow.euler_ode(behavior_flow, observations, noises, self.config.flow_steps))
+
+    def edited_actions(self, observations, flow_actions, rng, edit_params=None):
+        """a_β + edit_scale·e with e ~ π_ω(·|s, a_β) reparameterised, BEFORE the final clip; returns it with
+        log π_ω(e). `edit_params` (the ones being differentiated) or the stored ones (fixed call)."""
+        means, log_stds = self.network.apply('edit_actor', observations, flow_actions, params=edit_params)
+        edits, log_probs = rl.tanh_gaussian_sample(rng, means, log_stds)
+        return flow_actions + self.config.edit_scale * edits, log_probs
+
+    # ------------------------------------------------------------------------------ losses
+    def critic_loss(self, batch, grad_params, rng):
+        """Common TD loss (§1.4) with a' = sample_actions(s') (flow + stochastic edit, clipped)."""
+        observations, actions = batch['observations'], self.flat_actions(batch['actions'])
+        next_observations = batch['next_observations'][:, -1]
+        next_actions = jax.lax.stop_gradient(self.sample_actions(next_observations, rng))
+        next_q = self.network.apply('target_critic', next_observations, next_actions)  # target: fixed call
+        targets = rl.td_target(next_q, batch['rewards'][:, -1], batch['masks'][:, -1], self.config.discount,
+                               self.config.horizon_length, self.config.rho)
+        q = self.network.apply('critic', observations, actions, params=grad_params['critic'])
+        loss = rl.critic_loss(q, jax.lax.stop_gradient(targets), batch['valid'][:, -1])
+        return loss, {'critic/critic_loss': loss, 'critic/q_mean': q.mean(), 'critic/q_max': q.max(),
+                      'critic/q_min': q.min()}
+
+    def actor_loss(self, batch, grad_params, rng):
+        """L_BC(f_β) + L_edit (§6), L_edit = −Q̄(s, clip(a_β + edit_scale·e)) + lp·sg(α) + α·(−sg(lp) − H_target).
+
+        Keys: rng → (BC flow loss, noise z, edit sample)."""
+        bc_key, noise_key, edit_key = jax.random.split(rng, 3)
+        observations, actions = batch['observations'], self.flat_actions(batch['actions'])
+        bc_loss = flow.bc_flow_loss(self.network.select('behavior_flow', grad_params['behavior_flow']),
+                                    observations, actions, batch['valid'][:, -1], bc_key)
+
+        flow_actions = self.flow_actions(observations, jax.random.normal(noise_key, actions.shape))
+        edited, log_probs = self.edited_actions(observations, flow_actions, edit_key, grad_params['edit_actor'])
+        # Online critic with stored parameters (fixed call): the gradient reaches π_ω through the edited action.
+        q = self.q_mean(observations, jnp.clip(edited, -1.0, 1.0))
+        alpha = self.network.apply('edit_alpha', params=grad_params['edit_alpha'])
+        entropy_target = rl.target_entropy(self.config.edit_target_entropy,
+                                           self.config.edit_target_entropy_multiplier, self.action_size)
+        edit_loss, alpha_loss = rl.entropy_regularised_actor_loss(q, log_probs, alpha, entropy_target)
+
+        loss = bc_loss + edit_loss
+        return loss, {'actor/actor_loss': loss, 'actor/bc_flow_loss': bc_loss, 'actor/edit_loss': edit_loss,
+                      'actor/edit_q': q.mean(), 'actor/edit_alpha': alpha, 'actor/edit_alpha_loss': alpha_loss,
+                      'actor/edit_entropy': -log_probs.mean()}
+
+    def total_loss(self, batch, grad_params, rng):
+        """L_critic + L_actor: one scalar, differentiated once w.r.t. every trainable network."""
+        critic_key, actor_key = jax.random.split(rng)
+        critic_loss, critic_info = self.critic_loss(batch, grad_params, critic_key)
+        actor_loss, actor_info = self.actor_loss(batch, grad_params, actor_key)
+        return critic_loss + actor_loss, {**critic_info, **actor_info}
+
+    # ------------------------------------------------------------------------------ update
+    def update(self, batch):
+        """One gradient step on the total loss, then the EMA of `critic`. Pure."""
+        rng, loss_key = jax.random.split(self.rng)
+        grads, info = jax.grad(self.total_loss, argnums=1, has_aux=True)(batch, self.network.trainable_params,
+                                                                         loss_key)
+        network, info['grad/norm'] = self.network.apply_gradients(grads)
+        network = network.update_targets(self.config.tau)  # post-update online parameters
+        return self.replace(rng=rng, network=network), info
+
+    def batch_update(self, batch):
+        """U sequential updates over the leading axis of every batch array; info averaged over U."""
+        agent, infos = jax.lax.scan(lambda agent, minibatch: agent.update(minibatch), self, batch)
+        return agent, jax.tree.map(lambda x: x.mean(axis=0), infos)
+
+    # ---------------------------------------------------------------------------- acting
+    def sample_actions(self, observations, rng):
+        """clip(a_β + edit_scale·e), e ~ π_ω(·|s, a_β) (stochastic, also at evaluation), best-of-n (§6).
+
+        Observations (*batch, O) → actions (*batch, D) in [−1, 1]. Keys per candidate: (noise z, edit)."""
+
+        def sample(observations, key):
+            noise_key, edit_key = jax.random.split(key)
+            noises = jax.random.normal(noise_key, (*observations.shape[:-1], self.action_size))
+            edited, _ = self.edited_actions(observations, self.flow_actions(observations, noises), edit_key)
+            return jnp.clip(edited, -1.0, 1.0)
+
+        return flow.best_of_n(sample, self.q_mean, observations, rng, self.config.best_of_n)
+
+    @classmethod
+    def create(cls, seed, ex_observations, ex_actions, config):
+        """A fresh agent; ex_observations (O,) or (1, O), ex_actions (A,) or (1, A)."""
+        config = ml_collections.ConfigDict(config.to_dict() if hasattr(config, 'to_dict') else dict(config))
+        if config.edit_scale < 0:
+            raise ValueError(f'edit_scale must be >= 0, got {config.edit_scale}.')
+        if config.flow_steps < 1 or config.horizon_length < 1 or config.best_of_n < 1:
+            raise ValueError('flow_steps, horizon_length and best_of_n must be >= 1.')
+        ex_observations = jnp.asarray(ex_observations, jnp.float32).reshape(1, -1)
+        config.ob_dims, config.action_dim = ex_observations.shape[-1], int(jnp.shape(ex_actions)[-1])
+        config = ml_collections.FrozenConfigDict(config)
+        action_size = (config.horizon_length if config.action_chunking else 1) * config.action_dim
+        ex_chunks, ex_times = jnp.zeros((1, action_size)), jnp.zeros((1, 1))
+
+        actor_dims, value_dims = tuple(config.actor_hidden_dims), tuple(config.value_hidden_dims)
+        modules = {
+            'critic': CriticEnsemble(value_dims, config.num_qs, config.value_layer_norm),
+            'behavior_flow': VelocityField(actor_dims, action_size, config.actor_layer_norm),
+            'edit_actor': TanhGaussianPolicy(actor_dims, action_size, config.actor_layer_norm),
+            'edit_alpha': LogParam(1.0),
+        }
+        inputs = {'critic': (ex_observations, ex_chunks), 'behavior_flow': (ex_observations, ex_chunks, ex_times),
+                  'edit_actor': (ex_observations, ex_chunks), 'edit_alpha': ()}
+        rng, *init_keys = jax.random.split(jax.random.PRNGKey(seed), len(modules) + 1)
+        params = {name: rl.init_params(modules[name], key, *inputs[name]) for name, key in zip(modules, init_keys)}
+        network = rl.TrainState.create(modules, params, rl.make_optimizer(config.lr),
+                                       targets={'target_critic': 'critic'})
+        return cls(rng=rng, network=network, config=config)
+
+
+def get_config():
+    config = ml_collections.ConfigDict(dict(
+        agent_name='fedit',  # Agent name (file in agents/).
+        lr=3e-4,  # Adam learning rate (plain Adam, no gradient clipping).
+        batch_size=256,  # Batch size (read by the training loop).
+        actor_hidden_dims=(512, 512, 512, 512),  # Hidden widths of the BC flow and the edit policy.
+        value_hidden_dims=(512, 512, 512, 512),  # Hidden widths of each critic member.
+        actor_layer_norm=False,  # LayerNorm in the BC flow and the edit policy.
+        value_layer_norm=True,  # LayerNorm in the critic.
+        horizon_length=5,  # H: action chunk length (5 manipulation, 1 mazes; set per domain by the run).
+        action_chunking=True,  # Act with flat chunks of H actions (D = H·A); False: first action, γ^H bootstrap.
+        num_qs=10,  # K: critic ensemble size.
+        rho=0.5,  # Pessimism: TD target uses mean − rho·std over the ensemble.
+        discount=0.99,  # γ (per step; the TD target uses γ^H).
+        tau=0.005,  # λ: Polyak rate of the target critic.
+        flow_steps=10,  # T: Euler steps of the BC flow.
+        best_of_n=1,  # Candidates per observation scored by the online critic when acting (1: off).
+        edit_scale=0.0,  # Half-width of the edit box around the flow action (0: the edit is a no-op; tuned > 0).
+        edit_target_entropy=ml_collections.config_dict.placeholder(float),  # Edit entropy target (None: −mult·D).
+        edit_target_entropy_multiplier=0.5,  # Edit entropy target = −multiplier·D when unset.
+    ))
+    return config
+
+
+Agent = FEditAgent
