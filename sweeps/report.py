@@ -1,0 +1,620 @@
+"""Paper tables and figures from a folder of finished runs, next to the QAM paper's published numbers.
+
+    python -m sweeps.report runs/ --out reports/main
+
+reads every run directory under `runs/` (written by main.py) and writes, under --out:
+
+* report.md: the whole report (grid, missing/diverged/unfinished runs, config conflicts, every table, figures);
+* tables/aggregate.{md,tex,csv}: success (%) over all tasks at the end of the offline and online phases;
+* tables/domains_{offline,online}.*: per domain (and all); tables/tasks_{offline,online}.*: per task, by domain;
+* tables/rliable.*: IQM and mean with stratified-bootstrap intervals; tables/improvement.*: P(QAM > baseline);
+  every table has the paper's number under each of our rows ("(paper)" rows);
+* figures/curves.{png,pdf}: learning curves per domain; figures/{aggregates,profiles,improvement}_<phase>.*;
+* runs.csv (one line per run directory), missing.csv (every missing method x task x seed x phase, with why),
+  results.csv (every table cell, long form).
+
+Statistics (PROTOCOL §7; sweeps/report_stats.py): task = mean over seeds; domain = mean of its task means;
+all = mean over the tasks; 95% percentile-bootstrap intervals over seeds (for a domain or all: over each seed's
+average over the tasks). The expected grid is every method x task x seed seen in the folder (or --methods,
+--tasks, --seeds); a cell with fewer seeds than expected is marked with the count, and a domain or aggregate
+with a task that has no value is shown without a number. Runs of one method with different settings on the
+same task are separated into labelled variants (or, with --config_policy=newest, the older ones are left out),
+and both cases are listed.
+"""
+
+import argparse
+import csv
+import datetime
+import os
+import shlex
+import sys
+
+import numpy as np
+
+from sweeps import report_figures as figures
+from sweeps import report_runs as runs_lib
+from sweeps import report_tables as tables
+from sweeps.report_published import PUBLISHED_CSV, Published
+from sweeps.report_runs import PHASES, split_env_name
+from sweeps.report_stats import Bootstrap, Stat, rliable_aggregates, rliable_improvement, rliable_profiles
+
+PHASE_TITLES = {'offline': 'end of the offline phase', 'online': 'end of the online phase'}
+PHASE_COLUMNS = {'offline': 'offline', 'online': 'online'}
+QAM_FAMILY = ('QAM', 'QAM-F', 'QAM-E')
+
+
+def base_method(method):
+    return method.split(' [')[0]
+
+
+# ------------------------------------------------------------------------------------------- statistics
+
+
+def compute_stats(grid, boot):
+    """{(level, key, method, phase): Stat} for level task (key: env name), domain and all; phases a method did
+    not run are absent (n/a)."""
+    stats = {}
+    for m, method in enumerate(grid.methods):
+        for p, phase in enumerate(PHASES):
+            if phase not in grid.phases[method]:
+                continue
+            per_task = {t: grid.seed_values(method, t, phase) for t in grid.tasks}
+            for task, (present, missing) in per_task.items():
+                stats[('task', task, method, phase)] = boot.task_stat(present, missing, task)
+            for d, domain in enumerate(grid.domains()):
+                stats[('domain', domain, method, phase)] = boot.pooled_stat(
+                    {t: per_task[t] for t in grid.domain_tasks(domain)}, stream=(m, p, d + 1))
+            stats[('all', 'all', method, phase)] = boot.pooled_stat(per_task, stream=(m, p, 0))
+    return stats
+
+
+def stat_from_row(row):
+    return Stat(mean=row['mean'], low=row['ci95_low'], high=row['ci95_high'], n=row['seeds'], expected=row['seeds'])
+
+
+def published_stat(published, boot, level, key, tasks, method, phase):
+    """(Stat of the paper's number for the same cell, recomputed?) or (None, False) when the paper has none.
+
+    A domain or `all` cell whose tasks are exactly the paper's is the paper's row; over another set of tasks
+    it is recomputed from the paper's per-seed task values (mean of the task means; the interval from the
+    per-seed averages over those tasks, the paper's seed columns taken as aligned)."""
+    method = base_method(method)
+    if level == 'task':
+        row = published.get(key, method, phase)
+        return (stat_from_row(row), False) if row else (None, False)
+    rows = {t: published.get(t, method, phase) for t in tasks}
+    if not tasks or any(r is None or r['seed_values'] is None for r in rows.values()):
+        return None, False
+    paper_key = key if level == 'domain' else 'all'
+    row = published.get(paper_key, method, phase)
+    if row is not None:
+        if level == 'domain':
+            paper_tasks = [t for t in published.tasks() if split_env_name(t)[0] == key]
+        else:
+            paper_tasks = published.tasks(study=row['study'])
+        if sorted(paper_tasks) == sorted(tasks):
+            return stat_from_row(row), False
+    per_task = {t: ({i: v for i, v in enumerate(r['seed_values'])}, {}) for t, r in rows.items()}
+    stat = boot.pooled_stat(per_task)
+    stat.note = f'paper, recomputed over {len(tasks)} tasks'
+    return stat, True
+
+
+def published_stats(published, boot, grid, stats):
+    out = {}
+    groups = {'all': grid.tasks, **{d: grid.domain_tasks(d) for d in grid.domains()}}
+    for (level, key, method, phase) in stats:
+        tasks = [key] if level == 'task' else groups[key]
+        out[(level, key, method, phase)] = published_stat(published, boot, level, key, tasks, method, phase)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- tables
+
+
+def phase_steps(grid):
+    """'offline: step 100; online: step 160' from the runs of the grid (the paper: 1,000,000 and 1,500,000)."""
+    runs = [r for rs in grid.cells.values() for r in rs[:1]]
+    parts = []
+    for phase in PHASES:
+        steps = sorted({r.end_step(phase) for r in runs} - {None})
+        if steps:
+            parts.append(f'{phase}: step {" / ".join(f"{s:,}" for s in steps)}')
+    return '; '.join(parts)
+
+
+def grid_caption(grid, boot):
+    seeds = ', '.join(str(s) for s in grid.seeds)
+    return (f'End of phase here: {phase_steps(grid)} (paper: offline 1,000,000; online 1,500,000, RLPD 500,000). 'f'Success (%): mean over seeds [95% percentile-bootstrap interval, {boot.num_resamples:,} resamples]; '
+            f'domain = mean of its tasks, all = mean over the {len(grid.tasks)} tasks. Expected: '
+            f'{len(grid.seeds)} seeds per task ({seeds}). **Bold**: best of our methods in the column. '
+            f'*(paper)*: the QAM paper\'s number for the same cell ({tables.MARK_RECOMPUTED}: recomputed over the '
+            f'same tasks from its per-seed values). {tables.MARK_INCOMPLETE} n/N: fewer runs than expected '
+            f'(missing.csv says which and why); — : no value; n/a: phase not run (RLPD is online only).')
+
+
+def method_rows(grid, cell, published):
+    """Our row and, when the paper has the method, its row, for every method; `cell(method, source)` -> Cell."""
+    rows = []
+    for method in grid.methods:
+        rows.append(tables.Row(method, cell(method, 'ours')))
+        name = published.method_name(base_method(method))
+        if name:
+            rows.append(tables.Row(f'{name} (paper)', cell(method, 'paper'), kind='paper'))
+    return rows
+
+
+def make_cell(stats, pub_stats, level, key, method, phase, source):
+    if source == 'ours':
+        stat = stats.get((level, key, method, phase))
+        return tables.Cell(stat, tables.cell_marks(stat))
+    if (level, key, method, phase) not in stats:
+        return tables.Cell(None)
+    stat, recomputed = pub_stats[(level, key, method, phase)]
+    if stat is None:
+        return tables.Cell(Stat(note='not in the paper'))
+    return tables.Cell(stat, tables.cell_marks(stat, recomputed))
+
+
+def build_tables(grid, stats, pub_stats, published, boot):
+    caption = grid_caption(grid, boot)
+    out = {}
+
+    def cell_for(level, key, phase):
+        return lambda method, source: make_cell(stats, pub_stats, level, key, method, phase, source)
+
+    columns = [p for p in PHASES if any(p in grid.phases[m] for m in grid.methods)]
+    out['aggregate'] = [tables.Table(
+        'aggregate', f'All tasks ({len(grid.tasks)}): success (%) at the end of each phase', caption, 'method',
+        [PHASE_TITLES[p] for p in columns],
+        method_rows(grid, lambda m, s: [cell_for('all', 'all', p)(m, s) for p in columns], published),
+    ).mark_best()]
+    domains = grid.domains()
+    for phase in columns:
+        keys = [('domain', d) for d in domains] + ([('all', 'all')] if len(domains) > 1 else [])
+        out[f'domains_{phase}'] = [tables.Table(
+            f'domains_{phase}', f'Domains: success (%) at the {PHASE_TITLES[phase]}', caption, 'method',
+            [f'{k} ({len(grid.domain_tasks(k)) if lvl == "domain" else len(grid.tasks)})' for lvl, k in keys],
+            method_rows(grid, lambda m, s: [cell_for(lvl, k, phase)(m, s) for lvl, k in keys], published),
+        ).mark_best()]
+        task_tables = []
+        for domain in domains:
+            tasks = grid.domain_tasks(domain)
+            keys = [('task', t) for t in tasks] + [('domain', domain)]
+            task_tables.append(tables.Table(
+                f'tasks_{phase}', f'{domain}: success (%) per task at the {PHASE_TITLES[phase]}', caption, 'method',
+                [f'task{split_env_name(t)[1]}' for t in tasks] + [f'{domain} ({len(tasks)} task{"s" * (len(tasks) > 1)})'],
+                method_rows(grid, lambda m, s: [cell_for(lvl, k, phase)(m, s) for lvl, k in keys], published),
+            ).mark_best())
+        out[f'tasks_{phase}'] = task_tables
+    return out
+
+
+# --------------------------------------------------------------------------------------------- rliable
+
+
+def score_matrices(grid, published, phase):
+    """{name: (runs, tasks) success fractions} for our methods (the seeds with a value on every task) and the
+    paper's (its 12 seeds on the same tasks), and notes on what was left out."""
+    ours, paper, notes = {}, {}, []
+    for method in grid.methods:
+        if phase not in grid.phases[method]:
+            continue
+        values = {s: [grid.value(method, t, s, phase)[0] for t in grid.tasks] for s in grid.seeds}
+        seeds = [s for s, v in values.items() if all(x is not None for x in v)]
+        if not seeds:
+            notes.append(f'{method}: left out (no seed has a value on every task)')
+            continue
+        if len(seeds) < len(grid.seeds):
+            notes.append(f'{method}: {len(seeds)} of {len(grid.seeds)} seeds used (those with a value on every task)')
+        ours[method] = np.array([values[s] for s in seeds]) / 100
+        name = published.method_name(base_method(method))
+        rows = [published.get(t, name, phase) for t in grid.tasks] if name else [None]
+        if all(r is not None and r['seed_values'] is not None for r in rows):
+            paper[f'{name} (paper)'] = np.stack([r['seed_values'] for r in rows], axis=1) / 100
+    return ours, paper, notes
+
+
+def focus_methods(methods, chosen):
+    if chosen:
+        return [m for m in methods if m in chosen or base_method(m) in chosen]
+    return [m for m in methods if base_method(m) in QAM_FAMILY]
+
+
+def rliable_section(grid, published, args, fig_dir):
+    """rliable tables (IQM/mean; probability of improvement) and figures for each phase."""
+    agg_rows, poi_rows, notes, figure_paths = {}, {}, [], []
+    columns, poi_columns = [], []
+    taus = np.linspace(0, 1, 51)
+    for phase in PHASES:
+        ours, paper, phase_notes = score_matrices(grid, published, phase)
+        if not ours:
+            continue
+        notes += [f'{PHASE_TITLES[phase]}: {n}' for n in phase_notes]
+        scores = {**ours, **paper}
+        points, intervals = rliable_aggregates(scores, args.rliable_reps, args.bootstrap_seed)
+        columns += [f'IQM, {phase}', f'mean, {phase}']
+        for name, matrix in scores.items():
+            stats = [Stat(mean=100 * points[name][k], low=100 * intervals[name][0][k], high=100 * intervals[name][1][k],
+                          n=matrix.shape[0] * matrix.shape[1], expected=matrix.shape[0] * matrix.shape[1],
+                          method='stratified (rliable)') for k in range(2)]
+            agg_rows.setdefault(name, {}).update({f'IQM, {phase}': stats[0], f'mean, {phase}': stats[1]})
+        names = list(scores)
+        figure_paths += figures.interval_estimates(
+            {n: 100 * points[n] for n in names}, {n: 100 * intervals[n] for n in names}, names, ['IQM', 'mean'],
+            fig_dir, f'aggregates_{phase}', f'{PHASE_TITLES[phase]} ({len(grid.tasks)} tasks)')
+        profiles, profile_cis = rliable_profiles(scores, taus, args.rliable_reps, args.bootstrap_seed)
+        figure_paths += figures.performance_profiles(taus, profiles, profile_cis, names, fig_dir, f'profiles_{phase}',
+                                                     f'Performance profiles, {PHASE_TITLES[phase]}')
+        focus = focus_methods(list(ours), args.poi_methods)
+        pairs = {}
+        for x in focus:
+            for y in ours:
+                if y not in focus:
+                    pairs[(x, y, 'ours')] = (ours[x], ours[y])
+                    px, py = f'{published.method_name(base_method(x))} (paper)', f'{published.method_name(base_method(y))} (paper)'
+                    if px in paper and py in paper:
+                        pairs[(x, y, 'paper')] = (paper[px], paper[py])
+        if not pairs:
+            notes.append(f'{PHASE_TITLES[phase]}: no probability of improvement (needs a QAM method and a baseline; '
+                         f'--poi_methods picks the methods to compare)')
+            continue
+        poi, poi_cis = rliable_improvement(pairs, args.rliable_reps, args.bootstrap_seed)
+        poi_columns.append(phase)
+        for (x, y, source), value in poi.items():
+            low, high = np.ravel(poi_cis[(x, y, source)])[:2]
+            poi_rows.setdefault((x, y), {})[(phase, source)] = Stat(mean=float(value), low=float(low), high=float(high),
+                                                                   n=1, expected=1, method='stratified (rliable)')
+        labels = {k: f'{k[0]},{k[1]}' + (' (paper)' if k[2] == 'paper' else '') for k in poi}
+        figure_paths += figures.improvement({labels[k]: v for k, v in poi.items()},
+                                            {labels[k]: v for k, v in poi_cis.items()}, list(labels.values()),
+                                            fig_dir, f'improvement_{phase}', f'Probability of improvement, {PHASE_TITLES[phase]}')
+    out = []
+    if agg_rows:
+        rows = [tables.Row(name, [tables.Cell(agg_rows[name].get(c)) if c in agg_rows[name] else tables.Cell(None)
+                                  for c in columns], kind='paper' if name.endswith('(paper)') else 'ours')
+                for name in agg_rows]
+        rows = _interleave(rows)
+        caption = (f'rliable over {len(grid.tasks)} tasks: interquartile mean (IQM) and mean of per-run success (%) '
+                   f'[95% stratified-bootstrap interval, {args.rliable_reps:,} resamples]. *(paper)*: the same '
+                   f'statistics of the QAM paper\'s 12 seeds on the same tasks. **Bold**: best of our methods.')
+        out.append(('rliable', [tables.Table('rliable', 'Aggregate metrics (rliable)', caption, 'method', columns,
+                                             rows).mark_best()]))
+    if poi_rows:
+        cols = [(p, s) for p in poi_columns for s in ('ours', 'paper')]
+        rows = [tables.Row(f'{x} > {y}', [tables.Cell(poi_rows[(x, y)].get(c)) if c in poi_rows[(x, y)]
+                                          else tables.Cell(Stat(note='not in the paper')) for c in cols])
+                for (x, y) in poi_rows]
+        caption = (f'rliable probability of improvement P(X > Y): the probability that a run of X beats a run of Y '
+                   f'on a task drawn at random (ties count half), [95% stratified independent bootstrap interval, '
+                   f'{args.rliable_reps:,} resamples]; *paper*: the same from the QAM paper\'s per-seed values.')
+        out.append(('improvement', [tables.Table('improvement', 'Probability of improvement (rliable)', caption,
+                                                 'X > Y', [f'{p} ({s})' for p, s in cols], rows, digits=2)]))
+    return out, notes, figure_paths
+
+
+def _interleave(rows):
+    """Each paper row right after the first of our rows of the same method."""
+    ours = [r for r in rows if r.kind == 'ours']
+    paper = {r.label: r for r in rows if r.kind == 'paper'}
+    out, used = [], set()
+    for row in ours:
+        out.append(row)
+        key = f'{base_method(row.label)} (paper)'
+        for label, paper_row in paper.items():
+            if label.lower() == key.lower() and label not in used:
+                out.append(paper_row)
+                used.add(label)
+    return out + [r for label, r in paper.items() if label not in used]
+
+
+# ---------------------------------------------------------------------------------------------- curves
+
+
+def curve_panels(grid, boot):
+    domains = grid.domains()
+    groups = [(d, grid.domain_tasks(d)) for d in domains] + ([('all', grid.tasks)] if len(domains) > 1 else [])
+    panels = []
+    for title, tasks in groups:
+        curves, offline_ends, notes = {}, set(), []
+        for method in grid.methods:
+            runs = [rs[0] for t in tasks for s in grid.seeds for rs in [grid.cells.get((method, t, s), [])] if rs]
+            if not runs:
+                continue
+            offline_ends |= {r.offline_steps for r in runs if r.offline_steps > 0}
+            lookup = [(r.env_name, r.seed, dict(zip(r.steps.tolist(), r.success.tolist()))) for r in runs]
+            steps = sorted({s for _, _, values in lookup for s in values})
+            curve = dict(steps=[], mean=[], low=[], high=[], full=[])
+            for step in steps:
+                per_task = {t: ({}, {}) for t in tasks}
+                for task, seed, values in lookup:
+                    if step in values and np.isfinite(values[step]):
+                        per_task[task][0][seed] = values[step]
+                stat = boot.pooled_stat(per_task)
+                if stat.mean is None:
+                    continue
+                curve['steps'].append(step)
+                curve['mean'].append(stat.mean)
+                curve['low'].append(stat.mean if stat.low is None else stat.low)
+                curve['high'].append(stat.mean if stat.high is None else stat.high)
+                curve['full'].append(stat.n == len(runs))
+            curves[method] = curve
+            expected = len(tasks) * len(grid.seeds)
+            if len(runs) < expected:
+                notes.append(f'{method} {len(runs)}/{expected} runs')
+        label = f'{title} ({len(tasks)} task{"s" * (len(tasks) > 1)}, {len(grid.seeds)} seed{"s" * (len(grid.seeds) > 1)})'
+        if notes:
+            label += '\n' + tables.MARK_INCOMPLETE + ' ' + '; '.join(notes)
+        panels.append((label, offline_ends.pop() if len(offline_ends) == 1 else None, curves))
+    return panels
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+
+def runs_table(grid, root):
+    rows = []
+    for run in sorted(grid.runs, key=lambda r: (runs_lib.method_sort_key(r.method), runs_lib.task_sort_key(r.env_name), r.seed)):
+        row = dict(path=os.path.relpath(run.path, root), method=run.method, base_method=run.base_method, agent=run.agent,
+                   env_name=run.env_name, domain=run.domain, seed=run.seed, config_hash=run.config_hash,
+                   status=run.status, excluded=run.excluded, last_step=run.last_step,
+                   diverged_step=(run.diverged or {}).get('step', ''), diverged_keys=' '.join((run.diverged or {}).get('keys', [])),
+                   dataset_source=(run.done or {}).get('dataset_source', ''),
+                   deviations='; '.join((run.done or {}).get('deviations', [])), code_version=run.code_version)
+        for phase in PHASES:
+            value = run.end_value(phase)
+            row[f'{phase}_step'] = run.end_step(phase) or ''
+            row[f'{phase}_success'] = '' if value is None else f'{value:.2f}'
+        rows.append(row)
+    return rows
+
+
+def missing_table(grid):
+    rows = []
+    for method in grid.methods:
+        for phase in grid.phases[method]:
+            for task in grid.tasks:
+                for seed in grid.seeds:
+                    value, reason = grid.value(method, task, seed, phase)
+                    if value is None:
+                        rows.append(dict(method=method, task=task, seed=seed, phase=phase, reason=reason))
+    return rows
+
+
+def _write_rows(path, rows, columns=None):
+    columns = columns or (list(rows[0]) if rows else ['empty'])
+    with open(path, 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=columns, lineterminator='\n')
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def summary_section(grid, conflicts, missing, policy):
+    lines = ['## Grid', '']
+    by_domain = {d: [f'task{split_env_name(t)[1]}' for t in grid.domain_tasks(d)] for d in grid.domains()}
+    origin = ('inferred from the runs present: every method is expected on every task and seed seen' if grid.inferred
+              else 'given on the command line')
+    lines += [f'Expected grid ({origin}): {len(grid.methods)} methods x {len(grid.tasks)} tasks x {len(grid.seeds)} '
+              f'seeds = {len(grid.methods) * len(grid.tasks) * len(grid.seeds)} runs.', '',
+              f'- methods: {", ".join(grid.methods)}',
+              f'- tasks: ' + '; '.join(f'{d}: {", ".join(ts)}' for d, ts in by_domain.items()),
+              f'- seeds: {", ".join(str(s) for s in grid.seeds)}', '']
+    status = {}
+    for run in grid.runs:
+        status[run.status] = status.get(run.status, 0) + 1
+    excluded = [r for r in grid.runs if r.excluded]
+    outside = [r for r in grid.runs if not r.excluded and
+               (r.method not in grid.methods or r.env_name not in grid.tasks or r.seed not in grid.seeds)]
+    lines.append(f'Run directories read: {len(grid.runs)} ({", ".join(f"{v} {k}" for k, v in sorted(status.items()))})'
+                 + (f'; {len(excluded)} left out (config policy {policy})' if excluded else '')
+                 + (f'; {len(outside)} outside the grid' if outside else '') + '.')
+    lines.append('Unfinished runs count for the phases they have finished (their end-of-phase evaluation is written).')
+    lines.append('')
+    for phase in PHASES:
+        expected = sum(len(grid.tasks) * len(grid.seeds) for m in grid.methods if phase in grid.phases[m])
+        absent = sum(1 for r in missing if r['phase'] == phase)
+        if expected:
+            lines.append(f'- {PHASE_TITLES[phase]}: {expected - absent}/{expected} expected runs have a value'
+                         + (' (complete)' if not absent else f'; **{absent} missing**'))
+    lines.append('')
+    if missing:
+        lines += ['### Missing', '', 'Not averaged over: each cell below is absent from the means, and the tables mark the '
+                  'cells with fewer runs than expected. Every missing run is in missing.csv.', '',
+                  '| method | phase | task | missing seeds (reason) |', '|---|---|---|---|']
+        groups = {}
+        for row in missing:
+            groups.setdefault((row['method'], row['phase'], row['task']), []).append(f'{row["seed"]} ({row["reason"]})')
+        for (method, phase, task), items in list(groups.items())[:200]:
+            lines.append(f'| {method} | {phase} | {task} | {"; ".join(items)} |')
+        if len(groups) > 200:
+            lines.append(f'| … | | | {len(groups) - 200} more in missing.csv |')
+        lines.append('')
+    diverged = [r for r in grid.runs if r.status == 'diverged']
+    if diverged:
+        lines += ['### Diverged runs', '', 'A loss became NaN or inf (DIVERGED marker); the phases the run had finished '
+                  'before that still count.', '', '| method | task | seed | step | non-finite | run |', '|---|---|---|---|---|---|']
+        for r in diverged:
+            lines.append(f'| {r.method} | {r.env_name} | {r.seed} | {r.diverged.get("step", "?")} | '
+                         f'{", ".join(r.diverged.get("keys", []))} | {os.path.basename(r.path)} |')
+        lines.append('')
+    unfinished = [r for r in grid.runs if r.status == 'unfinished']
+    if unfinished:
+        lines += ['### Unfinished runs', '', '| method | task | seed | last evaluation step |', '|---|---|---|---|']
+        lines += [f'| {r.method} | {r.env_name} | {r.seed} | {r.last_step} |' for r in unfinished]
+        lines.append('')
+    if conflicts:
+        lines += ['### Different configs of one method', '',
+                  'Runs of one method on one task with different settings (config hashes) are never averaged together. '
+                  + ('They are reported as separate methods, labelled by the settings that differ.' if policy == 'split'
+                     else 'Only the newest config is kept on each task (--config_policy=newest).'), '',
+                  '| method | task | config | differing settings | seeds | reported as |', '|---|---|---|---|---|---|']
+        for c in conflicts:
+            for h, info in c.configs.items():
+                values = ', '.join(f'{k}={runs_lib._short(v)}' for k, v in info['values'].items())
+                shown = info.get('label') or ('kept' if info.get('kept') else 'left out')
+                lines.append(f'| {c.method} | {c.env_name} | {h} | {values} | {", ".join(map(str, info["seeds"]))} | {shown} |')
+        lines.append('')
+    duplicates = {k: v for k, v in grid.cells.items() if len(v) > 1}
+    if duplicates:
+        lines += ['### Duplicate runs', '', 'More than one directory for the same method, task, seed and config; the '
+                  'first finished one is used.', '']
+        lines += [f'- {m}, {t}, seed {s}: ' + ', '.join(r.path for r in rs) for (m, t, s), rs in duplicates.items()]
+        lines.append('')
+    deviations = {}
+    for r in grid.runs:
+        for d in (r.done or {}).get('deviations', []):
+            deviations.setdefault(d, []).append(r)
+    if deviations:
+        lines += ['### Deviations recorded by the runs', '']
+        lines += [f'- {d}: {len(rs)} runs ({", ".join(sorted({r.method for r in rs}))})' for d, rs in deviations.items()]
+        lines.append('')
+    versions = {}
+    for r in grid.runs:
+        versions[r.code_version or 'unknown'] = versions.get(r.code_version or 'unknown', 0) + 1
+    if len(versions) > 1:
+        lines += ['Code versions: ' + ', '.join(f'{v} ({n} runs)' for v, n in sorted(versions.items())), '']
+    return lines
+
+
+def parse_list(text, cast=str):
+    return [cast(x) for x in text.replace(',', ' ').split()] if text else None
+
+
+PAPER_SEEDS = [10001 * k for k in range(1, 13)]
+
+
+def expand_tasks(names):
+    """Environment names, or domain names (each meaning its 5 tasks)."""
+    if not names:
+        return None
+    out = []
+    for name in names:
+        out += [name] if 'singletask' in name else [f'{name}-singletask-task{k}-v0' for k in range(1, 6)]
+    return out
+
+
+def resolve_runs_dir(target):
+    """A runs directory as given, or the runs directory of a sweep by name when the sweep module provides one."""
+    if os.path.isdir(target):
+        return target
+    try:
+        from sweeps import sweeps as sweep_module  # the sweep definitions (another module; optional)
+    except ImportError:
+        sweep_module = None
+    finder = getattr(sweep_module, 'runs_dir', None)
+    if callable(finder):
+        path = finder(target)
+        if path and os.path.isdir(path):
+            return path
+    raise SystemExit(f'{target!r} is not a directory of runs. Give the folder that main.py wrote into (--save_dir), '
+                     f'e.g. `python -m sweeps.report runs --out reports/main`.')
+
+
+def build_report(args):
+    root = resolve_runs_dir(args.runs)
+    out_dir, fig_dir, table_dir = args.out, os.path.join(args.out, 'figures'), os.path.join(args.out, 'tables')
+    os.makedirs(table_dir, exist_ok=True)
+    runs = runs_lib.find_runs(root)
+    if not runs:
+        raise SystemExit(f'No run directories (with flags.json) under {root}.')
+    conflicts = runs_lib.separate_configs(runs, args.config_policy)
+    seeds = PAPER_SEEDS if args.seeds == 'paper' else parse_list(args.seeds, int)
+    grid = runs_lib.build_grid(runs, parse_list(args.methods), expand_tasks(parse_list(args.tasks)), seeds)
+    boot = Bootstrap(args.bootstrap_samples, args.bootstrap_seed)
+    published = Published(args.published)
+    stats = compute_stats(grid, boot)
+    pub_stats = published_stats(published, boot, grid, stats)
+    built = build_tables(grid, stats, pub_stats, published, boot)
+    missing = missing_table(grid)
+    _write_rows(os.path.join(out_dir, 'runs.csv'), runs_table(grid, root))
+    _write_rows(os.path.join(out_dir, 'missing.csv'), missing, ['method', 'task', 'seed', 'phase', 'reason'])
+
+    command = 'python -m sweeps.report ' + ' '.join(shlex.quote(a) for a in args.argv)
+    lines = ['# Results report', '',
+             f'`{command}` ({datetime.datetime.now():%Y-%m-%d %H:%M}), from `{root}`. Paper numbers: '
+             f'`{os.path.relpath(args.published)}` (derived from the QAM paper\'s released data; see '
+             f'sweeps/report_published.py).', '']
+    lines += summary_section(grid, conflicts, missing, args.config_policy)
+    markdown = {}
+    for name, table_list in built.items():
+        markdown[name] = tables.write_tables(table_dir, name, table_list)
+    lines += ['## Aggregate', '', markdown.pop('aggregate')]
+    for phase in PHASES:
+        if f'domains_{phase}' in markdown:
+            lines += [f'## Domains, {PHASE_TITLES[phase]}', '', markdown.pop(f'domains_{phase}')]
+    for phase in PHASES:
+        if f'tasks_{phase}' in markdown:
+            lines += [f'## Tasks, {PHASE_TITLES[phase]}', '', markdown.pop(f'tasks_{phase}')]
+    all_tables = [t for ts in built.values() for t in ts]
+    figure_paths = []
+    if not args.no_rliable:
+        rliable_tables, notes, paths = rliable_section(grid, published, args, fig_dir)
+        figure_paths += paths
+        lines += ['## rliable', '']
+        lines += [f'- {n}' for n in notes] + ([''] if notes else [])
+        for name, table_list in rliable_tables:
+            lines.append(tables.write_tables(table_dir, name, table_list))
+            all_tables += table_list
+        lines += [f'![{os.path.basename(p)}](figures/{os.path.basename(p)})' for p in paths if p.endswith('.png')] + ['']
+    curve_boot = Bootstrap(args.curve_bootstrap_samples, args.bootstrap_seed)
+    paths = figures.learning_curves(curve_panels(grid, curve_boot), grid.methods, fig_dir)
+    figure_paths += paths
+    lines += ['## Learning curves', '',
+              f'Success (%) at every evaluation: mean over tasks of the mean over seeds, shaded 95% percentile-bootstrap '
+              f'interval ({args.curve_bootstrap_samples:,} resamples); dashed vertical line: end of the offline phase. '
+              f'Dotted where fewer of the method\'s runs have reached the step (unfinished or diverged runs).', '',
+              '![learning curves](figures/curves.png)', '']
+    tables.write_csv(os.path.join(out_dir, 'results.csv'), [r for t in all_tables for r in tables.csv_rows(t)])
+    lines += ['## Files', '', '- tables/*.md, *.tex (booktabs), *.csv (one line per cell): '
+              + ', '.join(sorted({t.name for t in all_tables})),
+              '- figures/*.png, *.pdf: ' + ', '.join(sorted({os.path.splitext(os.path.basename(p))[0] for p in figure_paths})),
+              '- runs.csv (every run directory), missing.csv (every missing run and phase, with the reason), '
+              'results.csv (every table cell)', '']
+    with open(os.path.join(out_dir, 'report.md'), 'w') as f:
+        f.write('\n'.join(lines))
+    return dict(grid=grid, stats=stats, pub_stats=pub_stats, tables=built, missing=missing, conflicts=conflicts,
+                figures=figure_paths, report=os.path.join(out_dir, 'report.md'))
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog='python -m sweeps.report', description=__doc__.split('\n\n')[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('runs', help='Folder of run directories (main.py --save_dir); searched recursively.')
+    parser.add_argument('--out', required=True, help='Output folder (report.md, tables/, figures/, CSVs).')
+    parser.add_argument('--methods', help='Expected methods (comma-separated labels); default: every method present.')
+    parser.add_argument('--tasks', help='Expected tasks: environment names or domain names (= its 5 tasks), '
+                                        'comma-separated; default: every task present.')
+    parser.add_argument('--seeds', help="Expected seeds, comma-separated, or 'paper' (10001*k, k=1..12); default: "
+                                        'every seed present.')
+    parser.add_argument('--config_policy', choices=('split', 'newest'), default='split',
+                        help='Runs of one method with different settings on one task: report each config as its own '
+                             'method (split) or keep only the newest config (newest). Either way they are listed.')
+    parser.add_argument('--bootstrap_samples', type=int, default=500_000,
+                        help='Bootstrap resamples per table interval (PROTOCOL §7: 500,000).')
+    parser.add_argument('--curve_bootstrap_samples', type=int, default=2_000,
+                        help='Bootstrap resamples per learning-curve point.')
+    parser.add_argument('--rliable_reps', type=int, default=2_000,
+                        help='Stratified-bootstrap resamples of the rliable statistics.')
+    parser.add_argument('--bootstrap_seed', type=int, default=0, help='Seed of every bootstrap (the report is reproducible).')
+    parser.add_argument('--poi_methods', help='Methods whose probability of improvement over every other method is '
+                                              'computed (comma-separated); default: QAM, QAM-F, QAM-E present.')
+    parser.add_argument('--no_rliable', action='store_true', help='Skip the rliable statistics and figures.')
+    parser.add_argument('--published', default=PUBLISHED_CSV, help='CSV of the published numbers.')
+    args = parser.parse_args(argv)
+    args.poi_methods = parse_list(args.poi_methods)
+    args.argv = list(argv)
+    return args
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    result = build_report(parse_args(argv))
+    grid = result['grid']
+    print(f'Report: {result["report"]} ({len(grid.methods)} methods, {len(grid.tasks)} tasks, {len(grid.seeds)} seeds; '
+          f'{len(result["missing"])} missing method-task-seed-phase cells; {len(result["conflicts"])} config conflicts; '
+          f'{sum(r.status == "diverged" for r in grid.runs)} diverged runs).')
+    return result
+
+
+if __name__ == '__main__':
+    main()

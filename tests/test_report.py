@@ -1,0 +1,228 @@
+"""sweeps.report: tables equal a direct computation on synthetic run directories, bootstrap intervals behave,
+the shipped published CSV reproduces the paper's headline numbers and re-derives from the released pickles,
+figures are written, and incomplete grids, diverged runs and mixed configs are reported."""
+
+import csv
+import decimal
+import hashlib
+import json
+import os
+
+import numpy as np
+import pytest
+
+from sweeps import report, report_published, report_runs
+from sweeps.report_published import Published
+from sweeps.report_stats import Bootstrap, probability_of_improvement
+
+REFERENCE_DIR = report_published.DEFAULT_REFERENCE_DIR
+FAST = ['--bootstrap_samples=2000', '--rliable_reps=50', '--curve_bootstrap_samples=100']
+TASK = 'cube-double-play-singletask-task{}-v0'
+SCENE = 'scene-play-singletask-task{}-v0'
+
+
+def write_run(root, agent_config, env_name, seed, successes, method='', offline_steps=100, online_steps=60,
+              eval_interval=20, status='finished', diverged_step=None, extra_settings=None):
+    """A run directory as main.py writes it, with evaluation success fractions `successes` at every eval_interval
+    steps (offline rows first, then online rows; a shorter list is an unfinished run)."""
+    agent = {'agent_name': 'qam', 'fql_alpha': 0.0, 'edit_scale': 0.0, 'batch_size': 256, **agent_config}
+    settings = dict(env_name=env_name, offline_steps=offline_steps, online_steps=online_steps,
+                    eval_interval=eval_interval, agent=agent, sparse=False, **(extra_settings or {}))
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    path = os.path.join(root, agent['agent_name'], env_name, f'seed{seed}-{digest}')
+    os.makedirs(path, exist_ok=True)
+    flags = dict(env_name=env_name, seed=seed, method=method, offline_steps=offline_steps, online_steps=online_steps,
+                 eval_interval=eval_interval)
+    with open(os.path.join(path, 'flags.json'), 'w') as f:
+        json.dump(dict(flags=flags, settings=settings, code_version='test', machine={}, started='2026-01-01 00:00:00'), f)
+    steps = [s for s in range(eval_interval, offline_steps + 1, eval_interval)]
+    steps += [offline_steps + s for s in range(eval_interval, online_steps + 1, eval_interval)]
+    with open(os.path.join(path, 'eval.csv'), 'w', newline='') as f:
+        writer = csv.writer(f)
+        writer.writerow(['step', 'phase', 'success', 'episode_return', 'episode_length', 'num_episodes', 'wall_time'])
+        for step, value in zip(steps, successes):
+            writer.writerow([step, 'offline' if step <= offline_steps else 'online', value, 0.0, 100, 50, 1.0])
+    if status == 'finished':
+        with open(os.path.join(path, 'DONE'), 'w') as f:
+            json.dump(dict(summary='', final={}, dataset='x', dataset_source='generate',
+                           deviations=['locally generated dataset (not the official files)']), f)
+    elif status == 'diverged':
+        with open(os.path.join(path, 'DIVERGED'), 'w') as f:
+            json.dump(dict(step=diverged_step, keys=['critic/critic_loss']), f)
+    return path
+
+
+def curve(rng, end_offline, end_online, offline_points=5, online_points=3):
+    offline = list(np.round(np.linspace(0, end_offline, offline_points + 1)[1:], 2))
+    online = list(np.round(np.linspace(end_offline, end_online, online_points + 1)[1:], 2))
+    return offline + online
+
+
+METHODS = {'QAM': dict(inv_temp=3.0), 'QAM-E': dict(inv_temp=3.0, edit_scale=0.1), 'QAM-F': dict(inv_temp=10.0, fql_alpha=300.0)}
+SEEDS = (10001, 20002, 30003)
+
+
+def make_grid(root, rng, seeds=SEEDS, tasks=(TASK.format(1), TASK.format(2), SCENE.format(1)), methods=METHODS):
+    """Every method x task x seed finished; returns {(method, task, seed): (offline %, online %)}."""
+    truth = {}
+    for method, config in methods.items():
+        for task in tasks:
+            for seed in seeds:
+                off, on = rng.integers(0, 51) / 50, rng.integers(0, 51) / 50
+                write_run(root, config, task, seed, curve(rng, off, on))
+                truth[(method, task, seed)] = (100 * off, 100 * on)
+    return truth
+
+
+def run_report(runs, out, *extra):
+    return report.main([str(runs), '--out', str(out), *FAST, *extra])
+
+
+def read_results(out):
+    with open(os.path.join(out, 'results.csv')) as f:
+        return list(csv.DictReader(f))
+
+
+def test_method_labels_come_from_the_flag_or_the_agent_config():
+    assert report_runs.method_label({'method': 'Mine'}, {'agent_name': 'qam', 'edit_scale': 0.1}) == 'Mine'
+    assert report_runs.method_label({'method': ''}, {'agent_name': 'qam', 'fql_alpha': 300.0, 'edit_scale': 0.0}) == 'QAM-F'
+    assert report_runs.method_label({}, {'agent_name': 'qam', 'fql_alpha': 0.0, 'edit_scale': 0.1}) == 'QAM-E'
+    assert report_runs.method_label({}, {'agent_name': 'qam', 'fql_alpha': 0.0, 'edit_scale': 0.0}) == 'QAM'
+    assert report_runs.method_label({}, {'agent_name': 'cgql', 'mode': 'linex'}) == 'CGQL-L'
+    assert report_runs.method_label({}, {'agent_name': 'cgql', 'mode': 'mse'}) == 'CGQL-M'
+    assert report_runs.method_label({}, {'agent_name': 'cgql', 'mode': 'simple'}) == 'CGQL'
+    assert report_runs.method_label({}, {'agent_name': 'rebrac'}) == 'ReBRAC'
+
+
+def test_table_cells_equal_a_direct_computation(tmp_path):
+    rng = np.random.default_rng(0)
+    truth = make_grid(tmp_path / 'runs', rng)
+    result = run_report(tmp_path / 'runs', tmp_path / 'out')
+    stats = result['stats']
+    tasks = sorted({t for _, t, _ in truth}, key=report_runs.task_sort_key)
+    for method in METHODS:
+        for p, phase in enumerate(report_runs.PHASES):
+            per_task = {t: [truth[(method, t, s)][p] for s in SEEDS] for t in tasks}
+            for task, values in per_task.items():
+                stat = stats[('task', task, method, phase)]
+                assert stat.mean == pytest.approx(np.mean(values)) and stat.n == stat.expected == 3
+            cube = [t for t in tasks if t.startswith('cube')]
+            domain = stats[('domain', 'cube-double-play', method, phase)]
+            assert domain.mean == pytest.approx(np.mean([np.mean(per_task[t]) for t in cube]))
+            assert domain.method == 'paired' and domain.complete
+            overall = stats[('all', 'all', method, phase)]
+            assert overall.mean == pytest.approx(np.mean([np.mean(v) for v in per_task.values()]))
+            # The interval is the percentile bootstrap of each seed's average over the tasks (PROTOCOL §7).
+            per_seed = [np.mean([truth[(method, t, s)][p] for t in tasks]) for s in SEEDS]
+            counts = Bootstrap(2000, 0).counts(3)
+            expected = np.percentile(counts @ np.array(per_seed) / 3, [2.5, 97.5])
+            assert (overall.low, overall.high) == pytest.approx(tuple(expected))
+    # The written tables hold the same numbers, with the best method of each column in bold.
+    rows = [r for r in read_results(tmp_path / 'out') if r['table'] == 'aggregate' and r['kind'] == 'ours']
+    for row in rows:
+        phase = 'offline' if 'offline' in row['column'] else 'online'
+        assert float(row['mean']) == pytest.approx(stats[('all', 'all', row['row'], phase)].mean, abs=0.006)
+    for column in {r['column'] for r in rows}:
+        cells = [r for r in rows if r['column'] == column]
+        best = max(round(float(r['mean']), 1) for r in cells)
+        assert {r['row'] for r in cells if r['best'] == '1'} == {r['row'] for r in cells if round(float(r['mean']), 1) == best}
+    markdown = open(tmp_path / 'out' / 'tables' / 'aggregate.md').read()
+    assert '**' in markdown and 'QAM (paper)' in markdown and '‡' in markdown  # paper recomputed over the 3 tasks
+    latex = open(tmp_path / 'out' / 'tables' / 'domains_offline.tex').read()
+    assert r'\toprule' in latex and r'\midrule' in latex and r'\bottomrule' in latex and r'\textbf{' in latex
+
+
+def test_bootstrap_interval_contains_the_mean_and_narrows_with_more_seeds():
+    boot = Bootstrap(20_000, seed=0)
+    seeds = [12.0, 86.0, 40.0, 64.0, 98.0, 30.0]  # success (%) of six seeds
+    widths = []
+    for copies in (1, 2, 8):  # 6, 12 and 48 seeds with the same spread
+        values = np.tile(seeds, copies)
+        low, high = boot.interval(values)
+        assert low <= np.mean(values) <= high
+        widths.append(high - low)
+    assert widths[0] > widths[1] > widths[2]
+    assert boot.interval([40.0]) == (None, None)  # no interval from one seed
+    assert boot.interval([30.0, 30.0, 30.0]) == (30.0, 30.0)
+    # Same seed, same interval; the counts are a resampling with replacement (rows sum to n).
+    assert Bootstrap(1000, 5).interval([1.0, 5.0, 9.0]) == Bootstrap(1000, 5).interval([1.0, 5.0, 9.0])
+    assert np.all(boot.counts(7).sum(axis=1) == 7)
+
+
+def test_fast_probability_of_improvement_equals_rliable():
+    from rliable import metrics
+
+    rng = np.random.default_rng(2)
+    for _ in range(5):
+        x, y = rng.integers(0, 6, size=(12, 4)) / 5, rng.integers(0, 6, size=(9, 4)) / 5
+        assert probability_of_improvement(x, y) == pytest.approx(metrics.probability_of_improvement(x, y))
+    assert probability_of_improvement(x, x) == pytest.approx(0.5)
+
+
+# The QAM paper's aggregate over the 50 tasks (PROTOCOL §12.1): offline, offline-to-online (RLPD: online only).
+PAPER_AGGREGATES = {
+    'QAM': (44.4, 69.9), 'QAM-F': (45.4, 81.7), 'QAM-E': (45.7, 84.7), 'BAM': (35.4, 58.2), 'FQL': (35.7, 82.5),
+    'FBRAC': (10.8, 64.4), 'FEdit': (32.6, 78.9), 'DSRL': (38.4, 59.9), 'IFQL': (34.4, 48.9), 'FAWAC': (8.4, 17.3),
+    'CGQL': (29.8, 66.7), 'CGQL-M': (34.6, 63.6), 'CGQL-L': (36.8, 58.0), 'QSM': (41.6, 76.3), 'DAC': (36.5, 62.4),
+    'ReBRAC': (40.0, 64.3), 'RLPD': (None, 60.0),
+}
+
+
+def half_up(x):
+    """Round to one decimal as the paper prints (69.85 -> 69.9)."""
+    return float(decimal.Decimal(f'{x:.6f}').quantize(decimal.Decimal('0.1'), rounding=decimal.ROUND_HALF_UP))
+
+
+def test_aggregates_of_the_shipped_published_csv_reproduce_the_paper():
+    published = Published()
+    tasks = published.tasks(study='main')
+    assert len(tasks) == 50 and len({report_runs.split_env_name(t)[0] for t in tasks}) == 10
+    assert sorted(published.methods) == sorted(set(PAPER_AGGREGATES) | {f'QAM-E ({v})' for v in (
+        'K=2', 'T=1', 'T=3', 'T=20', 'T=30', '0.1x tau', '0.3x tau', '3x tau', '10x tau')} | {'QAM-E-NOCLIP'})
+    for method, expected in PAPER_AGGREGATES.items():
+        for phase, value in zip(('offline', 'online'), expected):
+            rows = [published.get(t, method, phase) for t in tasks]
+            if value is None:
+                assert all(r is None for r in rows)
+                continue
+            aggregate = np.mean([r['seed_values'] for r in rows])  # mean over the 50 tasks of the task means (exact)
+            assert half_up(aggregate) == value, (method, phase, aggregate)
+            assert np.mean([r['mean'] for r in rows]) == pytest.approx(aggregate, abs=0.01)  # the rounded task means
+            assert published.get('all', method, phase)['mean'] == pytest.approx(aggregate, abs=0.01)
+    # The headline numbers of the issue, explicitly.
+    headline = {('QAM', 'offline'): 44.4, ('QAM-F', 'offline'): 45.4, ('QAM-E', 'offline'): 45.7,
+                ('FQL', 'online'): 82.5, ('QAM-E', 'online'): 84.7}
+    for (method, phase), value in headline.items():
+        assert half_up(np.mean([published.get(t, method, phase)['mean'] for t in tasks])) == value
+    # Every domain row is the mean of its five task rows.
+    for domain in published.tasks(level='domain', study='main'):
+        domain_tasks = [t for t in tasks if report_runs.split_env_name(t)[0] == domain]
+        assert len(domain_tasks) == 5
+        row = published.get(domain, 'QAM', 'offline')
+        assert row['mean'] == pytest.approx(np.mean([published.get(t, 'QAM', 'offline')['mean'] for t in domain_tasks]), abs=0.01)
+
+
+@pytest.mark.skipif(not os.path.isdir(REFERENCE_DIR), reason='needs ../shared/reference (the released pickles)')
+def test_published_csv_rederives_from_the_released_data():
+    keys = {'all', 'all-rep', 'cube-double-play', 'cube-double-play-singletask-task2-v0', 'scene-noisy',
+            'scene-noisy-singletask-task1-v0', 'antmaze-giant-navigate-singletask-task5-v0'}
+    rows = report_published.derive(REFERENCE_DIR, keep=lambda study, key, method: key in keys)
+    with open(report_published.PUBLISHED_CSV, newline='') as f:
+        shipped = {(r['study'], r['task'], r['method'], r['phase']): r for r in csv.DictReader(f)}
+    assert len(rows) > 100
+    for row in rows:
+        assert {k: str(v) for k, v in row.items()} == shipped[(row['study'], row['task'], row['method'], row['phase'])]
+    # Against the reference CSV of the protocol (its own bootstrap): means equal; intervals agree to bootstrap noise.
+    with open(os.path.join(REFERENCE_DIR, 'qam_paper_results.csv'), newline='') as f:
+        reference = {(r['task'], r['method'], r['phase']): r for r in csv.DictReader(f)}
+    main = {(r['task'], r['method'], r['phase']): r for r in shipped.values() if r['study'] == 'main'}
+    assert set(main) == set(reference) and len(main) == 2013
+    differences = []
+    for key, ref in reference.items():
+        assert float(main[key]['mean']) == pytest.approx(float(ref['mean']), abs=1e-9)
+        for column in ('ci95_low', 'ci95_high'):
+            difference = abs(float(main[key][column]) - float(ref[column]))
+            differences.append(difference)
+            if 'singletask' not in key[0]:
+                assert difference <= 0.5, (key, column)
+    assert np.median(differences) <= 0.05 and np.quantile(differences, 0.95) <= 0.5 and max(differences) <= 2.5
