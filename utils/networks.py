@@ -10,6 +10,8 @@
 * `TanhGaussianPolicy`: trunk MLP (activate_final) and two Dense(D) heads, mean and log-std (clipped to
   [-20, 2]); sampling and log-probabilities live in `utils/rl.py`.
 * `LogParam`: one trainable float32 scalar ℓ, value exp(ℓ) (entropy temperatures).
+* `DeterministicTanhActor` (ReBRAC, §12): trunk MLP (activate_final) and a Dense(D) mean head with a small
+  variance-scaling init; returns tanh(mean).
 
 Every module takes inputs with arbitrary leading batch axes (including none).
 """
@@ -135,3 +137,22 @@ class LogParam(nn.Module):
     def __call__(self):
         log_value = self.param('log_value', lambda _: jnp.full((), jnp.log(self.init_value), jnp.float32))
         return jnp.exp(log_value)
+
+
+class DeterministicTanhActor(nn.Module):
+    """Deterministic tanh actor of ReBRAC (ALGORITHMS §12): trunk MLP on concat(*inputs) (activate_final), mean
+    head Dense(D) with a variance-scaling kernel init (scale `final_fc_init_scale`, fan-average, uniform: limit
+    sqrt(3·scale/((fan_in + fan_out)/2))) and a zero bias; returns the action tanh(mean) of shape (*batch, D)."""
+
+    hidden_dims: Sequence[int]
+    action_dim: int
+    layer_norm: bool = False
+    final_fc_init_scale: float = 0.01
+
+    @nn.compact
+    def __call__(self, *inputs):
+        x = jnp.concatenate(inputs, axis=-1)
+        x = MLP(self.hidden_dims, activate_final=True, layer_norm=self.layer_norm)(x)
+        kernel_init = nn.initializers.variance_scaling(self.final_fc_init_scale, 'fan_avg', 'uniform')
+        means = nn.Dense(self.action_dim, kernel_init=kernel_init, bias_init=nn.initializers.zeros, name='mean')(x)
+        return jnp.tanh(means)
