@@ -1,0 +1,169 @@
+"""IFQL — implicit flow Q-learning: IDQL (Hansen-Estruch et al., 2023) with a flow policy, as the QAM paper's
+baseline.
+
+Value learning is IQL's (Kostrikov et al., 2022) and never queries the policy: a state value V(s) is fitted by
+expectile regression to the target critic's pessimistic estimate at the dataset chunk, and the critic is
+bootstrapped from V(s'), so there is no policy sample at s' in the TD target. The policy is a pure
+behaviour-cloning flow. The distinguishing idea: policy improvement happens only at action time, by drawing
+`num_samples` (32) actions from the BC flow and keeping the one with the highest ensemble-minimum Q.
+Specification: ALGORITHMS.md §8.
+
+Networks (reference-code names in brackets): `value` V (one MLP with LayerNorm on s); `critic` +
+`target_critic`; `behavior_flow` [actor_flow] = f_β (no target).
+
+Differences from the reference code (FIX): the 32-sample selection works for any batch of observations with a
+per-observation argmax (the reference only handled one unbatched observation; for one observation the
+behaviour is identical); Polyak targets from the post-update parameters; `grad/norm` is the true global norm.
+Kept: 32 samples and the argmax of the ensemble minimum; the value target from the target critic's
+pessimistic estimate mean − ρ·std; the critic bootstrapped from the online V (no target value network).
+"""
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from utils import flow, rl
+from utils.networks import CriticEnsemble, ValueNetwork, VelocityField
+
+
+class IFQLAgent(flax.struct.PyTreeNode):
+    """IFQL agent state: a PRNG key, every network in one `rl.TrainState`, and the (static) config."""
+
+    rng: jax.Array
+    network: rl.TrainState
+    config: Any = flax.struct.field(pytree_node=False)
+
+    # ----------------------------------------------------------------------------- helpers
+    @property
+    def action_size(self):
+        """D: the flat action dimension every network sees (H·A with action chunking, else A)."""
+        chunk = self.config.horizon_length if self.config.action_chunking else 1
+        return chunk * self.config.action_dim
+
+    def flat_actions(self, actions):
+        """Dataset chunks (B, H, A) → (B, D) in row-major order (only the first action without chunking)."""
+        if self.config.action_chunking:
+            return actions.reshape(actions.shape[0], -1)
+        return actions[:, 0, :]
+
+    # ------------------------------------------------------------------------------ losses
+    def value_loss(self, batch, grad_params):
+        """Expectile regression of V(s) onto mean_k Q'_k(s, a) − ρ·std_k Q'_k(s, a) at the dataset chunk (no mask)."""
+        observations, actions = batch['observations'], self.flat_actions(batch['actions'])
+        target_q = self.network.apply('target_critic', observations, actions)  # target: fixed call
+        q_data = rl.pessimistic_value(target_q, self.config.rho)
+        v = self.network.apply('value', observations, params=grad_params['value'])
+        loss = rl.expectile_loss(jax.lax.stop_gradient(q_data) - v, self.config.kappa)
+        return loss, {'value/value_loss': loss, 'value/v_mean': v.mean(), 'value/v_max': v.max(),
+                      'value/v_min': v.min()}
+
+    def critic_loss(self, batch, grad_params):
+        """TD loss with y = r + γ^H·m·V(s') from the ONLINE value network (fixed call); no policy sample at s'."""
+        observations, actions = batch['observations'], self.flat_actions(batch['actions'])
+        next_v = self.network.apply('value', batch['next_observations'][:, -1])  # stored parameters: fixed call
+        bootstrap = self.config.discount**self.config.horizon_length * batch['masks'][:, -1]
+        targets = batch['rewards'][:, -1] + bootstrap * next_v
+        q = self.network.apply('critic', observations, actions, params=grad_params['critic'])
+        loss = rl.critic_loss(q, jax.lax.stop_gradient(targets), batch['valid'][:, -1])
+        return loss, {'critic/critic_loss': loss, 'critic/q_mean': q.mean(), 'critic/q_max': q.max(),
+                      'critic/q_min': q.min()}
+
+    def actor_loss(self, batch, grad_params, rng):
+        """Plain BC flow loss on f_β (valid-weighted)."""
+        loss = flow.bc_flow_loss(self.network.select('behavior_flow', grad_params['behavior_flow']),
+                                 batch['observations'], self.flat_actions(batch['actions']), batch['valid'][:, -1], rng)
+        return loss, {'actor/actor_loss': loss, 'actor/bc_flow_loss': loss}
+
+    def total_loss(self, batch, grad_params, rng):
+        """L_V + L_Q + L_BC: one scalar, differentiated once w.r.t. every trainable network (rng: the BC loss)."""
+        value_loss, value_info = self.value_loss(batch, grad_params)
+        critic_loss, critic_info = self.critic_loss(batch, grad_params)
+        actor_loss, actor_info = self.actor_loss(batch, grad_params, rng)
+        return value_loss + critic_loss + actor_loss, {**value_info, **critic_info, **actor_info}
+
+    # ------------------------------------------------------------------------------ update
+    def update(self, batch):
+        """One gradient step on the total loss, then the EMA of `critic`. Pure."""
+        rng, loss_key = jax.random.split(self.rng)
+        grads, info = jax.grad(self.total_loss, argnums=1, has_aux=True)(batch, self.network.trainable_params,
+                                                                         loss_key)
+        network, info['grad/norm'] = self.network.apply_gradients(grads)
+        network = network.update_targets(self.config.tau)  # post-update online parameters
+        return self.replace(rng=rng, network=network), info
+
+    def batch_update(self, batch):
+        """U sequential updates over the leading axis of every batch array; info averaged over U."""
+        agent, infos = jax.lax.scan(lambda agent, minibatch: agent.update(minibatch), self, batch)
+        return agent, jax.tree.map(lambda x: x.mean(axis=0), infos)
+
+    # ---------------------------------------------------------------------------- acting
+    def select_best(self, observations, noises):
+        """For observations (*batch, O) and candidate noises (*batch, N, D): decode every noise with the BC flow's
+        Euler ODE (clipped) and return, per observation, the candidate with the highest min_k Q_k (online critic,
+        stored parameters) → (*batch, D)."""
+        repeated = jnp.broadcast_to(observations[..., None, :], (*noises.shape[:-1], observations.shape[-1]))
+        candidates = flow.euler_ode(self.network.select('behavior_flow'), repeated, noises, self.config.flow_steps)
+        scores = jnp.min(self.network.apply('critic', repeated, candidates), axis=0)  # (*batch, N)
+        best = jnp.argmax(scores, axis=-1)
+        return jnp.take_along_axis(candidates, best[..., None, None], axis=-2)[..., 0, :]
+
+    def sample_actions(self, observations, rng):
+        """Best of `num_samples` BC-flow actions per observation (§8): (*batch, O) → (*batch, D) in [−1, 1]."""
+        noises = jax.random.normal(rng, (*observations.shape[:-1], self.config.num_samples, self.action_size))
+        return self.select_best(observations, noises)
+
+    @classmethod
+    def create(cls, seed, ex_observations, ex_actions, config):
+        """A fresh agent; ex_observations (O,) or (1, O), ex_actions (A,) or (1, A)."""
+        config = ml_collections.ConfigDict(config.to_dict() if hasattr(config, 'to_dict') else dict(config))
+        if not 0.0 <= config.kappa <= 1.0:
+            raise ValueError(f'kappa (the expectile) must lie in [0, 1], got {config.kappa}.')
+        if config.flow_steps < 1 or config.horizon_length < 1 or config.num_samples < 1:
+            raise ValueError('flow_steps, horizon_length and num_samples must be >= 1.')
+        ex_observations = jnp.asarray(ex_observations, jnp.float32).reshape(1, -1)
+        config.ob_dims, config.action_dim = ex_observations.shape[-1], int(jnp.shape(ex_actions)[-1])
+        config = ml_collections.FrozenConfigDict(config)
+        action_size = (config.horizon_length if config.action_chunking else 1) * config.action_dim
+        ex_chunks, ex_times = jnp.zeros((1, action_size)), jnp.zeros((1, 1))
+
+        actor_dims, value_dims = tuple(config.actor_hidden_dims), tuple(config.value_hidden_dims)
+        modules = {
+            'value': ValueNetwork(value_dims, config.value_layer_norm),
+            'critic': CriticEnsemble(value_dims, config.num_qs, config.value_layer_norm),
+            'behavior_flow': VelocityField(actor_dims, action_size, config.actor_layer_norm),
+        }
+        inputs = {'value': (ex_observations,), 'critic': (ex_observations, ex_chunks),
+                  'behavior_flow': (ex_observations, ex_chunks, ex_times)}
+        rng, *init_keys = jax.random.split(jax.random.PRNGKey(seed), len(modules) + 1)
+        params = {name: rl.init_params(modules[name], key, *inputs[name]) for name, key in zip(modules, init_keys)}
+        network = rl.TrainState.create(modules, params, rl.make_optimizer(config.lr),
+                                       targets={'target_critic': 'critic'})
+        return cls(rng=rng, network=network, config=config)
+
+
+def get_config():
+    config = ml_collections.ConfigDict(dict(
+        agent_name='ifql',  # Agent name (file in agents/).
+        lr=3e-4,  # Adam learning rate (plain Adam, no gradient clipping).
+        batch_size=256,  # Batch size (read by the training loop).
+        actor_hidden_dims=(512, 512, 512, 512),  # Hidden widths of the BC flow.
+        value_hidden_dims=(512, 512, 512, 512),  # Hidden widths of each critic member and of V.
+        actor_layer_norm=False,  # LayerNorm in the BC flow.
+        value_layer_norm=True,  # LayerNorm in the critic and V.
+        horizon_length=5,  # H: action chunk length (5 manipulation, 1 mazes; set per domain by the run).
+        action_chunking=True,  # Act with flat chunks of H actions (D = H·A); False: first action, γ^H bootstrap.
+        num_qs=10,  # K: critic ensemble size.
+        rho=0.5,  # Pessimism of V's regression target: mean − rho·std of the target critic.
+        discount=0.99,  # γ (per step; the TD target uses γ^H).
+        tau=0.005,  # λ: Polyak rate of the target critic.
+        flow_steps=10,  # T: Euler steps of the BC flow.
+        kappa=0.9,  # Expectile of the value regression (weight kappa above, 1 − kappa below).
+        num_samples=32,  # BC-flow candidates per observation when acting; the ensemble-min-Q argmax is kept.
+    ))
+    return config
+
+
+Agent = IFQLAgent
