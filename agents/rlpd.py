@@ -74,12 +74,13 @@ class RLPDAgent(flax.struct.PyTreeNode):
         # Online critic with its stored parameters (fixed call): the gradient reaches the actor through the actions.
         q = rl.pessimistic_value(self.network.apply('critic', observations, policy_actions), self.config.rho)
         alpha = self.network.apply('alpha', params=grad_params['alpha'])
-        policy_loss = jnp.mean(log_probs * jax.lax.stop_gradient(alpha) - q)
-        alpha_loss = rl.temperature_loss(alpha, log_probs, self.entropy_target)  # gradient to the temperature only
+        # L_pi = mean(lp·sg(α) − q) (gradient to the actor) + L_alpha = α·(−mean sg(lp) − H) (to the temperature).
+        sac_loss, alpha_loss = rl.entropy_regularised_actor_loss(q, log_probs, alpha, self.entropy_target)
+        policy_loss = sac_loss - alpha_loss
         # Log-likelihood of the dataset chunks (clipped to ±(1 − 1e-5) inside), masked by `valid`.
         bc_log_probs = rl.tanh_gaussian_log_prob(means, log_stds, actions)
         bc_loss = -self.config.bc_alpha * jnp.mean(batch['valid'][:, -1] * bc_log_probs)
-        loss = policy_loss + alpha_loss + bc_loss
+        loss = sac_loss + bc_loss
         return loss, {'actor/actor_loss': loss, 'actor/policy_loss': policy_loss, 'actor/q': q.mean(),
                       'actor/bc_loss': bc_loss, 'actor/bc_log_prob': bc_log_probs.mean(), 'actor/alpha': alpha,
                       'actor/alpha_loss': alpha_loss, 'actor/entropy': -log_probs.mean(),
