@@ -1,0 +1,279 @@
+"""QAM — Q-learning with Adjoint Matching (Li & Levine, 2026), with the QAM-F and QAM-E variants.
+
+A behaviour flow f_β is trained by flow matching on the dataset chunks, and a second velocity field f_θ is
+trained by *lean adjoint matching* so that its samples follow the tilted distribution
+π(a|s) ∝ π_β(a|s)·exp(inv_temp·Q(s, a)). The distinguishing idea: roll out a memoryless SDE driven by f_θ,
+propagate a backward "lean adjoint" that only involves the base flow (one vector–Jacobian product per step,
+starting from −inv_temp·∇_a Q at the final action), and regress f_θ at every step onto
+f_base − (σ_i²/2)·g[i]. No gradient is ever backpropagated through the sampling chain. The critic is the
+usual pessimistic ensemble, bootstrapped with the acting policy (the deterministic ODE of f_θ).
+QAM-F (`fql_alpha > 0`) additionally distils f_θ into a one-step policy that maximises Q and acts;
+QAM-E (`edit_scale > 0`) adds an entropy-regularised tanh-Gaussian edit on top of f_θ's actions.
+Specification: ALGORITHMS.md §2.
+
+Networks (reference-code names in brackets): `critic` + `target_critic`; `behavior_flow` [actor_slow] = f_β
++ `target_behavior_flow` = f̄_β (the base flow f_base when `target_actor`); `finetuned_flow` [actor_fast]
+= f_θ, independently initialised; `one_step_actor` (QAM-F); `edit_actor` and `edit_alpha` (QAM-E).
+
+Differences from the reference code (all FIX, none changes the published behaviour): no unused
+`target_actor_fast`; independent keys for x[0] and each SDE step; float32 temperature; Polyak targets from
+the post-update parameters; `grad/norm` is the true global norm. Everything else (+h time offsets,
+deterministic last step with the base flow, loss without h over all T steps, TD targets from the acting
+policy) is kept.
+"""
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from utils import flow, rl
+from utils.networks import CriticEnsemble, LogParam, TanhGaussianPolicy, VelocityField
+
+
+class QAMAgent(flax.struct.PyTreeNode):
+    """QAM agent state: a PRNG key, every network in one `rl.TrainState`, and the (static) config."""
+
+    rng: jax.Array
+    network: rl.TrainState
+    config: Any = flax.struct.field(pytree_node=False)
+
+    # ----------------------------------------------------------------------------- helpers
+    @property
+    def action_size(self):
+        """D: the flat action dimension every network sees (H·A with action chunking, else A)."""
+        chunk = self.config.horizon_length if self.config.action_chunking else 1
+        return chunk * self.config.action_dim
+
+    def flat_actions(self, actions):
+        """Dataset chunks (B, H, A) → (B, D) in row-major order (only the first action without chunking)."""
+        if self.config.action_chunking:
+            return actions.reshape(actions.shape[0], -1)
+        return actions[:, 0, :]
+
+    def base_flow(self, observations, x, times):
+        """f_base: the EMA target of the BC flow (`target_actor`) or the online BC flow; always a fixed call."""
+        name = 'target_behavior_flow' if self.config.target_actor else 'behavior_flow'
+        return self.network.apply(name, observations, x, times)
+
+    def finetuned_velocity(self, observations, x, times):
+        """The field whose ODE acts: f_θ (plus the online f_β with `residual`); stored parameters (fixed call)."""
+        velocity = self.network.apply('finetuned_flow', observations, x, times)
+        if self.config.residual:
+            velocity = velocity + self.network.apply('behavior_flow', observations, x, times)
+        return velocity
+
+    def q_mean(self, observations, actions):
+        """Online critic ensemble mean (no pessimism), fixed call: gradients reach only the inputs."""
+        return jnp.mean(self.network.apply('critic', observations, actions), axis=0)
+
+    # ------------------------------------------------------------------------------ losses
+    def critic_loss(self, batch, grad_params, rng):
+        """Common TD loss (§1.4) with a' = clip(sample_actions(s')), the full acting policy."""
+        observations, actions = batch['observations'], self.flat_actions(batch['actions'])
+        next_observations = batch['next_observations'][:, -1]
+        next_actions = jax.lax.stop_gradient(jnp.clip(self.sample_actions(next_observations, rng), -1.0, 1.0))
+        next_q = self.network.apply('target_critic', next_observations, next_actions)  # target: fixed call
+        targets = rl.td_target(next_q, batch['rewards'][:, -1], batch['masks'][:, -1], self.config.discount,
+                               self.config.horizon_length, self.config.rho)
+        q = self.network.apply('critic', observations, actions, params=grad_params['critic'])
+        loss = rl.critic_loss(q, jax.lax.stop_gradient(targets), batch['valid'][:, -1])
+        return loss, {'critic/critic_loss': loss, 'critic/q_mean': q.mean(), 'critic/q_max': q.max(),
+                      'critic/q_min': q.min()}
+
+    def terminal_adjoint(self, observations, final_actions):
+        """g[T] = −inv_temp·∇_x mean_k Q*_k(s, clip(x)) per sample; zero in clipped coordinates (`clip_adj`)."""
+        critic = 'target_critic' if self.config.use_target_grad else 'critic'
+
+        def total_q(x):  # summed over the batch: each sample's gradient only involves its own Q
+            x = jnp.clip(x, -1.0, 1.0) if self.config.clip_adj else x
+            return jnp.sum(jnp.mean(self.network.apply(critic, observations, x), axis=0))
+
+        return -self.config.inv_temp * jax.grad(total_q)(final_actions)
+
+    def adjoint(self, observations, rng):
+        """Memoryless SDE of f_θ and the lean adjoint of f_base (§2.3): constants x, g of shape (T, B, D)."""
+        noise_key, sde_key = jax.random.split(rng)
+        initial_noise = jax.random.normal(noise_key, (*observations.shape[:-1], self.action_size))
+        sde_velocity = self.network.select('finetuned_flow')  # stored parameters: fixed call
+        if self.config.residual:
+            sde_velocity = lambda s, x, t: self.network.apply('finetuned_flow', s, x, t) + self.base_flow(s, x, t)  # noqa: E731
+        states, final_actions = flow.memoryless_sde(sde_velocity, self.base_flow, observations, initial_noise,
+                                                    sde_key, self.config.flow_steps)
+        adjoints = flow.lean_adjoint(self.base_flow, observations, states,
+                                     self.terminal_adjoint(observations, final_actions), self.config.flow_steps)
+        return jax.lax.stop_gradient(states), jax.lax.stop_gradient(adjoints)
+
+    def one_step_loss(self, observations, noises, grad_params):
+        """QAM-F: −Q̄(s, clip(μ_ω(s, z))) + fql_alpha·‖μ_ω(s, z) − ODE_θ(s, z)‖² (means over batch and D)."""
+        flow_actions = jax.lax.stop_gradient(
+            flow.euler_ode(self.finetuned_velocity, observations, noises, self.config.flow_steps))
+        actions = self.network.apply('one_step_actor', observations, noises, params=grad_params['one_step_actor'])
+        q = self.q_mean(observations, jnp.clip(actions, -1.0, 1.0))
+        distill_loss = jnp.mean((actions - flow_actions) ** 2)
+        loss = -q.mean() + self.config.fql_alpha * distill_loss
+        return loss, {'actor/one_step_loss': loss, 'actor/one_step_q': q.mean(), 'actor/distill_loss': distill_loss}
+
+    def edit_loss(self, observations, noises, rng, grad_params):
+        """QAM-E: −Q̄(s, clip(a_θ + edit_scale·e)) + log π_ω(e)·sg(α) + α·(−sg(log π_ω(e)) − H_target)."""
+        flow_actions = jax.lax.stop_gradient(
+            flow.euler_ode(self.finetuned_velocity, observations, noises, self.config.flow_steps))
+        means, log_stds = self.network.apply('edit_actor', observations, flow_actions,
+                                             params=grad_params['edit_actor'])
+        edits, log_probs = rl.tanh_gaussian_sample(rng, means, log_stds)
+        alpha = self.network.apply('edit_alpha', params=grad_params['edit_alpha'])
+        q = self.q_mean(observations, jnp.clip(flow_actions + self.config.edit_scale * edits, -1.0, 1.0))
+        entropy_target = rl.target_entropy(self.config.edit_target_entropy,
+                                           self.config.edit_target_entropy_multiplier, self.action_size)
+        alpha_loss = rl.temperature_loss(alpha, log_probs, entropy_target)
+        loss = -q.mean() + jnp.mean(log_probs) * jax.lax.stop_gradient(alpha) + alpha_loss
+        return loss, {'actor/edit_loss': loss, 'actor/edit_q': q.mean(), 'actor/edit_alpha': alpha,
+                      'actor/edit_alpha_loss': alpha_loss, 'actor/edit_entropy': -log_probs.mean()}
+
+    def actor_loss(self, batch, grad_params, rng):
+        """L_BC(f_β) + L_AM(f_θ) [+ QAM-F loss] [+ QAM-E loss] (§2.4)."""
+        bc_key, adjoint_key, noise_key, edit_key = jax.random.split(rng, 4)
+        observations, actions = batch['observations'], self.flat_actions(batch['actions'])
+        bc_loss = flow.bc_flow_loss(self.network.select('behavior_flow', grad_params['behavior_flow']),
+                                    observations, actions, batch['valid'][:, -1], bc_key)
+
+        # Lean adjoint matching: every step i = 0 … T−1 regresses f_θ(s, x[i], t_i) at once.
+        num_steps = self.config.flow_steps
+        states, adjoints = self.adjoint(observations, adjoint_key)  # constants (T, B, D)
+        step_observations = jnp.broadcast_to(observations, (num_steps, *observations.shape))
+        times = jnp.broadcast_to((jnp.arange(num_steps, dtype=jnp.float32) / num_steps)[:, None, None],
+                                 (*states.shape[:-1], 1))
+        controls = self.network.apply('finetuned_flow', step_observations, states, times,
+                                      params=grad_params['finetuned_flow'])
+        if not self.config.residual:
+            controls = controls - self.base_flow(step_observations, states, times)  # fixed call
+        am_loss = flow.adjoint_matching_loss(controls, adjoints, flow.memoryless_sigmas(num_steps))
+
+        loss = bc_loss + am_loss
+        info = {'actor/bc_flow_loss': bc_loss, 'actor/adjoint_matching_loss': am_loss,
+                'actor/terminal_adjoint_norm': jnp.linalg.norm(adjoints[-1], axis=-1).mean()}
+        noises = jax.random.normal(noise_key, actions.shape)
+        if self.config.fql_alpha > 0:
+            extra_loss, extra_info = self.one_step_loss(observations, noises, grad_params)
+            loss, info = loss + extra_loss, {**info, **extra_info}
+        if self.config.edit_scale > 0:
+            extra_loss, extra_info = self.edit_loss(observations, noises, edit_key, grad_params)
+            loss, info = loss + extra_loss, {**info, **extra_info}
+        return loss, {**info, 'actor/actor_loss': loss}
+
+    def total_loss(self, batch, grad_params, rng):
+        """L_critic + L_actor: one scalar, differentiated once w.r.t. every trainable network."""
+        critic_key, actor_key = jax.random.split(rng)
+        critic_loss, critic_info = self.critic_loss(batch, grad_params, critic_key)
+        actor_loss, actor_info = self.actor_loss(batch, grad_params, actor_key)
+        return critic_loss + actor_loss, {**critic_info, **actor_info}
+
+    # ------------------------------------------------------------------------------ update
+    def update(self, batch):
+        """One gradient step on the total loss, then the EMA of `critic` and `behavior_flow`. Pure."""
+        rng, loss_key = jax.random.split(self.rng)
+        grads, info = jax.grad(self.total_loss, argnums=1, has_aux=True)(batch, self.network.trainable_params,
+                                                                         loss_key)
+        network, info['grad/norm'] = self.network.apply_gradients(grads)
+        network = network.update_targets(self.config.tau)  # post-update online parameters
+        return self.replace(rng=rng, network=network), info
+
+    def batch_update(self, batch):
+        """U sequential updates over the leading axis of every batch array; info averaged over U."""
+        agent, infos = jax.lax.scan(lambda agent, minibatch: agent.update(minibatch), self, batch)
+        return agent, jax.tree.map(lambda x: x.mean(axis=0), infos)
+
+    # ---------------------------------------------------------------------------- acting
+    def sample_actions(self, observations, rng):
+        """Actions (*batch, D) in [−1, 1] for observations (*batch, O) (§2.6); all calls with stored params."""
+
+        def sample(observations, key):
+            noise_key, edit_key = jax.random.split(key)
+            noises = jax.random.normal(noise_key, (*observations.shape[:-1], self.action_size))
+            if self.config.fql_alpha > 0:
+                return jnp.clip(self.network.apply('one_step_actor', observations, noises), -1.0, 1.0)
+            velocity = self.network.select('behavior_flow') if self.config.inv_temp == 0 else self.finetuned_velocity
+            actions = flow.euler_ode(velocity, observations, noises, self.config.flow_steps)
+            if self.config.edit_scale > 0:  # stochastic, also at evaluation
+                means, log_stds = self.network.apply('edit_actor', observations, actions)
+                edits, _ = rl.tanh_gaussian_sample(edit_key, means, log_stds)
+                actions = jnp.clip(actions + self.config.edit_scale * edits, -1.0, 1.0)
+            return actions
+
+        return flow.best_of_n(sample, self.q_mean, observations, rng, self.config.best_of_n)
+
+    @classmethod
+    def create(cls, seed, ex_observations, ex_actions, config):
+        """A fresh agent; ex_observations (O,) or (1, O), ex_actions (A,) or (1, A)."""
+        config = ml_collections.ConfigDict(config.to_dict() if hasattr(config, 'to_dict') else dict(config))
+        if config.fql_alpha < 0 or config.edit_scale < 0:
+            raise ValueError('fql_alpha and edit_scale must be >= 0.')
+        if config.fql_alpha > 0 and config.edit_scale > 0:
+            raise ValueError(f'At most one of fql_alpha ({config.fql_alpha}) and edit_scale ({config.edit_scale}) '
+                             'may be non-zero: fql_alpha > 0 is QAM-F, edit_scale > 0 is QAM-E.')
+        if config.flow_steps < 1 or config.horizon_length < 1 or config.best_of_n < 1:
+            raise ValueError('flow_steps, horizon_length and best_of_n must be >= 1.')
+        ex_observations = jnp.asarray(ex_observations, jnp.float32).reshape(1, -1)
+        config.ob_dims, config.action_dim = ex_observations.shape[-1], int(jnp.shape(ex_actions)[-1])
+        config = ml_collections.FrozenConfigDict(config)
+        action_size = (config.horizon_length if config.action_chunking else 1) * config.action_dim
+        ex_chunks, ex_times = jnp.zeros((1, action_size)), jnp.zeros((1, 1))
+
+        actor_dims, value_dims = tuple(config.actor_hidden_dims), tuple(config.value_hidden_dims)
+        modules = {
+            'critic': CriticEnsemble(value_dims, config.num_qs, config.value_layer_norm),
+            'behavior_flow': VelocityField(actor_dims, action_size, config.actor_layer_norm),
+            'finetuned_flow': VelocityField(actor_dims, action_size, config.actor_layer_norm),
+        }
+        inputs = {'critic': (ex_observations, ex_chunks), 'behavior_flow': (ex_observations, ex_chunks, ex_times),
+                  'finetuned_flow': (ex_observations, ex_chunks, ex_times)}
+        if config.fql_alpha > 0:
+            modules['one_step_actor'] = VelocityField(actor_dims, action_size, config.actor_layer_norm)
+            inputs['one_step_actor'] = (ex_observations, ex_chunks)
+        if config.edit_scale > 0:
+            modules['edit_actor'] = TanhGaussianPolicy(actor_dims, action_size, config.actor_layer_norm)
+            modules['edit_alpha'] = LogParam(1.0)
+            inputs['edit_actor'], inputs['edit_alpha'] = (ex_observations, ex_chunks), ()
+
+        rng, *init_keys = jax.random.split(jax.random.PRNGKey(seed), len(modules) + 1)
+        params = {name: rl.init_params(modules[name], key, *inputs[name]) for name, key in zip(modules, init_keys)}
+        optimizer = rl.make_optimizer(config.lr, 1.0 if config.clip_grad else None)
+        network = rl.TrainState.create(modules, params, optimizer,
+                                       targets={'target_critic': 'critic', 'target_behavior_flow': 'behavior_flow'})
+        return cls(rng=rng, network=network, config=config)
+
+
+def get_config():
+    config = ml_collections.ConfigDict(dict(
+        agent_name='qam',  # Agent name (file in agents/).
+        lr=3e-4,  # Adam learning rate.
+        batch_size=256,  # Batch size (read by the training loop).
+        actor_hidden_dims=(512, 512, 512, 512),  # Hidden widths of the flows and policies.
+        value_hidden_dims=(512, 512, 512, 512),  # Hidden widths of each critic member.
+        actor_layer_norm=False,  # LayerNorm in the flows and policies.
+        value_layer_norm=True,  # LayerNorm in the critic.
+        horizon_length=5,  # H: action chunk length (5 manipulation, 1 mazes; set per domain by the run).
+        action_chunking=True,  # Act with flat chunks of H actions (D = H·A); False: first action, γ^H bootstrap.
+        num_qs=10,  # K: critic ensemble size.
+        rho=0.5,  # Pessimism: TD target uses mean − rho·std over the ensemble.
+        discount=0.99,  # γ (per step; the TD target uses γ^H).
+        tau=0.005,  # λ: Polyak rate of the target critic and target BC flow.
+        flow_steps=10,  # T: Euler/SDE steps of every flow.
+        best_of_n=1,  # Candidates per observation scored by the online critic when acting (1: off).
+        inv_temp=0.3,  # Inverse temperature of the tilted policy π_β·exp(inv_temp·Q); 0: act with the BC flow.
+        fql_alpha=0.0,  # > 0 enables QAM-F: one-step policy with this distillation weight.
+        edit_scale=0.0,  # > 0 enables QAM-E: scale of the tanh-Gaussian edit added to f_θ's actions.
+        target_actor=True,  # Base flow f_base = EMA target of the BC flow (False: online BC flow).
+        residual=False,  # Parameterise the fine-tuned field as a residual on top of the base flow.
+        clip_adj=True,  # Clip the terminal action before taking ∇_a Q for the adjoint.
+        clip_grad=True,  # Global-norm gradient clipping at 1.0 before Adam.
+        use_target_grad=True,  # Terminal adjoint from the target critic (False: online critic).
+        edit_target_entropy=ml_collections.config_dict.placeholder(float),  # QAM-E entropy target (None: −mult·D).
+        edit_target_entropy_multiplier=0.5,  # QAM-E entropy target = −multiplier·D when unset.
+    ))
+    return config
+
+
+Agent = QAMAgent
