@@ -1,0 +1,170 @@
+"""FAWAC — advantage-weighted flow matching: AWAC (Nair et al., 2020) with a flow policy, as the QAM paper's
+baseline.
+
+The policy is a single velocity field trained by the behaviour-cloning flow-matching loss in which every
+dataset chunk is weighted by exp(inv_temp·(Q̄(s, a) − V(s))), capped at 100. The distinguishing idea: it
+targets the same tilted distribution π_β(a|s)·exp(inv_temp·Q(s, a)) as QAM, but through weighted regression
+on dataset actions, using only Q values and never the action gradient ∇_a Q. A state value V(s) regresses
+every target-critic member at the dataset chunk and serves as the advantage baseline. The critic is the usual
+pessimistic ensemble, bootstrapped with the flow policy's Euler-ODE action. Specification: ALGORITHMS.md §9.
+
+Networks (reference-code names in brackets): `critic` + `target_critic`; `value` V (one MLP with LayerNorm on
+s); `flow_policy` [actor] = f (velocity field, no target).
+
+Differences from the reference code (FIX): Polyak targets from the post-update parameters; `grad/norm` is the
+true global norm; no unused `best_of_n` key. Kept: the weight cap at 100; V fitted to the target-critic
+members at dataset actions.
+"""
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from utils import flow, rl
+from utils.networks import CriticEnsemble, ValueNetwork, VelocityField
+
+MAX_WEIGHT = 100.0  # cap on exp(inv_temp·advantage) (KEEP)
+
+
+class FAWACAgent(flax.struct.PyTreeNode):
+    """FAWAC agent state: a PRNG key, every network in one `rl.TrainState`, and the (static) config."""
+
+    rng: jax.Array
+    network: rl.TrainState
+    config: Any = flax.struct.field(pytree_node=False)
+
+    # ----------------------------------------------------------------------------- helpers
+    @property
+    def action_size(self):
+        """D: the flat action dimension every network sees (H·A with action chunking, else A)."""
+        chunk = self.config.horizon_length if self.config.action_chunking else 1
+        return chunk * self.config.action_dim
+
+    def flat_actions(self, actions):
+        """Dataset chunks (B, H, A) → (B, D) in row-major order (only the first action without chunking)."""
+        if self.config.action_chunking:
+            return actions.reshape(actions.shape[0], -1)
+        return actions[:, 0, :]
+
+    def advantage_weights(self, observations, actions):
+        """(min(exp(inv_temp·adv), 100), adv) with adv = Q̄(s, a) − V(s): online critic mean and V, fixed calls."""
+        q = jnp.mean(self.network.apply('critic', observations, actions), axis=0)
+        advantages = jax.lax.stop_gradient(q - self.network.apply('value', observations))
+        return jnp.minimum(jnp.exp(self.config.inv_temp * advantages), MAX_WEIGHT), advantages
+
+    # ------------------------------------------------------------------------------ losses
+    def critic_loss(self, batch, grad_params, rng):
+        """Common TD loss (§1.4) with a' = clip(sample_actions(s')), the flow policy's Euler-ODE action."""
+        observations, actions = batch['observations'], self.flat_actions(batch['actions'])
+        next_observations = batch['next_observations'][:, -1]
+        next_actions = jax.lax.stop_gradient(jnp.clip(self.sample_actions(next_observations, rng), -1.0, 1.0))
+        next_q = self.network.apply('target_critic', next_observations, next_actions)  # target: fixed call
+        targets = rl.td_target(next_q, batch['rewards'][:, -1], batch['masks'][:, -1], self.config.discount,
+                               self.config.horizon_length, self.config.rho)
+        q = self.network.apply('critic', observations, actions, params=grad_params['critic'])
+        loss = rl.critic_loss(q, jax.lax.stop_gradient(targets), batch['valid'][:, -1])
+        return loss, {'critic/critic_loss': loss, 'critic/q_mean': q.mean(), 'critic/q_max': q.max(),
+                      'critic/q_min': q.min()}
+
+    def value_loss(self, batch, grad_params):
+        """(1/(K·B)) Σ_k Σ_b w_b·(Q'_k(s_b, a_b) − V(s_b))²: V regresses every target-critic member (fixed call)."""
+        observations, actions = batch['observations'], self.flat_actions(batch['actions'])
+        target_q = jax.lax.stop_gradient(self.network.apply('target_critic', observations, actions))  # (K, B)
+        v = self.network.apply('value', observations, params=grad_params['value'])
+        loss = jnp.mean(batch['valid'][:, -1][None] * (target_q - v[None]) ** 2)
+        return loss, {'value/value_loss': loss, 'value/v_mean': v.mean(), 'value/v_max': v.max(),
+                      'value/v_min': v.min()}
+
+    def actor_loss(self, batch, grad_params, rng):
+        """The BC flow loss with per-sample weights min(exp(inv_temp·adv), 100)·w (§9)."""
+        observations, actions = batch['observations'], self.flat_actions(batch['actions'])
+        weights, advantages = self.advantage_weights(observations, actions)
+        loss = flow.bc_flow_loss(self.network.select('flow_policy', grad_params['flow_policy']), observations,
+                                 actions, weights * batch['valid'][:, -1], rng)
+        return loss, {'actor/actor_loss': loss, 'actor/adv_mean': advantages.mean(),
+                      'actor/weight_mean': weights.mean(), 'actor/weight_max': weights.max(),
+                      'actor/capped_fraction': jnp.mean(weights >= MAX_WEIGHT)}
+
+    def total_loss(self, batch, grad_params, rng):
+        """L_TD + L_V + L_actor: one scalar, differentiated once w.r.t. every trainable network."""
+        critic_key, actor_key = jax.random.split(rng)
+        critic_loss, critic_info = self.critic_loss(batch, grad_params, critic_key)
+        value_loss, value_info = self.value_loss(batch, grad_params)
+        actor_loss, actor_info = self.actor_loss(batch, grad_params, actor_key)
+        return critic_loss + value_loss + actor_loss, {**critic_info, **value_info, **actor_info}
+
+    # ------------------------------------------------------------------------------ update
+    def update(self, batch):
+        """One gradient step on the total loss, then the EMA of `critic`. Pure."""
+        rng, loss_key = jax.random.split(self.rng)
+        grads, info = jax.grad(self.total_loss, argnums=1, has_aux=True)(batch, self.network.trainable_params,
+                                                                         loss_key)
+        network, info['grad/norm'] = self.network.apply_gradients(grads)
+        network = network.update_targets(self.config.tau)  # post-update online parameters
+        return self.replace(rng=rng, network=network), info
+
+    def batch_update(self, batch):
+        """U sequential updates over the leading axis of every batch array; info averaged over U."""
+        agent, infos = jax.lax.scan(lambda agent, minibatch: agent.update(minibatch), self, batch)
+        return agent, jax.tree.map(lambda x: x.mean(axis=0), infos)
+
+    # ---------------------------------------------------------------------------- acting
+    def sample_actions(self, observations, rng):
+        """clip(EulerODE(f, s, z)), z ~ N(0, I) from `rng`: (*batch, O) → (*batch, D) in [−1, 1]; no best-of-n."""
+        noises = jax.random.normal(rng, (*observations.shape[:-1], self.action_size))
+        return flow.euler_ode(self.network.select('flow_policy'), observations, noises, self.config.flow_steps)
+
+    @classmethod
+    def create(cls, seed, ex_observations, ex_actions, config):
+        """A fresh agent; ex_observations (O,) or (1, O), ex_actions (A,) or (1, A)."""
+        config = ml_collections.ConfigDict(config.to_dict() if hasattr(config, 'to_dict') else dict(config))
+        if config.inv_temp < 0:
+            raise ValueError(f'inv_temp must be >= 0, got {config.inv_temp}.')
+        if config.flow_steps < 1 or config.horizon_length < 1:
+            raise ValueError('flow_steps and horizon_length must be >= 1.')
+        ex_observations = jnp.asarray(ex_observations, jnp.float32).reshape(1, -1)
+        config.ob_dims, config.action_dim = ex_observations.shape[-1], int(jnp.shape(ex_actions)[-1])
+        config = ml_collections.FrozenConfigDict(config)
+        action_size = (config.horizon_length if config.action_chunking else 1) * config.action_dim
+        ex_chunks, ex_times = jnp.zeros((1, action_size)), jnp.zeros((1, 1))
+
+        actor_dims, value_dims = tuple(config.actor_hidden_dims), tuple(config.value_hidden_dims)
+        modules = {
+            'critic': CriticEnsemble(value_dims, config.num_qs, config.value_layer_norm),
+            'value': ValueNetwork(value_dims, config.value_layer_norm),
+            'flow_policy': VelocityField(actor_dims, action_size, config.actor_layer_norm),
+        }
+        inputs = {'critic': (ex_observations, ex_chunks), 'value': (ex_observations,),
+                  'flow_policy': (ex_observations, ex_chunks, ex_times)}
+        rng, *init_keys = jax.random.split(jax.random.PRNGKey(seed), len(modules) + 1)
+        params = {name: rl.init_params(modules[name], key, *inputs[name]) for name, key in zip(modules, init_keys)}
+        network = rl.TrainState.create(modules, params, rl.make_optimizer(config.lr),
+                                       targets={'target_critic': 'critic'})
+        return cls(rng=rng, network=network, config=config)
+
+
+def get_config():
+    config = ml_collections.ConfigDict(dict(
+        agent_name='fawac',  # Agent name (file in agents/).
+        lr=3e-4,  # Adam learning rate (plain Adam, no gradient clipping).
+        batch_size=256,  # Batch size (read by the training loop).
+        actor_hidden_dims=(512, 512, 512, 512),  # Hidden widths of the flow policy.
+        value_hidden_dims=(512, 512, 512, 512),  # Hidden widths of each critic member and of V.
+        actor_layer_norm=False,  # LayerNorm in the flow policy.
+        value_layer_norm=True,  # LayerNorm in the critic and V.
+        horizon_length=5,  # H: action chunk length (5 manipulation, 1 mazes; set per domain by the run).
+        action_chunking=True,  # Act with flat chunks of H actions (D = H·A); False: first action, γ^H bootstrap.
+        num_qs=10,  # K: critic ensemble size.
+        rho=0.5,  # Pessimism: TD target uses mean − rho·std over the ensemble.
+        discount=0.99,  # γ (per step; the TD target uses γ^H).
+        tau=0.005,  # λ: Polyak rate of the target critic.
+        flow_steps=10,  # T: Euler steps of the flow policy.
+        inv_temp=10.0,  # Inverse temperature of the advantage weights exp(inv_temp·(Q − V)), capped at 100.
+    ))
+    return config
+
+
+Agent = FAWACAgent
