@@ -1,0 +1,311 @@
+"""Launch the runs of a sweep (print, local or Slurm), and report their status.
+
+    python -m sweeps.launch paper --methods=QAM,FQL --domains=c2 --tasks=2     # print the commands (a dry run)
+    python -m sweeps.launch paper --backend=local --slots=4 --methods=QAM       # run them here, 4 at a time
+    python -m sweeps.launch paper --backend=slurm --partition=gpu --time=1440   # submit Slurm job arrays
+    python -m sweeps.launch status paper                                        # done / running / failed / ...
+
+<sweep> is `paper` (the main comparison), `rlpd`, `quality`, `sensitivity`, or a path to a .py file that defines
+`SWEEP = sweeps.sweeps.Sweep(...)`. Runs that finished are skipped, runs that are running or queued are left
+alone, interrupted and failed runs are launched again (they resume from their last checkpoint; diverged runs only
+with --retry_diverged). Give `status` the same --save_dir and --extra_args as the launch. Everything is checked
+(methods, domains, tasks, seeds, flags, agent keys) before anything is launched.
+"""
+
+import argparse
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+from sweeps import runs as run_state
+from sweeps import sweeps
+
+LOCAL_STATES = ('done', 'running', 'queued', 'failed', 'interrupted', 'not started')
+
+
+def comma_list(text, kind=str):
+    items = [item.strip() for item in text.split(',') if item.strip()]
+    try:
+        return [kind(item) for item in items]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected a comma-separated list of {kind.__name__}s, got {text!r}') from None
+
+
+def int_list(text):
+    return comma_list(text, int)
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog='python -m sweeps.launch', description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('sweep', nargs='+', metavar='[status] sweep',
+                        help='a sweep name or file; prefixed by "status" to report instead of launching')
+    select = parser.add_argument_group('selection (default: the whole sweep)')
+    select.add_argument('--methods', type=comma_list, help='e.g. QAM,FQL (names of the published data)')
+    select.add_argument('--domains', type=comma_list,
+                        help='datasets (cube-double-play), domains (cube-double) or abbreviations (c2,p33,al)')
+    select.add_argument('--tasks', type=int_list, help='task ids, e.g. 1,2')
+    select.add_argument('--seeds', type=int_list, help='e.g. 10001,20002')
+    common = parser.add_argument_group('every backend')
+    common.add_argument('--backend', choices=('print', 'local', 'slurm'), default='print',
+                        help='print the commands (default, a dry run), run them here, or submit to Slurm')
+    common.add_argument('--save_dir', default='runs', help='root of the run directories (one folder per method)')
+    common.add_argument('--extra_args', default='',
+                        help='main.py flags added to every command, e.g. "--offline_steps=40 --agent.num_qs=2"')
+    common.add_argument('--python', default=sys.executable, help='the Python that runs main.py')
+    common.add_argument('--confirm_above', type=int, default=100,
+                        help='ask before launching more than this many runs (default 100)')
+    common.add_argument('--yes', action='store_true', help='launch without asking')
+    common.add_argument('--retry_diverged', action='store_true', help='launch diverged runs again too')
+    common.add_argument('--only', type=comma_list,
+                        help=f'status: list only runs in these states ({", ".join(LOCAL_STATES)}); counts cover all')
+    common.add_argument('--tail', type=int, default=10, help='status: last log lines shown per failed run')
+    local = parser.add_argument_group('local backend')
+    local.add_argument('--slots', type=int, help='runs at a time (default: one per GPU, 1 without GPUs)')
+    local.add_argument('--gpus', type=comma_list,
+                       help='GPU ids the slots cycle through (default: CUDA_VISIBLE_DEVICES or nvidia-smi; none on CPU)')
+    slurm = parser.add_argument_group('slurm backend (job arrays through submitit)')
+    slurm.add_argument('--partition', help='Slurm partition')
+    slurm.add_argument('--time', type=int, default=1440,
+                       help='time limit of an array task in minutes (default 1440); at the limit the task is '
+                            'requeued and its runs resume from their checkpoints')
+    slurm.add_argument('--gpus_per_task', type=int, default=1, help='GPUs per array task (0 on CPU-only clusters)')
+    slurm.add_argument('--cpus_per_task', type=int, default=4, help='CPUs per array task')
+    slurm.add_argument('--mem_gb', type=float, help='memory per array task in GB (default: the partition default)')
+    slurm.add_argument('--runs_per_task', type=int, default=1,
+                       help='runs packed in one array task, run concurrently on its GPU(s), each with a 1/k share '
+                            'of the GPU memory (XLA_PYTHON_CLIENT_MEM_FRACTION)')
+    slurm.add_argument('--max_concurrent', type=int, default=64, help='array tasks running at a time (throttle)')
+    slurm.add_argument('--account', help='Slurm account')
+    slurm.add_argument('--qos', help='Slurm QOS')
+    slurm.add_argument('--constraint', help='Slurm node constraint')
+    slurm.add_argument('--job_name', help='Slurm job name (default: qam-<sweep>)')
+    slurm.add_argument('--slurm_args', type=comma_list, default=[],
+                       help='more sbatch options as key=value, e.g. exclude=node1,mail-type=END (comma-separated)')
+    slurm.add_argument('--signal_delay_s', type=int, default=120,
+                       help='seconds before the time limit at which a task is checkpointed and requeued')
+    slurm.add_argument('--max_requeues', type=int, default=100, help='time-limit requeues allowed per array task')
+    slurm.add_argument('--wait', action='store_true', help='wait until the submitted jobs have left the queue')
+    return parser
+
+
+# ------------------------------------------------------------------------------------------------- status
+def collect_status(runs, root, tail_lines=10):
+    queue = run_state.slurm_queue() if shutil.which('squeue') else None
+    return [run_state.status(run, root, queue, tail_lines) for run in runs]
+
+
+def counts(statuses):
+    return {state: sum(s.state == state for s in statuses) for state in LOCAL_STATES}
+
+
+def summary_line(statuses):
+    return ', '.join(f'{state} {n}' for state, n in counts(statuses).items())
+
+
+def print_status(sweep, statuses, root, only=None, out=sys.stdout):
+    print(f'Sweep {sweep.name}: {len(statuses)} runs under {os.path.abspath(root)}: {summary_line(statuses)}', file=out)
+    width = max(len(s.run.method) for s in statuses)
+    for s in statuses:
+        if only and s.state not in only:
+            continue
+        line = f'{s.state:<12} {s.run.method:<{width}}  {s.run.env_name}  seed {s.run.seed:<6}  {s.detail}'
+        print(line.rstrip(), file=out)
+        if s.state in ('failed', 'interrupted', 'running') and s.run_dir:
+            print(f'{"":<12} run: {s.run_dir}', file=out)
+        if s.state == 'failed' and s.log:
+            print(f'{"":<12} log: {s.log}', file=out)
+            for text in s.log_tail:
+                print(f'{"":<12} | {text}', file=out)
+
+
+def to_launch(statuses, retry_diverged=False):
+    chosen = []
+    for s in statuses:
+        if s.state in ('done', 'running', 'queued'):
+            continue
+        if not retry_diverged and s.run_dir and os.path.exists(os.path.join(s.run_dir, run_state.DIVERGED)):
+            continue
+        chosen.append(s.run)
+    return chosen
+
+
+def confirm(count, args):
+    if count <= args.confirm_above or args.yes:
+        return True
+    question = f'Launch {count} runs (more than --confirm_above={args.confirm_above}) with the {args.backend} backend?'
+    if not sys.stdin.isatty():
+        print(f'error: {question} Not confirmed: pass --yes to launch them.', file=sys.stderr)
+        return False
+    return input(f'{question} [y/N] ').strip().lower() in ('y', 'yes')
+
+
+# -------------------------------------------------------------------------------------------------- local
+def detect_gpus():
+    visible = os.environ.get('CUDA_VISIBLE_DEVICES')
+    if visible is not None:
+        return [d for d in visible.split(',') if d.strip() and d.strip() != '-1']
+    if not shutil.which('nvidia-smi'):
+        return []
+    try:
+        out = subprocess.run(['nvidia-smi', '--query-gpu=index', '--format=csv,noheader'], capture_output=True,
+                             text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return out.stdout.split() if out.returncode == 0 else []
+
+
+def launch_local(runs, root, args):
+    devices = args.gpus if args.gpus is not None else detect_gpus()
+    slots = args.slots or max(1, len(devices))
+    per_device = math.ceil(slots / len(devices)) if devices else 1
+    print(f'Running {len(runs)} runs, {slots} at a time'
+          + (f' on GPUs {",".join(devices)} ({per_device} per GPU)' if devices else ' (no GPUs)') + '.', flush=True)
+    pending, lock, results, processes = list(runs), threading.Lock(), {}, {}
+    stopping = threading.Event()
+
+    def announce(run, pid):
+        processes[run.key] = pid
+
+    def worker(slot):
+        while not stopping.is_set():
+            with lock:
+                if not pending:
+                    return
+                run = pending.pop(0)
+            start = time.time()
+            try:
+                result = run_state.execute(run, root, args.python, run_state.device_env(slot, devices, per_device),
+                                           announce)
+            except Exception as e:  # noqa: BLE001 - reported like a failed run
+                result = f'error ({type(e).__name__}: {e})'
+            processes.pop(run.key, None)
+            with lock:
+                results[run.key] = result
+                print(f'[{len(results)}/{len(runs)}] {result:<11} {run.key} ({time.time() - start:.0f} s)', flush=True)
+
+    threads = [threading.Thread(target=worker, args=(slot,), daemon=True) for slot in range(slots)]
+    for thread in threads:
+        thread.start()
+    try:
+        while any(thread.is_alive() for thread in threads):
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        stopping.set()
+        print('\nInterrupted: stopping the running runs (they resume from their checkpoints when launched again).',
+              flush=True)
+        for pid in list(processes.values()):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for thread in threads:
+            thread.join(timeout=60)
+        return 130
+    return 0 if all(r in ('done', 'skipped') for r in results.values()) else 1
+
+
+# -------------------------------------------------------------------------------------------------- slurm
+def launch_slurm(runs, root, sweep, args):
+    import submitit
+
+    from sweeps.slurm_job import RunGroup
+
+    if args.runs_per_task < 1:
+        raise sweeps.SweepError(f'--runs_per_task must be at least 1, got {args.runs_per_task}.')
+    folder = os.path.join(root, '_submitit', sweep.name)
+    executor = submitit.SlurmExecutor(folder=os.path.join(folder, '%j'), max_num_timeout=args.max_requeues,
+                                      python=args.python)
+    extra = {}
+    for item in args.slurm_args:
+        key, sep, value = item.partition('=')
+        extra[key.strip().lstrip('-')] = value if sep else True
+    params = dict(
+        job_name=args.job_name or f'qam-{sweep.name}', time=args.time, cpus_per_task=args.cpus_per_task,
+        array_parallelism=args.max_concurrent, signal_delay_s=args.signal_delay_s, stderr_to_stdout=True,
+        setup=[f'cd {sweeps.REPO}', f'export PYTHONPATH={sweeps.REPO}${{PYTHONPATH:+:$PYTHONPATH}}'],
+        additional_parameters={'requeue': True, **extra},  # Slurm restarts the task after preemption or a requeue
+    )
+    optional = dict(partition=args.partition, account=args.account, qos=args.qos, constraint=args.constraint,
+                    gpus_per_node=args.gpus_per_task or None, mem=f'{args.mem_gb:g}GB' if args.mem_gb else None)
+    params.update({k: v for k, v in optional.items() if v is not None})
+    executor.update_parameters(**params)
+    k = args.runs_per_task
+    groups = [runs[i : i + k] for i in range(0, len(runs), k)]
+    with executor.batch():
+        jobs = [executor.submit(RunGroup(group, root, args.python)) for group in groups]
+    submitted = time.strftime('%Y-%m-%d %H:%M:%S')
+    for job, group in zip(jobs, groups):
+        for run in group:
+            run_state.write_json(run_state.launch_paths(run, root)['job'],
+                                 dict(job_id=job.job_id, submitted=submitted, submitit_folder=folder))
+    array_ids = sorted({job.job_id.split('_')[0] for job in jobs})
+    print(f'Submitted {len(runs)} runs as {len(groups)} array tasks ({k} per task) in job(s) {", ".join(array_ids)}; '
+          f'job logs in {folder}. Follow with: squeue; python -m sweeps.launch status {sweep.name} ...', flush=True)
+    if args.wait:
+        ids = {job.job_id for job in jobs}
+        while True:
+            queue = run_state.slurm_queue() or {}
+            if not ids & set(queue):
+                break
+            time.sleep(10)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------- main
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    positional = args.sweep
+    show_status = positional[0] == 'status'
+    if show_status:
+        positional = positional[1:]
+    if len(positional) != 1:
+        print('error: give one sweep: python -m sweeps.launch [status] <sweep> [flags]', file=sys.stderr)
+        return 2
+    root = os.path.abspath(args.save_dir)
+    try:
+        sweep = sweeps.load(positional[0])
+        runs = sweeps.expand(sweep, args.methods, args.domains, args.tasks, args.seeds, args.extra_args)
+        if args.only:
+            bad = [state for state in args.only if state not in LOCAL_STATES]
+            if bad:
+                raise sweeps.SweepError(f'--only: unknown state(s) {bad}; states: {", ".join(LOCAL_STATES)}.')
+        if show_status:
+            print_status(sweep, collect_status(runs, root, args.tail), root, args.only)
+            return 0
+        for warning in sweeps.check_agents(runs, require_agents=args.backend != 'print'):
+            print(f'# warning: {warning}', file=sys.stderr)
+        statuses = collect_status(runs, root, args.tail)
+        chosen = to_launch(statuses, args.retry_diverged)
+        c = counts(statuses)
+        header = (f'{sweep.name}: {len(runs)} runs selected ({c["done"]} done, {c["running"] + c["queued"]} running or '
+                  f'queued, {len(runs) - c["done"] - c["running"] - c["queued"] - len(chosen)} diverged): '
+                  f'{len(chosen)} to launch.')
+        if args.backend == 'print':
+            print(f'# {header}')
+            for run in chosen:
+                print(run.command(root, args.python))
+            return 0
+        print(header, flush=True)
+        if not chosen:
+            return 0
+        if not confirm(len(chosen), args):
+            return 3
+        if args.backend == 'local':
+            code = launch_local(chosen, root, args)
+            statuses = collect_status(runs, root, args.tail)
+            print(f'{sweep.name}: {summary_line(statuses)}')
+            return code
+        return launch_slurm(chosen, root, sweep, args)
+    except sweeps.SweepError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,287 @@
+"""The state of a sweep's runs on disk, and the wrapper that executes one run (locally or inside a Slurm job).
+
+Files of a run under the launcher's save root S (see `Run.save_dir`: one folder per method):
+
+    S/<method>/<agent>/<env_name>/seed<seed>-<hash>/   main.py's run directory: flags.json, eval.csv, checkpoints/,
+                                                       DONE or DIVERGED
+    S/<method>/_launch/<env_name>/seed<seed>-<command hash>.log    stdout and stderr of every attempt, appended
+                                                          .json   the last attempt: state, host, pid, job, exit code
+                                                          .lock   flock'ed while the run executes
+                                                          .job    the Slurm job it was submitted to
+
+A run is found by reading flags.json in S/<method>/<agent>/<env_name>/seed<seed>-*/ and matching the recorded
+method, seed, environment and every result-relevant setting of the command (main.py's hash cannot be predicted
+without resolving the agent config). A run is executed by running its command with the lock held: running it again
+resumes from its last checkpoint, and a DONE run is skipped.
+"""
+
+import ast
+import dataclasses
+import fcntl
+import glob
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import time
+
+DONE, DIVERGED = 'DONE', 'DIVERGED'  # main.py's markers (utils/experiment.py)
+STATES = ('done', 'running', 'queued', 'failed', 'interrupted', 'not started')
+LOCK_WAIT_S = 10  # a status check holds the lock for microseconds; a starting run waits this long for it
+
+
+# ------------------------------------------------------------------------------------------------- paths
+def launch_paths(run, root):
+    base = os.path.join(run.save_dir(root), '_launch', run.env_name, f'seed{run.seed}-{run.command_hash}')
+    return {ext: f'{base}.{ext}' for ext in ('log', 'json', 'lock', 'job')}
+
+
+def read_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def write_json(path, content):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f'{path}.{os.getpid()}.tmp'
+    with open(tmp, 'w') as f:
+        json.dump(content, f, indent=2, sort_keys=True, default=str)
+    os.replace(tmp, path)
+
+
+def tail(path, lines=10):
+    try:
+        with open(path, 'rb') as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 64 * 1024))
+            text = f.read().decode(errors='replace')
+    except OSError:
+        return []
+    return [line for line in text.replace('\r', '\n').splitlines() if line.strip()][-lines:]
+
+
+# ------------------------------------------------------------------------------------ finding the run dir
+def _parse(value):
+    """A command-line value as Python: '3' -> 3, 'True' -> True, '(32, 32)' -> (32, 32), 'mse' -> 'mse'."""
+    if isinstance(value, str):
+        if value.lower() in ('true', 'false'):
+            return value.lower() == 'true'
+        try:
+            return ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            return value
+    return value
+
+
+def same_value(a, b):
+    a, b = _parse(a), _parse(b)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b))
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b if isinstance(a, bool) and isinstance(b, bool) else False
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+    return a == b
+
+
+def record_matches(record, run):
+    """Whether a flags.json record is this run: same method, seed, environment and result-relevant settings."""
+    flags, settings = record.get('flags', {}), record.get('settings', {})
+    if flags.get('method') != run.method or flags.get('env_name') != run.env_name or flags.get('seed') != run.seed:
+        return False
+    agent_settings = settings.get('agent', {})
+    for name, value in run.flags:
+        if name.startswith('agent.'):
+            key = name[len('agent.'):]
+            if key not in agent_settings or not same_value(agent_settings[key], value):
+                return False
+        elif name == 'agent':
+            continue  # the agent is the run directory's parent folder
+        elif name == 'horizon_length':
+            if not same_value(agent_settings.get('horizon_length'), value):
+                return False
+        elif name in settings and name != 'sparse':  # settings hold the flags that change results
+            if not same_value(settings[name], value):
+                return False
+    return True
+
+
+def find_run_dir(run, root):
+    """main.py's run directory of this run, or None. Prefers a finished one, then the most recently started."""
+    pattern = os.path.join(run.save_dir(root), glob.escape(run.agent), glob.escape(run.env_name), f'seed{run.seed}-*')
+    matches = []
+    for run_dir in glob.glob(pattern):
+        record = read_json(os.path.join(run_dir, 'flags.json'))
+        if record and record_matches(record, run):
+            done = os.path.exists(os.path.join(run_dir, DONE))
+            matches.append((done, os.path.getmtime(os.path.join(run_dir, 'flags.json')), run_dir))
+    return max(matches)[2] if matches else None
+
+
+def latest_checkpoint(run_dir):
+    steps = [int(n) for n in os.listdir(os.path.join(run_dir, 'checkpoints')) if n.isdigit()] if run_dir and \
+        os.path.isdir(os.path.join(run_dir, 'checkpoints')) else []
+    return max(steps) if steps else None
+
+
+# ------------------------------------------------------------------------------------------------ status
+def lock_held(path):
+    """Whether another process holds the run's lock (i.e. the run is executing)."""
+    if not os.path.exists(path):
+        return False
+    with open(path, 'a') as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return False
+
+
+@dataclasses.dataclass
+class RunStatus:
+    run: object
+    state: str  # one of STATES
+    detail: str = ''
+    run_dir: str = None
+    log: str = None
+    log_tail: list = dataclasses.field(default_factory=list)
+
+
+def status(run, root, queue=None, tail_lines=10):
+    """The RunStatus of a run. `queue`: {slurm job id: state} of the jobs in the Slurm queue (None: no Slurm)."""
+    paths = launch_paths(run, root)
+    run_dir = find_run_dir(run, root)
+    state = read_json(paths['json']) or {}
+    job = (read_json(paths['job']) or {}).get('job_id')
+    log = paths['log'] if os.path.exists(paths['log']) else None
+
+    def make(name, detail=''):
+        return RunStatus(run, name, detail, run_dir, log, tail(log, tail_lines) if name == 'failed' and log else [])
+
+    if run_dir and os.path.exists(os.path.join(run_dir, DONE)):
+        done = read_json(os.path.join(run_dir, DONE)) or {}
+        return make('done', done.get('summary', ''))
+    if lock_held(paths['lock']):
+        where = f'on {state.get("host")}' + (f', job {state["job"]}' if state.get('job') else f', pid {state.get("pid")}')
+        return make('running', f'{where} since {state.get("started", "?")}')
+    if run_dir and os.path.exists(os.path.join(run_dir, DIVERGED)):
+        diverged = read_json(os.path.join(run_dir, DIVERGED)) or {}
+        return make('failed', f'diverged at step {diverged.get("step")}: non-finite {diverged.get("keys")}')
+    in_queue = queue.get(job) if queue is not None and job else None
+    if in_queue in ('RUNNING', 'CONFIGURING', 'COMPLETING'):
+        return make('running', f'starting in Slurm job {job}')
+    if in_queue:
+        restarting = ' (requeued; resumes from its checkpoint)' if state else ''
+        return make('queued', f'Slurm job {job} {in_queue.lower()}{restarting}')
+    checkpoint = latest_checkpoint(run_dir)
+    resume = f'resumes from the checkpoint at step {checkpoint}' if checkpoint is not None else 'restarts from step 0'
+    last = state.get('state')
+    if last == 'failed':
+        return make('failed', f'exit code {state.get("returncode")} on {state.get("host")} at {state.get("ended")}')
+    if last in ('running', 'interrupted'):
+        return make('interrupted', f'killed ({state.get("host")}, started {state.get("started")}); {resume}')
+    if last == 'stopped':
+        return make('interrupted', f'stopped by --stop_at_step at {state.get("ended")}; {resume}')
+    if job and not state:
+        return make('failed', f'Slurm job {job} left the queue without starting the run; see its submitit log')
+    if run_dir:
+        return make('interrupted', f'started outside the launcher; {resume}')
+    return make('not started')
+
+
+def slurm_queue():
+    """{job id: state} of the jobs in the Slurm queue, array tasks as '<array id>_<task>'; None without Slurm."""
+    try:
+        out = subprocess.run(['squeue', '-h', '-r', '-o', '%i %T'], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode:
+        return None
+    return dict(line.split()[:2] for line in out.stdout.splitlines() if len(line.split()) >= 2)
+
+
+# --------------------------------------------------------------------------------------------- execution
+def _acquire(lock_file):
+    deadline = time.time() + LOCK_WAIT_S
+    while True:
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.time() > deadline:
+                return False
+            time.sleep(0.2)
+
+
+def current_job():
+    """The Slurm job this process runs in ('<array id>_<task>' for array tasks), or None."""
+    if os.environ.get('SLURM_ARRAY_JOB_ID'):
+        return f'{os.environ["SLURM_ARRAY_JOB_ID"]}_{os.environ["SLURM_ARRAY_TASK_ID"]}'
+    return os.environ.get('SLURM_JOB_ID')
+
+
+def execute(run, root, python=None, env=None, announce=None):
+    """Run one run's command to its end with the lock held; returns its final state: 'done', 'failed',
+    'interrupted', 'stopped' or 'skipped' (already done, or executing elsewhere).
+
+    The command's output is appended to the run's log. `env`: extra environment variables (GPU assignment).
+    """
+    paths = launch_paths(run, root)
+    os.makedirs(os.path.dirname(paths['lock']), exist_ok=True)
+    with open(paths['lock'], 'a') as lock:
+        if not _acquire(lock):
+            return 'skipped'
+        run_dir = find_run_dir(run, root)
+        if run_dir and os.path.exists(os.path.join(run_dir, DONE)):
+            return 'skipped'
+        argv = run.argv(root, python)
+        record = dict(state='running', host=socket.gethostname(), job=current_job(), command=argv,
+                      started=time.strftime('%Y-%m-%d %H:%M:%S'))
+        with open(paths['log'], 'a') as log:
+            log.write(f'\n=== {record["started"]} start on {record["host"]}'
+                      f'{" (Slurm job " + record["job"] + ")" if record["job"] else ""}: {run.command(root, python)}\n')
+            log.flush()
+            process = subprocess.Popen(argv, cwd=os.path.dirname(argv[1]), stdout=log, stderr=subprocess.STDOUT,
+                                       env={**os.environ, **(env or {})}, pass_fds=(lock.fileno(),))
+            write_json(paths['json'], dict(record, pid=process.pid))
+            if announce:
+                announce(run, process.pid)
+            try:
+                returncode = process.wait()
+            except BaseException:  # Ctrl-C or the job being killed: stop the run too (it resumes later)
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                write_json(paths['json'], dict(record, pid=process.pid, state='interrupted', ended=time.strftime('%Y-%m-%d %H:%M:%S')))
+                raise
+        run_dir = find_run_dir(run, root)
+        if run_dir and os.path.exists(os.path.join(run_dir, DONE)):
+            final = 'done'
+        elif returncode < 0:
+            final = 'interrupted'  # killed by a signal (preemption, requeue, time limit)
+        elif returncode == 0:
+            final = 'stopped'  # --stop_at_step
+        else:
+            final = 'failed'
+        write_json(paths['json'], dict(record, pid=process.pid, state=final, returncode=returncode,
+                                       ended=time.strftime('%Y-%m-%d %H:%M:%S')))
+        return final
+
+
+def device_env(index, devices, runs_on_device):
+    """Environment of the index-th concurrent run: its own GPU, and a matching share of the GPU memory when
+    several runs share one (JAX preallocates 75% of a GPU by default)."""
+    if not devices:
+        return {}
+    env = {'CUDA_VISIBLE_DEVICES': str(devices[index % len(devices)])}
+    if runs_on_device > 1:
+        env['XLA_PYTHON_CLIENT_MEM_FRACTION'] = f'{min(0.75, 0.9 / runs_on_device):.3f}'
+    return env

@@ -1,0 +1,300 @@
+"""Sweeps: a grid of methods x datasets x tasks x seeds that expands to `main.py` command lines.
+
+A sweep file (`sweeps/paper.py`, `rlpd.py`, `quality.py`, `sensitivity.py`, or any file of yours) defines
+`SWEEP = Sweep(...)`; the values of every run come from `sweeps/hyperparameters.py`. `expand` turns a sweep and a
+selection (methods, domains, tasks, seeds) into `Run`s, each one `main.py` command line:
+
+    from sweeps import sweeps
+    runs = sweeps.expand(sweeps.load('paper'), methods=['QAM'], domains=['c2'], tasks=[2])
+    runs[0].argv('runs')   # [python, .../main.py, --agent=qam, --env_name=..., --seed=10001, --method=QAM, ...]
+
+Every bad name (method, domain, task, seed, flag, agent key) raises SweepError before anything runs.
+"""
+
+import dataclasses
+import functools
+import hashlib
+import importlib
+import importlib.util
+import os
+import re
+import shlex
+import sys
+
+from envs import tasks as env_tasks
+from sweeps import hyperparameters as hp
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MAIN = os.path.join(REPO, 'main.py')
+SWEEP_FILES = ('paper', 'rlpd', 'quality', 'sensitivity')  # the sweeps shipped in this folder
+# Flags the launcher sets itself; a sweep or --extra_args may not set them.
+RESERVED_FLAGS = ('agent', 'env_name', 'seed', 'method', 'save_dir')
+
+
+class SweepError(ValueError):
+    """A sweep or a selection names something that does not exist."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+    name: str
+    description: str
+    methods: tuple  # names in hyperparameters.METHODS or VARIANTS
+    datasets: tuple  # '<domain>-<dataset type>', e.g. 'cube-double-play': env names '<dataset>-singletask-task<n>-v0'
+    tasks: object = env_tasks.TASK_IDS  # task ids of every dataset, or {dataset: task ids}
+    seeds: tuple = hp.SEEDS
+    flags: tuple = ()  # (name, value) main.py flags of every run, e.g. (('agent.num_qs', 2),)
+
+    def tasks_of(self, dataset):
+        return tuple(self.tasks[dataset] if isinstance(self.tasks, dict) else self.tasks)
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One training run: a `main.py` command line (the launcher adds --save_dir)."""
+
+    sweep: str
+    method: str
+    agent: str
+    dataset: str  # e.g. 'cube-double-play'
+    task: int
+    seed: int
+    flags: tuple  # ((name, value string), ...) in command-line order; agent keys as 'agent.<key>'
+
+    @property
+    def env_name(self):
+        return f'{self.dataset}-singletask-task{self.task}-v0'
+
+    @property
+    def key(self):
+        return f'{self.method}/{self.env_name}/seed{self.seed}'
+
+    @property
+    def flag_dict(self):
+        return dict(self.flags)
+
+    @property
+    def command_hash(self):
+        """8 hex digits identifying the whole command (two configurations of a method/task/seed never share it)."""
+        return hashlib.sha256(repr(self.flags).encode()).hexdigest()[:8]
+
+    def save_dir(self, root):
+        """Each method gets its own folder: QAM, QAM-E and QAM-F share one configuration on some domains (PROTOCOL
+        §8.2) but are separate runs, and main.py's run directory does not depend on the method label."""
+        return os.path.join(os.path.abspath(root), method_slug(self.method))
+
+    def argv(self, root, python=None):
+        flags = [f'--{name}={value}' for name, value in self.flags]
+        return [python or sys.executable, MAIN] + flags[:4] + [f'--save_dir={self.save_dir(root)}'] + flags[4:]
+
+    def command(self, root, python=None):
+        return shlex.join(self.argv(root, python))
+
+
+def method_slug(method):
+    """A folder name for a method: 'QAM-E (0.1x tau)' -> 'QAM-E_0.1x_tau'."""
+    return re.sub(r'_+', '_', re.sub(r'[^A-Za-z0-9.=+-]', '_', method)).strip('_')
+
+
+def format_value(value):
+    """A value as main.py's flag parsers read it."""
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float):
+        return format(value, '.10g')
+    return str(value)
+
+
+# ------------------------------------------------------------------------------------------- loading sweeps
+def load(name_or_path):
+    """The Sweep of a shipped sweep file (`paper`, `rlpd`, `quality`, `sensitivity`) or of any `.py` file."""
+    if name_or_path.endswith('.py'):
+        if not os.path.isfile(name_or_path):
+            raise SweepError(f'Sweep file {name_or_path!r} does not exist.')
+        spec = importlib.util.spec_from_file_location(f'sweep_{method_slug(os.path.basename(name_or_path)[:-3])}', name_or_path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    elif name_or_path in SWEEP_FILES:
+        module = importlib.import_module(f'sweeps.{name_or_path}')
+    else:
+        raise SweepError(f'Unknown sweep {name_or_path!r}. Sweeps: {", ".join(SWEEP_FILES)}, or a path to a .py file '
+                         'defining SWEEP = sweeps.Sweep(...).')
+    sweep = getattr(module, 'SWEEP', None)
+    if not isinstance(sweep, Sweep):
+        raise SweepError(f'{module.__file__} defines no SWEEP = sweeps.Sweep(...).')
+    check_sweep(sweep)
+    return sweep
+
+
+def check_sweep(sweep):
+    """Every name in the sweep exists (methods, datasets, tasks, flags); raises SweepError otherwise."""
+    for method in sweep.methods:
+        if method not in hp.method_names():
+            raise SweepError(f'Sweep {sweep.name!r}: unknown method {method!r}. Known: {", ".join(hp.method_names())}.')
+    for dataset in sweep.datasets:
+        column = dataset_column(dataset)
+        if column not in hp.COLUMNS:
+            raise SweepError(f'Sweep {sweep.name!r}: dataset {dataset!r} is of domain {column!r}, which has no '
+                             f'tuned hyperparameters (domains: {", ".join(hp.COLUMNS)}).')
+        bad = [t for t in sweep.tasks_of(dataset) if t not in env_tasks.TASK_IDS]
+        if bad:
+            raise SweepError(f'Sweep {sweep.name!r}: tasks {bad} of {dataset!r} do not exist (tasks 1-5).')
+    if isinstance(sweep.tasks, dict) and set(sweep.tasks) != set(sweep.datasets):
+        raise SweepError(f'Sweep {sweep.name!r}: tasks must list exactly its datasets.')
+    if not sweep.seeds or any(not isinstance(s, int) or s < 0 for s in sweep.seeds):
+        raise SweepError(f'Sweep {sweep.name!r}: seeds must be non-negative integers, got {sweep.seeds}.')
+    check_flag_names([name for name, _ in sweep.flags], f'sweep {sweep.name!r}')
+
+
+def dataset_column(dataset):
+    """'cube-double-noisy' -> 'cube-double' (the domain whose tuned values apply); SweepError if unknown."""
+    try:
+        return env_tasks.parse_env_name(f'{dataset}-singletask-task1-v0').domain.name
+    except ValueError:
+        raise SweepError(f'Unknown dataset {dataset!r}: use <domain>-<dataset type>, e.g. cube-double-play, '
+                         'antmaze-large-navigate, cube-triple-noisy.') from None
+
+
+# -------------------------------------------------------------------------------------------------- flags
+@functools.lru_cache(maxsize=None)
+def main_flag_names():
+    """The flags main.py defines (read from its source: importing it would parse flags and load JAX)."""
+    with open(MAIN) as f:
+        source = f.read()
+    names = set(re.findall(r"""(?:flags\.DEFINE_\w+|config_flags\.DEFINE_config_file)\(\s*['"](\w+)['"]""", source))
+    bools = set(re.findall(r"""flags\.DEFINE_bool(?:ean)?\(\s*['"](\w+)['"]""", source))
+    return frozenset(names), frozenset(bools)
+
+
+def check_flag_names(names, where):
+    known, _ = main_flag_names()
+    for name in names:
+        if name in RESERVED_FLAGS:
+            raise SweepError(f'{where}: --{name} is set by the sweep itself; it cannot be overridden.')
+        if not name.startswith('agent.') and name not in known:
+            raise SweepError(f'{where}: unknown main.py flag --{name}. Flags: {", ".join(sorted(known))}, '
+                             'or --agent.<key>.')
+
+
+def parse_overrides(text):
+    """'--offline_steps=40 --agent.num_qs=2 --noprogress' -> [('offline_steps', '40'), ('agent.num_qs', '2'),
+    ('progress', 'False')]. Only --name=value and boolean --name / --noname; SweepError otherwise."""
+    _, bools = main_flag_names()
+    items = shlex.split(text) if isinstance(text, str) else list(text)
+    overrides = []
+    for item in items:
+        match = re.fullmatch(r'--([\w.]+)(?:=(.*))?', item, re.S)
+        if not match:
+            raise SweepError(f'--extra_args: expected --name=value, got {item!r}.')
+        name, value = match.groups()
+        if value is None:
+            if name in bools:
+                value = 'True'
+            elif name.startswith('no') and name[2:] in bools:
+                name, value = name[2:], 'False'
+            else:
+                raise SweepError(f'--extra_args: {item!r} needs a value (--{name}=...).')
+        overrides.append((name, value))
+    check_flag_names([name for name, _ in overrides], '--extra_args')
+    return overrides
+
+
+def merge_flags(flags, overrides):
+    """Flags with overrides applied: a flag already present keeps its place and takes the new value."""
+    merged = dict(flags)
+    merged.update(overrides)
+    return tuple(merged.items())
+
+
+# ---------------------------------------------------------------------------------------------- expansion
+def resolve_domains(sweep, names):
+    """Domain selectors -> the sweep's datasets. A selector is a dataset ('cube-double-play'), a domain
+    ('cube-double', also selects 'cube-double-noisy'), an abbreviation of PROTOCOL §8.2 ('c2') or a tuned-table
+    key ('scene-play-sparse')."""
+    chosen = []
+    for name in names:
+        column = hp.ABBREVIATIONS.get(name, name)
+        stripped = name[: -len('-sparse')] if name.endswith('-sparse') else name
+        matches = [d for d in sweep.datasets if stripped == d or column == dataset_column(d)]
+        if not matches:
+            raise SweepError(f'Unknown domain {name!r} for sweep {sweep.name!r}. Its datasets: '
+                             f'{", ".join(sweep.datasets)} (also by domain, e.g. cube-double, or abbreviation: '
+                             f'{", ".join(hp.ABBREVIATIONS)}).')
+        chosen += [d for d in matches if d not in chosen]
+    return [d for d in sweep.datasets if d in chosen]
+
+
+def _select(kind, wanted, available, known=None):
+    if wanted is None:
+        return list(available)
+    wanted = list(wanted)
+    for item in wanted:
+        if known is not None and item not in known:
+            raise SweepError(f'Unknown {kind} {item!r}. Known: {", ".join(map(str, known))}.')
+        if item not in available:
+            raise SweepError(f'{kind.capitalize()} {item!r} is not in this sweep; it has {", ".join(map(str, available))}.')
+    return [a for a in available if a in wanted]
+
+
+def expand(sweep, methods=None, domains=None, tasks=None, seeds=None, extra_args=()):
+    """The runs of `sweep` restricted to the given methods, domains, tasks and seeds (None: all), with
+    `extra_args` (a string or (name, value) pairs, e.g. a tiny budget for tests) applied to every command."""
+    overrides = parse_overrides(extra_args) if isinstance(extra_args, str) else list(extra_args)
+    check_flag_names([name for name, _ in overrides], '--extra_args')
+    methods = _select('method', methods, sweep.methods, known=hp.method_names())
+    datasets = sweep.datasets if domains is None else resolve_domains(sweep, domains)
+    tasks = _select('task', tasks, sorted({t for d in datasets for t in sweep.tasks_of(d)}), known=env_tasks.TASK_IDS)
+    seeds = _select('seed', seeds, sweep.seeds)
+    runs = []
+    for method in methods:
+        for dataset in datasets:
+            agent, settings, run_flags = hp.resolve(method, dataset_column(dataset))
+            for task in sweep.tasks_of(dataset):
+                if task not in tasks:
+                    continue
+                for seed in seeds:
+                    flags = [('agent', agent), ('env_name', f'{dataset}-singletask-task{task}-v0'), ('seed', seed),
+                             ('method', method)]
+                    flags += list(run_flags.items()) + [(f'agent.{k}', v) for k, v in settings.items()]
+                    flags = merge_flags(flags + list(sweep.flags), overrides)
+                    flags = tuple((name, format_value(value)) for name, value in flags)
+                    runs.append(Run(sweep.name, method, agent, dataset, task, seed, flags))
+    if not runs:
+        raise SweepError(f'The selection is empty: no run of sweep {sweep.name!r} has these domains and tasks.')
+    return runs
+
+
+# ---------------------------------------------------------------------------------------- agent settings
+def agent_config_keys(agent):
+    """The keys of an agent's get_config(), or None when agents/<agent>.py does not exist (yet)."""
+    import agents
+
+    if not os.path.isfile(os.path.join(agents.AGENTS_DIR, f'{agent}.py')):
+        return None
+    try:
+        return set(agents.load_agent(agent).get_config().keys())
+    except Exception as e:  # noqa: BLE001 - an agent that does not load is reported with the reason
+        raise SweepError(f'Agent {agent!r} (agents/{agent}.py) cannot be loaded: {type(e).__name__}: {e}') from e
+
+
+def check_agents(runs, require_agents=True):
+    """Every --agent.<key> of every run exists in its agent's config. A missing agent file is an error when
+    `require_agents` (anything that runs), else a warning returned as a string (a dry run)."""
+    warnings = []
+    by_agent = {}
+    for run in runs:
+        by_agent.setdefault(run.agent, set()).update(n[len('agent.'):] for n, _ in run.flags if n.startswith('agent.'))
+    for agent, keys in sorted(by_agent.items()):
+        known = agent_config_keys(agent)
+        methods = sorted({r.method for r in runs if r.agent == agent})
+        if known is None:
+            message = f'agent {agent!r} (methods {", ".join(methods)}) does not exist in agents/ yet'
+            if require_agents:
+                raise SweepError(f'Cannot launch: {message}.')
+            warnings.append(message)
+            continue
+        unknown = sorted(keys - known)
+        if unknown:
+            raise SweepError(f'Unknown key(s) {", ".join(unknown)} for agent {agent!r} (methods {", ".join(methods)}). '
+                             f'Its keys: {", ".join(sorted(known))}.')
+    return warnings
