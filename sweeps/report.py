@@ -265,10 +265,8 @@ def rliable_section(grid, published, args, fig_dir):
             low, high = np.ravel(poi_cis[(x, y, source)])[:2]
             poi_rows.setdefault((x, y), {})[(phase, source)] = Stat(mean=float(value), low=float(low), high=float(high),
                                                                    n=1, expected=1, method='stratified (rliable)')
-        labels = {k: f'{k[0]},{k[1]}' + (' (paper)' if k[2] == 'paper' else '') for k in poi}
-        figure_paths += figures.improvement({labels[k]: v for k, v in poi.items()},
-                                            {labels[k]: v for k, v in poi_cis.items()}, list(labels.values()),
-                                            fig_dir, f'improvement_{phase}', f'Probability of improvement, {PHASE_TITLES[phase]}')
+        figure_paths += figures.improvement(poi, poi_cis, fig_dir, f'improvement_{phase}',
+                                            f'Probability of improvement, {PHASE_TITLES[phase]}')
     out = []
     if agg_rows:
         rows = [tables.Row(name, [tables.Cell(agg_rows[name].get(c)) if c in agg_rows[name] else tables.Cell(None)
@@ -316,13 +314,19 @@ def curve_panels(grid, boot):
     groups = [(d, grid.domain_tasks(d)) for d in domains] + ([('all', grid.tasks)] if len(domains) > 1 else [])
     panels = []
     for title, tasks in groups:
-        curves, offline_ends, notes = {}, set(), []
+        curves, notes = {}, []
+        panel_runs = {m: [rs[0] for t in tasks for s in grid.seeds for rs in [grid.cells.get((m, t, s), [])] if rs]
+                      for m in grid.methods}
+        offline_ends = {r.offline_steps for runs in panel_runs.values() for r in runs if r.offline_steps > 0}
+        offline_end = offline_ends.pop() if len(offline_ends) == 1 else None
         for method in grid.methods:
-            runs = [rs[0] for t in tasks for s in grid.seeds for rs in [grid.cells.get((method, t, s), [])] if rs]
+            runs = panel_runs[method]
             if not runs:
                 continue
-            offline_ends |= {r.offline_steps for r in runs if r.offline_steps > 0}
-            lookup = [(r.env_name, r.seed, dict(zip(r.steps.tolist(), r.success.tolist()))) for r in runs]
+            # Online-only runs (RLPD) are drawn from the start of the online phase of the others.
+            shift = [offline_end if (r.offline_steps == 0 and offline_end) else 0 for r in runs]
+            lookup = [(r.env_name, r.seed, {s + d: v for s, v in zip(r.steps.tolist(), r.success.tolist())})
+                      for r, d in zip(runs, shift)]
             steps = sorted({s for _, _, values in lookup for s in values})
             curve = dict(steps=[], mean=[], low=[], high=[], full=[])
             for step in steps:
@@ -345,7 +349,7 @@ def curve_panels(grid, boot):
         label = f'{title} ({len(tasks)} task{"s" * (len(tasks) > 1)}, {len(grid.seeds)} seed{"s" * (len(grid.seeds) > 1)})'
         if notes:
             label += '\n' + tables.MARK_INCOMPLETE + ' ' + '; '.join(notes)
-        panels.append((label, offline_ends.pop() if len(offline_ends) == 1 else None, curves))
+        panels.append((label, offline_end, curves))
     return panels
 
 
@@ -561,7 +565,8 @@ def build_report(args):
     figure_paths += paths
     lines += ['## Learning curves', '',
               f'Success (%) at every evaluation: mean over tasks of the mean over seeds, shaded 95% percentile-bootstrap '
-              f'interval ({args.curve_bootstrap_samples:,} resamples); dashed vertical line: end of the offline phase. '
+              f'interval ({args.curve_bootstrap_samples:,} resamples); dashed vertical line: end of the offline phase '
+              f'(online-only methods, such as RLPD, start there). '
               f'Dotted where fewer of the method\'s runs have reached the step (unfinished or diverged runs).', '',
               '![learning curves](figures/curves.png)', '']
     tables.write_csv(os.path.join(out_dir, 'results.csv'), [r for t in all_tables for r in tables.csv_rows(t)])

@@ -68,9 +68,11 @@ def learning_curves(panels, methods, out_dir, name='curves'):
             if label not in labels:
                 handles.append(h)
                 labels.append(label)
+    legend_rows = -(-len(labels) // 6)
+    bottom = (0.22 * legend_rows + 0.15) / fig.get_figheight()
     fig.legend(handles, labels, loc='lower center', ncol=min(len(labels), 6), fontsize=8, frameon=False,
-               bbox_to_anchor=(0.5, -0.02 - 0.03 * (len(labels) // 6)))
-    fig.tight_layout(rect=(0, 0.05 + 0.03 * (len(labels) // 6), 1, 1))
+               bbox_to_anchor=(0.5, 0))
+    fig.tight_layout(rect=(0, bottom, 1, 1))
     return save(fig, out_dir, name)
 
 
@@ -119,22 +121,33 @@ def performance_profiles(taus, profiles, intervals, names, out_dir, name, title=
     return save(fig, out_dir, name)
 
 
-def improvement(points, intervals, pairs, out_dir, name, title=''):
-    """Probability of improvement P(X > Y) with 95% intervals, one row per pair 'X,Y'."""
-    fig, ax = plt.subplots(figsize=(5.0, 0.38 * len(pairs) + 1.2))
-    for i, pair in enumerate(pairs):
-        low, high = np.ravel(intervals[pair])[:2]
-        ax.barh(i, high - low, left=low, height=0.6, color='tab:gray' if pair.endswith(PAPER) else 'tab:blue',
-                alpha=0.7)
-        ax.vlines(points[pair], i - 0.3, i + 0.3, color='k', lw=1.5)
-    ax.axvline(0.5, color='0.4', ls='--', lw=0.8)
-    ax.set_yticks(range(len(pairs)))
-    ax.set_yticklabels([p.replace(',', ' > ', 1) for p in pairs], fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xlim(0, 1)
-    ax.set_xlabel('P(X > Y)')
-    ax.grid(axis='x', alpha=0.3)
+def improvement(points, intervals, out_dir, name, title=''):
+    """Probability of improvement P(X > Y) with 95% intervals: one panel per X, one row per Y, ours (solid) and
+    the paper's (hatched) side by side. points/intervals are keyed by (X, Y, 'ours' | 'paper')."""
+    focus = list(dict.fromkeys(x for x, _, _ in points))
+    baselines = list(dict.fromkeys(y for _, y, _ in points))
+    fig, axes = plt.subplots(1, len(focus), figsize=(3.6 * len(focus), 0.32 * len(baselines) + 1.3), squeeze=False)
+    for ax, x in zip(axes.flat, focus):
+        for i, y in enumerate(baselines):
+            for source, offset in (('ours', -0.17), ('paper', 0.17)):
+                if (x, y, source) not in points:
+                    continue
+                low, high = np.ravel(intervals[(x, y, source)])[:2]
+                paper = source == 'paper'
+                ax.barh(i + offset, high - low, left=low, height=0.32, color='tab:gray' if paper else 'tab:blue',
+                        alpha=0.35 if paper else 0.75, hatch='//' if paper else None)
+                ax.vlines(points[(x, y, source)], i + offset - 0.16, i + offset + 0.16, color='k', lw=1.2)
+        ax.axvline(0.5, color='0.4', ls='--', lw=0.8)
+        ax.set_yticks(range(len(baselines)))
+        ax.set_yticklabels(baselines if ax is axes.flat[0] else [], fontsize=8)
+        ax.set_ylim(len(baselines) - 0.5, -0.5)
+        ax.set_xlim(0, 1)
+        ax.set_xlabel(f'P({x} > Y)', fontsize=9)
+        ax.grid(axis='x', alpha=0.3)
+    handles = [plt.Rectangle((0, 0), 1, 1, color='tab:blue', alpha=0.75),
+               plt.Rectangle((0, 0), 1, 1, color='tab:gray', alpha=0.35, hatch='//')]
+    fig.legend(handles, ['ours', 'paper'], loc='upper right', fontsize=8, frameon=False)
     if title:
-        ax.set_title(title, fontsize=10)
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return save(fig, out_dir, name)
