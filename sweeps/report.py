@@ -47,6 +47,10 @@ def base_method(method):
     return method.split(' [')[0]
 
 
+def plural(n, word):
+    return f'{n} {word}' + ('s' if n != 1 else '')
+
+
 # ------------------------------------------------------------------------------------------- statistics
 
 
@@ -125,7 +129,8 @@ def phase_steps(grid):
 
 def grid_caption(grid, boot):
     seeds = ', '.join(str(s) for s in grid.seeds)
-    return (f'End of phase here: {phase_steps(grid)} (paper: offline 1,000,000; online 1,500,000, RLPD 500,000). 'f'Success (%): mean over seeds [95% percentile-bootstrap interval, {boot.num_resamples:,} resamples]; '
+    return (f'End of phase here: {phase_steps(grid)} (paper: offline 1,000,000; online 1,500,000, RLPD 500,000). '
+            f'Success (%): mean over seeds [95% percentile-bootstrap interval, {boot.num_resamples:,} resamples]; '
             f'domain = mean of its tasks, all = mean over the {len(grid.tasks)} tasks. Expected: '
             f'{len(grid.seeds)} seeds per task ({seeds}). **Bold**: best of our methods in the column. '
             f'*(paper)*: the QAM paper\'s number for the same cell ({tables.MARK_RECOMPUTED}: recomputed over the '
@@ -183,7 +188,7 @@ def build_tables(grid, stats, pub_stats, published, boot):
             keys = [('task', t) for t in tasks] + [('domain', domain)]
             task_tables.append(tables.Table(
                 f'tasks_{phase}', f'{domain}: success (%) per task at the {PHASE_TITLES[phase]}', caption, 'method',
-                [f'task{split_env_name(t)[1]}' for t in tasks] + [f'{domain} ({len(tasks)} task{"s" * (len(tasks) > 1)})'],
+                [f'task{split_env_name(t)[1]}' for t in tasks] + [f'{domain} ({plural(len(tasks), "task")})'],
                 method_rows(grid, lambda m, s: [cell_for(lvl, k, phase)(m, s) for lvl, k in keys], published),
             ).mark_best())
         out[f'tasks_{phase}'] = task_tables
@@ -252,7 +257,7 @@ def rliable_section(grid, published, args, fig_dir):
             for y in ours:
                 if y not in focus:
                     pairs[(x, y, 'ours')] = (ours[x], ours[y])
-                    px, py = f'{published.method_name(base_method(x))} (paper)', f'{published.method_name(base_method(y))} (paper)'
+                    px, py = (f'{published.method_name(base_method(m))} (paper)' for m in (x, y))
                     if px in paper and py in paper:
                         pairs[(x, y, 'paper')] = (paper[px], paper[py])
         if not pairs:
@@ -346,7 +351,7 @@ def curve_panels(grid, boot):
             expected = len(tasks) * len(grid.seeds)
             if len(runs) < expected:
                 notes.append(f'{method} {len(runs)}/{expected} runs')
-        label = f'{title} ({len(tasks)} task{"s" * (len(tasks) > 1)}, {len(grid.seeds)} seed{"s" * (len(grid.seeds) > 1)})'
+        label = f'{title} ({plural(len(tasks), "task")}, {plural(len(grid.seeds), "seed")})'
         if notes:
             label += '\n' + tables.MARK_INCOMPLETE + ' ' + '; '.join(notes)
         panels.append((label, offline_end, curves))
@@ -358,11 +363,13 @@ def curve_panels(grid, boot):
 
 def runs_table(grid, root):
     rows = []
-    for run in sorted(grid.runs, key=lambda r: (runs_lib.method_sort_key(r.method), runs_lib.task_sort_key(r.env_name), r.seed)):
+    order = lambda r: (runs_lib.method_sort_key(r.method), runs_lib.task_sort_key(r.env_name), r.seed)  # noqa: E731
+    for run in sorted(grid.runs, key=order):
+        diverged = run.diverged or {}
         row = dict(path=os.path.relpath(run.path, root), method=run.method, base_method=run.base_method, agent=run.agent,
                    env_name=run.env_name, domain=run.domain, seed=run.seed, config_hash=run.config_hash,
                    status=run.status, excluded=run.excluded, last_step=run.last_step,
-                   diverged_step=(run.diverged or {}).get('step', ''), diverged_keys=' '.join((run.diverged or {}).get('keys', [])),
+                   diverged_step=diverged.get('step', ''), diverged_keys=' '.join(diverged.get('keys', [])),
                    dataset_source=(run.done or {}).get('dataset_source', ''),
                    deviations='; '.join((run.done or {}).get('deviations', [])), code_version=run.code_version)
         for phase in PHASES:
@@ -422,8 +429,8 @@ def summary_section(grid, conflicts, missing, policy):
                          + (' (complete)' if not absent else f'; **{absent} missing**'))
     lines.append('')
     if missing:
-        lines += ['### Missing', '', 'Not averaged over: each cell below is absent from the means, and the tables mark the '
-                  'cells with fewer runs than expected. Every missing run is in missing.csv.', '',
+        lines += ['### Missing', '', 'Not averaged over: each cell below is absent from the means, and the tables mark '
+                  'the cells with fewer runs than expected. Every missing run is in missing.csv.', '',
                   '| method | phase | task | missing seeds (reason) |', '|---|---|---|---|']
         groups = {}
         for row in missing:
@@ -435,8 +442,9 @@ def summary_section(grid, conflicts, missing, policy):
         lines.append('')
     diverged = [r for r in grid.runs if r.status == 'diverged']
     if diverged:
-        lines += ['### Diverged runs', '', 'A loss became NaN or inf (DIVERGED marker); the phases the run had finished '
-                  'before that still count.', '', '| method | task | seed | step | non-finite | run |', '|---|---|---|---|---|---|']
+        lines += ['### Diverged runs', '', 'A loss became NaN or inf (DIVERGED marker); the phases the run had '
+                  'finished before that still count.', '',
+                  '| method | task | seed | step | non-finite | run |', '|---|---|---|---|---|---|']
         for r in diverged:
             lines.append(f'| {r.method} | {r.env_name} | {r.seed} | {r.diverged.get("step", "?")} | '
                          f'{", ".join(r.diverged.get("keys", []))} | {os.path.basename(r.path)} |')
@@ -456,7 +464,8 @@ def summary_section(grid, conflicts, missing, policy):
             for h, info in c.configs.items():
                 values = ', '.join(f'{k}={runs_lib._short(v)}' for k, v in info['values'].items())
                 shown = info.get('label') or ('kept' if info.get('kept') else 'left out')
-                lines.append(f'| {c.method} | {c.env_name} | {h} | {values} | {", ".join(map(str, info["seeds"]))} | {shown} |')
+                seeds = ', '.join(map(str, info['seeds']))
+                lines.append(f'| {c.method} | {c.env_name} | {h} | {values} | {seeds} | {shown} |')
         lines.append('')
     duplicates = {k: v for k, v in grid.cells.items() if len(v) > 1}
     if duplicates:
@@ -470,7 +479,8 @@ def summary_section(grid, conflicts, missing, policy):
             deviations.setdefault(d, []).append(r)
     if deviations:
         lines += ['### Deviations recorded by the runs', '']
-        lines += [f'- {d}: {len(rs)} runs ({", ".join(sorted({r.method for r in rs}))})' for d, rs in deviations.items()]
+        for deviation, rs in deviations.items():
+            lines.append(f'- {deviation}: {len(rs)} runs ({", ".join(sorted({r.method for r in rs}))})')
         lines.append('')
     versions = {}
     for r in grid.runs:
@@ -559,7 +569,8 @@ def build_report(args):
         for name, table_list in rliable_tables:
             lines.append(tables.write_tables(table_dir, name, table_list))
             all_tables += table_list
-        lines += [f'![{os.path.basename(p)}](figures/{os.path.basename(p)})' for p in paths if p.endswith('.png')] + ['']
+        pngs = [os.path.basename(p) for p in paths if p.endswith('.png')]
+        lines += [f'![{name}](figures/{name})' for name in pngs] + ['']
     curve_boot = Bootstrap(args.curve_bootstrap_samples, args.bootstrap_seed)
     paths = figures.learning_curves(curve_panels(grid, curve_boot), grid.methods, fig_dir)
     figure_paths += paths
@@ -572,7 +583,7 @@ def build_report(args):
     tables.write_csv(os.path.join(out_dir, 'results.csv'), [r for t in all_tables for r in tables.csv_rows(t)])
     lines += ['## Files', '', '- tables/*.md, *.tex (booktabs), *.csv (one line per cell): '
               + ', '.join(sorted({t.name for t in all_tables})),
-              '- figures/*.png, *.pdf: ' + ', '.join(sorted({os.path.splitext(os.path.basename(p))[0] for p in figure_paths})),
+              '- figures/*.png, *.pdf: ' + ', '.join(sorted({os.path.basename(p).rsplit('.', 1)[0] for p in figure_paths})),
               '- runs.csv (every run directory), missing.csv (every missing run and phase, with the reason), '
               'results.csv (every table cell)', '']
     with open(os.path.join(out_dir, 'report.md'), 'w') as f:
@@ -600,7 +611,8 @@ def parse_args(argv):
                         help='Bootstrap resamples per learning-curve point.')
     parser.add_argument('--rliable_reps', type=int, default=2_000,
                         help='Stratified-bootstrap resamples of the rliable statistics.')
-    parser.add_argument('--bootstrap_seed', type=int, default=0, help='Seed of every bootstrap (the report is reproducible).')
+    parser.add_argument('--bootstrap_seed', type=int, default=0,
+                        help='Seed of every bootstrap (the report is reproducible).')
     parser.add_argument('--poi_methods', help='Methods whose probability of improvement over every other method is '
                                               'computed (comma-separated); default: QAM, QAM-F, QAM-E present.')
     parser.add_argument('--no_rliable', action='store_true', help='Skip the rliable statistics and figures.')
@@ -616,7 +628,8 @@ def main(argv=None):
     result = build_report(parse_args(argv))
     grid = result['grid']
     print(f'Report: {result["report"]} ({len(grid.methods)} methods, {len(grid.tasks)} tasks, {len(grid.seeds)} seeds; '
-          f'{len(result["missing"])} missing method-task-seed-phase cells; {len(result["conflicts"])} config conflicts; '
+          f'{len(result["missing"])} missing method-task-seed-phase cells; '
+          f'{len(result["conflicts"])} config conflicts; '
           f'{sum(r.status == "diverged" for r in grid.runs)} diverged runs).')
     return result
 

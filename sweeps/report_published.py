@@ -142,7 +142,8 @@ class Published:
                 for name in ('mean', 'ci95_low', 'ci95_high'):
                     entry[name] = float(row[name])
                 entry['step'], entry['seeds'] = int(row['step']), int(row['seeds'])
-                entry['seed_values'] = np.array([float(v) for v in row['seed_values'].split()]) if row['seed_values'] else None
+                seeds = row['seed_values'].split()
+                entry['seed_values'] = np.array([float(v) for v in seeds]) if seeds else None
                 self.rows[(row['task'], row['method'], row['phase'])] = entry
         self.methods = sorted({m for _, m, _ in self.rows})
         self._lower = {m.lower(): m for m in self.methods}
@@ -161,14 +162,16 @@ class Published:
         return self.rows.get((key, name, phase))
 
     def tasks(self, level='task', study=None):
-        return sorted({k for (k, _, _), r in self.rows.items() if r['level'] == level and (study is None or r['study'] == study)})
+        return sorted({k for (k, _, _), r in self.rows.items()
+                       if r['level'] == level and (study is None or r['study'] == study)})
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description='Derive the published-numbers CSV from the QAM paper\'s released pickles.')
+    parser = argparse.ArgumentParser(description="Derive the published-numbers CSV from the QAM paper's released data.")
     parser.add_argument('--reference_dir', default=DEFAULT_REFERENCE_DIR, help='Folder with qam-exp-data*.pkl.')
     parser.add_argument('--out', default=PUBLISHED_CSV, help='CSV to write.')
-    parser.add_argument('--bootstrap_samples', type=int, default=NUM_RESAMPLES, help='Bootstrap resamples per interval.')
+    parser.add_argument('--bootstrap_samples', type=int, default=NUM_RESAMPLES,
+                        help='Bootstrap resamples per interval.')
     parser.add_argument('--seed', type=int, default=BOOTSTRAP_SEED, help='Seed of the bootstrap resamples.')
     args = parser.parse_args(argv)
     rows = derive(args.reference_dir, args.bootstrap_samples, args.seed)

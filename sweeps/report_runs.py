@@ -338,7 +338,7 @@ def build_grid(runs, methods=None, tasks=None, seeds=None):
     for run in used:
         if run.method in methods and run.env_name in tasks and run.seed in seeds:
             cells.setdefault((run.method, run.env_name, run.seed), []).append(run)
-    for key in cells:  # duplicates (copies of one run directory): finished before diverged before unfinished, newest first
+    for key in cells:  # duplicates (copies of a run directory): finished, then diverged, then unfinished; newest first
         cells[key].sort(key=lambda r: r.started, reverse=True)
         cells[key].sort(key=lambda r: {'finished': 0, 'diverged': 1}.get(r.status, 2))
     phases = {}

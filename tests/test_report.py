@@ -34,7 +34,8 @@ def write_run(root, agent_config, env_name, seed, successes, method='', offline_
     flags = dict(env_name=env_name, seed=seed, method=method, offline_steps=offline_steps, online_steps=online_steps,
                  eval_interval=eval_interval)
     with open(os.path.join(path, 'flags.json'), 'w') as f:
-        json.dump(dict(flags=flags, settings=settings, code_version='test', machine={}, started='2026-01-01 00:00:00'), f)
+        json.dump(dict(flags=flags, settings=settings, code_version='test', machine={},
+                       started='2026-01-01 00:00:00'), f)
     steps = [s for s in range(eval_interval, offline_steps + 1, eval_interval)]
     steps += [offline_steps + s for s in range(eval_interval, online_steps + 1, eval_interval)]
     with open(os.path.join(path, 'eval.csv'), 'w', newline='') as f:
@@ -58,7 +59,8 @@ def curve(rng, end_offline, end_online, offline_points=5, online_points=3):
     return offline + online
 
 
-METHODS = {'QAM': dict(inv_temp=3.0), 'QAM-E': dict(inv_temp=3.0, edit_scale=0.1), 'QAM-F': dict(inv_temp=10.0, fql_alpha=300.0)}
+METHODS = {'QAM': dict(inv_temp=3.0), 'QAM-E': dict(inv_temp=3.0, edit_scale=0.1),
+           'QAM-F': dict(inv_temp=10.0, fql_alpha=300.0)}
 SEEDS = (10001, 20002, 30003)
 
 
@@ -85,7 +87,7 @@ def read_results(out):
 
 def test_method_labels_come_from_the_flag_or_the_agent_config():
     assert report_runs.method_label({'method': 'Mine'}, {'agent_name': 'qam', 'edit_scale': 0.1}) == 'Mine'
-    assert report_runs.method_label({'method': ''}, {'agent_name': 'qam', 'fql_alpha': 300.0, 'edit_scale': 0.0}) == 'QAM-F'
+    assert report_runs.method_label({'method': ''}, {'agent_name': 'qam', 'fql_alpha': 300.0}) == 'QAM-F'
     assert report_runs.method_label({}, {'agent_name': 'qam', 'fql_alpha': 0.0, 'edit_scale': 0.1}) == 'QAM-E'
     assert report_runs.method_label({}, {'agent_name': 'qam', 'fql_alpha': 0.0, 'edit_scale': 0.0}) == 'QAM'
     assert report_runs.method_label({}, {'agent_name': 'cgql', 'mode': 'linex'}) == 'CGQL-L'
@@ -125,7 +127,8 @@ def test_table_cells_equal_a_direct_computation(tmp_path):
     for column in {r['column'] for r in rows}:
         cells = [r for r in rows if r['column'] == column]
         best = max(round(float(r['mean']), 1) for r in cells)
-        assert {r['row'] for r in cells if r['best'] == '1'} == {r['row'] for r in cells if round(float(r['mean']), 1) == best}
+        marked = {r['row'] for r in cells if r['best'] == '1'}
+        assert marked == {r['row'] for r in cells if round(float(r['mean']), 1) == best}
     markdown = open(tmp_path / 'out' / 'tables' / 'aggregate.md').read()
     assert '**' in markdown and 'QAM (paper)' in markdown and '‡' in markdown  # paper recomputed over the 3 tasks
     latex = open(tmp_path / 'out' / 'tables' / 'domains_offline.tex').read()
@@ -199,7 +202,8 @@ def test_aggregates_of_the_shipped_published_csv_reproduce_the_paper():
         domain_tasks = [t for t in tasks if report_runs.split_env_name(t)[0] == domain]
         assert len(domain_tasks) == 5
         row = published.get(domain, 'QAM', 'offline')
-        assert row['mean'] == pytest.approx(np.mean([published.get(t, 'QAM', 'offline')['mean'] for t in domain_tasks]), abs=0.01)
+        task_means = [published.get(t, 'QAM', 'offline')['mean'] for t in domain_tasks]
+        assert row['mean'] == pytest.approx(np.mean(task_means), abs=0.01)
 
 
 @pytest.mark.skipif(not os.path.isdir(REFERENCE_DIR), reason='needs ../shared/reference (the released pickles)')
@@ -226,3 +230,152 @@ def test_published_csv_rederives_from_the_released_data():
             if 'singletask' not in key[0]:
                 assert difference <= 0.5, (key, column)
     assert np.median(differences) <= 0.05 and np.quantile(differences, 0.95) <= 0.5 and max(differences) <= 2.5
+
+
+@pytest.fixture(scope='module')
+def messy_report(tmp_path_factory):
+    """An incomplete grid: a missing seed, a missing task, an unfinished run, a diverged run, two configs of one
+    method on one task, and an online-only method (RLPD)."""
+    root = tmp_path_factory.mktemp('messy')
+    runs, rng, truth = root / 'runs', np.random.default_rng(3), {}
+    tasks, seeds = (TASK.format(1), TASK.format(2)), (1, 2, 3)
+
+    def add(method, config, task, seed, values, **kwargs):
+        write_run(runs, config, task, seed, values, **kwargs)
+        truth[(method, task, seed)] = values
+
+    for task in tasks:
+        for seed in seeds:
+            if (task, seed) == (TASK.format(2), 3):
+                continue  # QAM: seed 3 missing on task 2
+            if (task, seed) == (TASK.format(1), 3):  # QAM: unfinished, offline phase done
+                add('QAM', METHODS['QAM'], task, seed, curve(rng, 0.3, 0.5)[:6], status='unfinished')
+                continue
+            add('QAM', METHODS['QAM'], task, seed, curve(rng, rng.integers(0, 51) / 50, rng.integers(0, 51) / 50))
+        for seed in seeds:  # QAM-E: batch size 256 everywhere, and 64 on task 1 seed 1 (another config)
+            add('QAM-E', METHODS['QAM-E'], task, seed, curve(rng, 0.4, 0.8))
+    add('QAM-E64', {**METHODS['QAM-E'], 'batch_size': 64}, TASK.format(1), 1, curve(rng, 0.2, 0.3))
+    for seed in seeds:  # FQL only on task 1 (task 2 missing); seed 2 diverged in the online phase
+        kwargs = dict(status='diverged', diverged_step=130) if seed == 2 else {}
+        values = curve(rng, 0.5, 0.9)[:7] if seed == 2 else curve(rng, 0.5, 0.9)
+        add('FQL', {'agent_name': 'fql', 'alpha': 10.0}, TASK.format(1), seed, values, **kwargs)
+        for task in tasks:  # RLPD: online only
+            add('RLPD', {'agent_name': 'rlpd'}, task, seed, [0.1, 0.2, 0.3], offline_steps=0)
+    result = run_report(runs, root / 'out')
+    return result, root / 'out', truth
+
+
+def test_partial_grids_are_flagged_and_never_averaged_over_fewer(messy_report):
+    result, out, truth = messy_report
+    stats, grid = result['stats'], result['grid']
+    assert grid.seeds == [1, 2, 3] and grid.tasks == [TASK.format(1), TASK.format(2)]
+    # A task with a missing seed: the mean of the seeds present, flagged 2/3.
+    cell = stats[('task', TASK.format(2), 'QAM', 'offline')]
+    assert (cell.n, cell.expected) == (2, 3) and not cell.complete
+    assert cell.mean == pytest.approx(np.mean([100 * truth[('QAM', TASK.format(2), s)][4] for s in (1, 2)]))
+    assert cell.missing == [(TASK.format(2), 3, 'no run')]
+    # The unfinished run counts offline (its phase ended), not online.
+    assert stats[('task', TASK.format(1), 'QAM', 'offline')].n == 3
+    online = stats[('task', TASK.format(1), 'QAM', 'online')]
+    assert online.n == 2 and 'unfinished' in online.missing[0][2]
+    # The domain is the mean of the task means, flagged, with a stratified interval (seeds differ between tasks).
+    domain = stats[('domain', 'cube-double-play', 'QAM', 'offline')]
+    task_means = [stats[('task', t, 'QAM', 'offline')].mean for t in grid.tasks]
+    assert domain.mean == pytest.approx(np.mean(task_means)) and domain.method == 'stratified'
+    assert (domain.n, domain.expected) == (5, 6) and domain.low <= domain.mean <= domain.high
+    # A method missing a whole task has no domain or aggregate number.
+    assert stats[('domain', 'cube-double-play', 'FQL', 'offline')].mean is None
+    assert stats[('all', 'all', 'FQL', 'offline')].tasks == 1
+    markdown = open(out / 'tables' / 'domains_offline.md').read()
+    fql = next(line for line in markdown.splitlines() if line.startswith('| FQL |'))
+    assert '— (1/2 tasks)' in fql
+    qam = next(line for line in markdown.splitlines() if line.startswith('| QAM |'))
+    assert '†' in qam and '5/6 runs' in qam
+    assert r'$^\dagger$' in open(out / 'tables' / 'tasks_offline.tex').read()
+    # Every missing run and phase is listed with its reason.
+    with open(out / 'missing.csv') as f:
+        missing = {(r['method'], r['task'], r['seed'], r['phase']): r['reason'] for r in csv.DictReader(f)}
+    assert missing[('QAM', TASK.format(2), '3', 'offline')] == 'no run'
+    assert missing[('FQL', TASK.format(2), '1', 'online')] == 'no run'
+    assert 'unfinished' in missing[('QAM', TASK.format(1), '3', 'online')]
+    assert ('RLPD', TASK.format(1), '1', 'offline') not in missing  # not run, not missing
+    report_md = open(out / 'report.md').read()
+    assert '### Missing' in report_md and '### Unfinished runs' in report_md and '**' in report_md
+
+
+def test_diverged_runs_are_reported(messy_report):
+    result, out, truth = messy_report
+    stats = result['stats']
+    online = stats[('task', TASK.format(1), 'FQL', 'online')]
+    assert online.n == 2 and online.missing == [(TASK.format(1), 2, 'diverged at step 130')]
+    assert stats[('task', TASK.format(1), 'FQL', 'offline')].n == 3  # it diverged after the offline phase
+    report_md = open(out / 'report.md').read()
+    assert '### Diverged runs' in report_md and '| FQL | cube-double-play-singletask-task1-v0 | 2 | 130 |' in report_md
+    with open(out / 'runs.csv') as f:
+        rows = [r for r in csv.DictReader(f) if r['status'] == 'diverged']
+    assert len(rows) == 1 and rows[0]['diverged_step'] == '130' and rows[0]['online_success'] == ''
+
+
+def test_configs_of_one_method_are_not_mixed(messy_report):
+    result, out, truth = messy_report
+    grid, stats = result['grid'], result['stats']
+    (conflict,) = result['conflicts']
+    assert conflict.method == 'QAM-E' and conflict.env_name == TASK.format(1) and len(conflict.configs) == 2
+    assert {tuple(c['values'].items()) for c in conflict.configs.values()} == {(('agent.batch_size', 64),),
+                                                                               (('agent.batch_size', 256),)}
+    assert 'QAM-E [batch_size=256]' in grid.methods and 'QAM-E [batch_size=64]' in grid.methods
+    assert 'QAM-E' not in grid.methods
+    big = stats[('task', TASK.format(1), 'QAM-E [batch_size=256]', 'offline')]
+    assert big.n == 3 and big.mean == pytest.approx(40.0)  # the batch-64 run (20%) is not averaged in
+    small = stats[('task', TASK.format(1), 'QAM-E [batch_size=64]', 'offline')]
+    assert small.n == 1 and small.mean == pytest.approx(20.0)
+    assert stats[('all', 'all', 'QAM-E [batch_size=64]', 'offline')].mean is None  # only on one task
+    report_md = open(out / 'report.md').read()
+    assert '### Different configs of one method' in report_md and 'batch_size=64' in report_md
+    # The paper row of a variant is the paper's QAM-E.
+    assert 'QAM-E (paper)' in open(out / 'tables' / 'aggregate.md').read()
+
+
+def test_newest_config_policy_keeps_one_config(tmp_path):
+    write_run(tmp_path, METHODS['QAM'], TASK.format(1), 1, [0.5] * 8)
+    newer = write_run(tmp_path, {**METHODS['QAM'], 'batch_size': 64}, TASK.format(1), 1, [0.1] * 8)
+    record = json.load(open(os.path.join(newer, 'flags.json')))
+    record['started'] = '2026-02-01 00:00:00'
+    json.dump(record, open(os.path.join(newer, 'flags.json'), 'w'))
+    runs = report_runs.find_runs(tmp_path)
+    (conflict,) = report_runs.separate_configs(runs, policy='newest')
+    kept = [r for r in runs if not r.excluded]
+    assert len(kept) == 1 and kept[0].path == newer and kept[0].method == 'QAM'
+    assert sum(info['kept'] for info in conflict.configs.values()) == 1
+
+
+def test_online_only_methods_and_rliable_outputs(messy_report):
+    result, out, truth = messy_report
+    aggregate = open(out / 'tables' / 'aggregate.md').read()
+    rlpd = next(line for line in aggregate.splitlines() if line.startswith('| RLPD |'))
+    assert '| n/a |' in rlpd  # no offline phase
+    assert 'RLPD (paper)' in aggregate
+    with open(out / 'tables' / 'improvement.csv') as f:
+        rows = list(csv.DictReader(f))
+    assert any(r['row'] == 'QAM > RLPD' and r['column'] == 'online (ours)' and 0 <= float(r['mean']) <= 1 for r in rows)
+    assert any(r['row'] == 'QAM > RLPD' and r['column'] == 'online (paper)' and r['mean'] for r in rows)
+    report_md = open(out / 'report.md').read()
+    assert 'FQL: left out (no seed has a value on every task)' in report_md
+
+
+def test_figures_are_written_and_not_empty(messy_report):
+    result, out, truth = messy_report
+    names = {os.path.basename(p) for p in result['figures']}
+    for stem in ('curves', 'aggregates_offline', 'aggregates_online', 'profiles_offline', 'profiles_online',
+                 'improvement_online'):
+        for ext, magic in (('png', b'\x89PNG'), ('pdf', b'%PDF')):
+            path = out / 'figures' / f'{stem}.{ext}'
+            assert f'{stem}.{ext}' in names and path.stat().st_size > 2000
+            assert path.read_bytes()[:4] == magic
+
+
+def test_a_folder_without_runs_is_a_clear_error(tmp_path):
+    with pytest.raises(SystemExit, match='not a directory of runs'):
+        report.main([str(tmp_path / 'nothing'), '--out', str(tmp_path / 'out')])
+    with pytest.raises(SystemExit, match='No run directories'):
+        report.main([str(tmp_path), '--out', str(tmp_path / 'out')])
