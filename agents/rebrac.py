@@ -61,7 +61,7 @@ class ReBRACAgent(flax.struct.PyTreeNode):
         return actions[:, 0, :]
 
     def noisy_actions(self, name, observations, rng):
-        """clip(actor(s) + clip(actor_noise·ε, ±actor_noise_clip)), ε ~ N(0, I), with actor `name`'s stored params."""
+        """clip(actor(s) + clip(actor_noise·ε, ±actor_noise_clip)), ε ~ N(0, I); actor `name`, stored params."""
         actions = self.network.apply(name, observations)
         noise = jnp.clip(self.config.actor_noise * jax.random.normal(rng, actions.shape, actions.dtype),
                          -self.config.actor_noise_clip, self.config.actor_noise_clip)
@@ -82,7 +82,7 @@ class ReBRACAgent(flax.struct.PyTreeNode):
                       'critic/q_min': q.min()}
 
     def actor_loss(self, batch, grad_params):
-        """−mean(λ_q·q) + alpha_actor·mean_b(w_b·‖a_π − a‖²), q pessimistic, λ_q = sg(1/mean|q|) (§12)."""
+        """−mean(λ_q·q) + alpha_actor·mean_b(w_b·‖a_π − a‖²); q pessimistic, λ_q = sg(1/mean|q|) (§12)."""
         observations, actions = batch['observations'], self.flat_actions(batch['actions'])
         policy_actions = self.network.apply('actor', observations, params=grad_params['actor'])
         # Online critic with its stored parameters (fixed call): the gradient reaches the actor through a_π.

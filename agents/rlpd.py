@@ -74,7 +74,7 @@ class RLPDAgent(flax.struct.PyTreeNode):
         # Online critic with its stored parameters (fixed call): the gradient reaches the actor through the actions.
         q = rl.pessimistic_value(self.network.apply('critic', observations, policy_actions), self.config.rho)
         alpha = self.network.apply('alpha', params=grad_params['alpha'])
-        # L_pi = mean(lp·sg(α) − q) (gradient to the actor) + L_alpha = α·(−mean sg(lp) − H) (to the temperature).
+        # L_pi = mean(lp·sg(α) − q) (gradient to the actor) + L_alpha = α·(−mean sg(lp) − H) (to α only).
         sac_loss, alpha_loss = rl.entropy_regularised_actor_loss(q, log_probs, alpha, self.entropy_target)
         policy_loss = sac_loss - alpha_loss
         # Log-likelihood of the dataset chunks (clipped to ±(1 − 1e-5) inside), masked by `valid`.

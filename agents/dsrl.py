@@ -1,0 +1,202 @@
+"""DSRL — diffusion steering via reinforcement learning in the latent-noise space (Wagenmaker et al., 2025).
+
+A behaviour flow f_β is trained by flow matching and never fine-tuned by Q. The policy improvement happens
+in the flow's *input noise*: a SAC-style tanh-Gaussian noise policy π_z(u|s) picks the noise z = noise_scale·u
+that the (EMA target) flow then decodes into an action, dec(s, z) = EulerODE(f̄_β, s, z). Because Q is only
+known on actions, a noise-space critic Q_z(s, z) is distilled, member by member, from the action critic at
+the decoded action, Q_z,k(s, z) ≈ Q_k(s, dec(s, z)), on standard-normal noise; the noise policy maximises Q_z.
+The action critic is the suite's pessimistic ensemble, bootstrapped with the acting policy.
+Specification: ALGORITHMS.md §7.
+
+Networks (reference-code names in brackets): `critic` + `target_critic`; `noise_critic` [z_critic], a second
+ensemble on (s, z) with no target; `behavior_flow` [actor_bc_flow] = f_β + `target_behavior_flow` = f̄_β (the
+decoder when `use_target_latent`); `noise_policy` [actor] = π_z, tanh-Gaussian on s → D; `alpha`, the noise
+policy's entropy temperature.
+
+Kept from the reference code: the noise critic is distilled from the online action critic on N(0, I) noise
+(while the policy queries it on bounded noise of scale `noise_scale`); the decoder is the EMA target flow; the
+TD target bootstraps with the full acting policy; sampling is stochastic at evaluation too. Fixed: float32
+temperature; the targets follow the post-update online parameters; `grad/norm` is the true global norm.
+"""
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from utils import flow, rl
+from utils.networks import CriticEnsemble, LogParam, TanhGaussianPolicy, VelocityField
+
+
+class DSRLAgent(flax.struct.PyTreeNode):
+    """DSRL agent state: a PRNG key, every network in one `rl.TrainState`, and the (static) config."""
+
+    rng: jax.Array
+    network: rl.TrainState
+    config: Any = flax.struct.field(pytree_node=False)
+
+    # ----------------------------------------------------------------------------- helpers
+    @property
+    def action_size(self):
+        """D: the flat action dimension every network sees (H·A with action chunking, else A)."""
+        chunk = self.config.horizon_length if self.config.action_chunking else 1
+        return chunk * self.config.action_dim
+
+    def flat_actions(self, actions):
+        """Dataset chunks (B, H, A) → (B, D) in row-major order (only the first action without chunking)."""
+        if self.config.action_chunking:
+            return actions.reshape(actions.shape[0], -1)
+        return actions[:, 0, :]
+
+    def decode(self, observations, noises):
+        """dec(s, z): clipped Euler ODE of the EMA target flow (`use_target_latent`) or the online flow, from z.
+
+        Stored parameters (fixed call); gradients do not reach the flow through the decoder."""
+        name = 'target_behavior_flow' if self.config.use_target_latent else 'behavior_flow'
+        return flow.euler_ode(self.network.select(name), observations, noises, self.config.flow_steps)
+
+    def q_mean(self, observations, actions):
+        """Online action-critic ensemble mean, fixed call (best-of-n scores)."""
+        return jnp.mean(self.network.apply('critic', observations, actions), axis=0)
+
+    # ------------------------------------------------------------------------------ losses
+    def distill_loss(self, observations, grad_params, rng):
+        """(1/(K·B)) Σ_k Σ_b (Q_z,k(s, z) − Q_k(s, dec(s, z)))², z ~ N(0, I): member k regresses member k of the
+        online action critic (fixed call, constant target); no mask."""
+        noises = jax.random.normal(rng, (*observations.shape[:-1], self.action_size))
+        targets = jax.lax.stop_gradient(self.network.apply('critic', observations, self.decode(observations, noises)))
+        z_q = self.network.apply('noise_critic', observations, noises, params=grad_params['noise_critic'])
+        return jnp.mean((z_q - targets) ** 2), z_q
+
+    def critic_loss(self, batch, grad_params, rng):
+        """L_TD (§1.4, a' = clip(sample_actions(s'))) + L_distill (the noise critic)."""
+        target_key, distill_key = jax.random.split(rng)
+        observations, actions = batch['observations'], self.flat_actions(batch['actions'])
+        next_observations = batch['next_observations'][:, -1]
+        next_actions = jax.lax.stop_gradient(jnp.clip(self.sample_actions(next_observations, target_key), -1, 1))
+        next_q = self.network.apply('target_critic', next_observations, next_actions)  # target: fixed call
+        targets = rl.td_target(next_q, batch['rewards'][:, -1], batch['masks'][:, -1], self.config.discount,
+                               self.config.horizon_length, self.config.rho)
+        q = self.network.apply('critic', observations, actions, params=grad_params['critic'])
+        td_loss = rl.critic_loss(q, jax.lax.stop_gradient(targets), batch['valid'][:, -1])
+        distill_loss, z_q = self.distill_loss(observations, grad_params, distill_key)
+        loss = td_loss + distill_loss
+        return loss, {'critic/critic_loss': loss, 'critic/td_loss': td_loss, 'critic/distill_loss': distill_loss,
+                      'critic/q_mean': q.mean(), 'critic/q_max': q.max(), 'critic/q_min': q.min(),
+                      'critic/z_q_mean': z_q.mean()}
+
+    def actor_loss(self, batch, grad_params, rng):
+        """L_BC(f_β) + L_pi + L_alpha (§7): BC flow loss, and SAC on the noise policy against the noise critic."""
+        bc_key, policy_key = jax.random.split(rng)
+        observations, actions = batch['observations'], self.flat_actions(batch['actions'])
+        bc_loss = flow.bc_flow_loss(self.network.select('behavior_flow', grad_params['behavior_flow']),
+                                    observations, actions, batch['valid'][:, -1], bc_key)
+        means, log_stds = self.network.apply('noise_policy', observations, params=grad_params['noise_policy'])
+        latents, log_probs = rl.tanh_gaussian_sample(policy_key, means, log_stds)  # reparameterised, in (−1, 1)
+        # Noise critic with its stored parameters (fixed call): the gradient reaches π_z through z.
+        q = jnp.mean(self.network.apply('noise_critic', observations, self.config.noise_scale * latents), axis=0)
+        alpha = self.network.apply('alpha', params=grad_params['alpha'])
+        entropy_target = rl.target_entropy(self.config.target_entropy, self.config.target_entropy_multiplier,
+                                           self.action_size)
+        # L_pi = mean(lp·sg(α) − q) (gradient to π_z) + L_alpha = α·(−mean sg(lp) − H) (to the temperature).
+        sac_loss, alpha_loss = rl.entropy_regularised_actor_loss(q, log_probs, alpha, entropy_target)
+        loss = bc_loss + sac_loss
+        return loss, {'actor/actor_loss': loss, 'actor/bc_flow_loss': bc_loss,
+                      'actor/policy_loss': sac_loss - alpha_loss, 'actor/q': q.mean(), 'actor/alpha': alpha,
+                      'actor/alpha_loss': alpha_loss, 'actor/entropy': -log_probs.mean(),
+                      'actor/latent_abs_mean': jnp.abs(latents).mean()}
+
+    def total_loss(self, batch, grad_params, rng):
+        """L_critic + L_actor: one scalar, differentiated once w.r.t. every trainable network."""
+        critic_key, actor_key = jax.random.split(rng)
+        critic_loss, critic_info = self.critic_loss(batch, grad_params, critic_key)
+        actor_loss, actor_info = self.actor_loss(batch, grad_params, actor_key)
+        return critic_loss + actor_loss, {**critic_info, **actor_info}
+
+    # ------------------------------------------------------------------------------ update
+    def update(self, batch):
+        """One Adam step on the total loss, then the EMA of `critic` and `behavior_flow`. Pure."""
+        rng, loss_key = jax.random.split(self.rng)
+        grads, info = jax.grad(self.total_loss, argnums=1, has_aux=True)(batch, self.network.trainable_params,
+                                                                         loss_key)
+        network, info['grad/norm'] = self.network.apply_gradients(grads)
+        network = network.update_targets(self.config.tau)  # post-update online parameters
+        return self.replace(rng=rng, network=network), info
+
+    def batch_update(self, batch):
+        """U sequential updates over the leading axis of every batch array; info averaged over U."""
+        agent, infos = jax.lax.scan(lambda agent, minibatch: agent.update(minibatch), self, batch)
+        return agent, jax.tree.map(lambda x: x.mean(axis=0), infos)
+
+    # ---------------------------------------------------------------------------- acting
+    def sample_actions(self, observations, rng):
+        """a = dec(s, noise_scale·u), u ~ π_z(·|s) (stochastic at evaluation too); best-of-n with the online
+        critic. (*batch, O) → (*batch, D) in [−1, 1]; every call with stored parameters."""
+
+        def sample(observations, key):
+            means, log_stds = self.network.apply('noise_policy', observations)
+            latents, _ = rl.tanh_gaussian_sample(key, means, log_stds)
+            return self.decode(observations, self.config.noise_scale * latents)
+
+        return flow.best_of_n(sample, self.q_mean, observations, rng, self.config.best_of_n)
+
+    @classmethod
+    def create(cls, seed, ex_observations, ex_actions, config):
+        """A fresh agent; ex_observations (O,) or (1, O), ex_actions (A,) or (1, A)."""
+        config = ml_collections.ConfigDict(config.to_dict() if hasattr(config, 'to_dict') else dict(config))
+        if config.flow_steps < 1 or config.horizon_length < 1 or config.best_of_n < 1:
+            raise ValueError('flow_steps, horizon_length and best_of_n must be >= 1.')
+        if config.noise_scale <= 0:
+            raise ValueError(f'noise_scale must be > 0, got {config.noise_scale}.')
+        ex_observations = jnp.asarray(ex_observations, jnp.float32).reshape(1, -1)
+        config.ob_dims, config.action_dim = ex_observations.shape[-1], int(jnp.shape(ex_actions)[-1])
+        config = ml_collections.FrozenConfigDict(config)
+        action_size = (config.horizon_length if config.action_chunking else 1) * config.action_dim
+        ex_chunks, ex_times = jnp.zeros((1, action_size)), jnp.zeros((1, 1))
+
+        actor_dims, value_dims = tuple(config.actor_hidden_dims), tuple(config.value_hidden_dims)
+        modules = {
+            'critic': CriticEnsemble(value_dims, config.num_qs, config.value_layer_norm),
+            'noise_critic': CriticEnsemble(value_dims, config.num_qs, config.value_layer_norm),
+            'behavior_flow': VelocityField(actor_dims, action_size, config.actor_layer_norm),
+            'noise_policy': TanhGaussianPolicy(actor_dims, action_size, config.actor_layer_norm),
+            'alpha': LogParam(1.0),
+        }
+        inputs = {'critic': (ex_observations, ex_chunks), 'noise_critic': (ex_observations, ex_chunks),
+                  'behavior_flow': (ex_observations, ex_chunks, ex_times), 'noise_policy': (ex_observations,),
+                  'alpha': ()}
+        rng, *init_keys = jax.random.split(jax.random.PRNGKey(seed), len(modules) + 1)
+        params = {name: rl.init_params(modules[name], key, *inputs[name]) for name, key in zip(modules, init_keys)}
+        network = rl.TrainState.create(modules, params, rl.make_optimizer(config.lr),
+                                       targets={'target_critic': 'critic', 'target_behavior_flow': 'behavior_flow'})
+        return cls(rng=rng, network=network, config=config)
+
+
+def get_config():
+    config = ml_collections.ConfigDict(dict(
+        agent_name='dsrl',  # Agent name (file in agents/).
+        lr=3e-4,  # Adam learning rate (plain Adam, no gradient clipping).
+        batch_size=256,  # Batch size (read by the training loop).
+        actor_hidden_dims=(512, 512, 512, 512),  # Hidden widths of the BC flow and the noise policy.
+        value_hidden_dims=(512, 512, 512, 512),  # Hidden widths of each member of both critics.
+        actor_layer_norm=False,  # LayerNorm in the BC flow and the noise policy.
+        value_layer_norm=True,  # LayerNorm in both critics.
+        horizon_length=5,  # H: action chunk length (5 manipulation, 1 mazes; set per domain by the run).
+        action_chunking=True,  # Act with flat chunks of H actions (D = H·A); False: first action, γ^H bootstrap.
+        num_qs=10,  # K: size of the action-critic and noise-critic ensembles.
+        rho=0.5,  # Pessimism: TD target uses mean − rho·std over the ensemble.
+        discount=0.99,  # γ (per step; the TD target uses γ^H).
+        tau=0.005,  # λ: Polyak rate of the target critic and target BC flow.
+        flow_steps=10,  # T: Euler steps of the decoder ODE.
+        best_of_n=1,  # Candidates per observation scored by the online critic when acting (1: off).
+        noise_scale=1.0,  # Decoded noise z = noise_scale·u, u ∈ (−1, 1)^D from the noise policy (per domain).
+        target_entropy=ml_collections.config_dict.placeholder(float),  # Noise-policy entropy target (None: −mult·D).
+        target_entropy_multiplier=0.5,  # Entropy target = −multiplier·D when target_entropy is unset.
+        use_target_latent=True,  # Decode noise with the EMA target BC flow (False: the online BC flow).
+    ))
+    return config
+
+
+Agent = DSRLAgent
