@@ -403,9 +403,7 @@ def _write_rows(path, rows, columns=None):
 def summary_section(grid, conflicts, missing, policy):
     lines = ['## Grid', '']
     by_domain = {d: [f'task{split_env_name(t)[1]}' for t in grid.domain_tasks(d)] for d in grid.domains()}
-    origin = ('inferred from the runs present: every method is expected on every task and seed seen' if grid.inferred
-              else 'given on the command line')
-    lines += [f'Expected grid ({origin}): {len(grid.methods)} methods x {len(grid.tasks)} tasks x {len(grid.seeds)} '
+    lines += [f'Expected grid ({grid.origin}): {len(grid.methods)} methods x {len(grid.tasks)} tasks x {len(grid.seeds)} '
               f'seeds = {len(grid.methods) * len(grid.tasks) * len(grid.seeds)} runs.', '',
               f'- methods: {", ".join(grid.methods)}',
               f'- tasks: ' + '; '.join(f'{d}: {", ".join(ts)}' for d, ts in by_domain.items()),
@@ -507,33 +505,67 @@ def expand_tasks(names):
     return out
 
 
-def resolve_runs_dir(target):
-    """A runs directory as given, or the runs directory of a sweep by name when the sweep module provides one."""
-    if os.path.isdir(target):
-        return target
+def load_sweep(name):
+    """The runs a sweep expects (sweeps/sweeps.py: a shipped sweep name or a .py file), or None when `name` is not
+    a sweep."""
     try:
-        from sweeps import sweeps as sweep_module  # the sweep definitions (another module; optional)
+        from sweeps import sweeps as sweep_lib
     except ImportError:
-        sweep_module = None
-    finder = getattr(sweep_module, 'runs_dir', None)
-    if callable(finder):
-        path = finder(target)
-        if path and os.path.isdir(path):
-            return path
-    raise SystemExit(f'{target!r} is not a directory of runs. Give the folder that main.py wrote into (--save_dir), '
-                     f'e.g. `python -m sweeps.report runs --out reports/main`.')
+        return None
+    try:
+        return sweep_lib.expand(sweep_lib.load(name))
+    except sweep_lib.SweepError:
+        return None
+
+
+def resolve_target(args):
+    """(runs directory, expected runs of a sweep or None, sweep name or None) from the command line: the positional
+    argument is a runs directory, or a sweep whose runs are under --save_dir (as `python -m sweeps.launch` wrote
+    them); --sweep names the sweep of a runs directory."""
+    sweep = args.sweep
+    root = args.runs
+    if not os.path.isdir(root):
+        if sweep is None and load_sweep(root) is not None:
+            sweep, root = root, args.save_dir
+        else:
+            raise SystemExit(f'{args.runs!r} is not a directory of runs (nor a sweep). Give the folder that main.py or '
+                             f'the launcher wrote into (--save_dir), e.g. `python -m sweeps.report runs --out '
+                             f'reports/main`, or a sweep: `python -m sweeps.report paper --save_dir runs --out ...`.')
+        if not os.path.isdir(root):
+            raise SystemExit(f'Sweep {sweep!r}: its runs directory {root!r} (--save_dir) does not exist.')
+    expected = None
+    if sweep is not None:
+        expected = load_sweep(sweep)
+        if expected is None:
+            raise SystemExit(f'Unknown sweep {sweep!r} (sweeps/sweeps.py: a shipped sweep name or a .py file).')
+    return root, expected, sweep
+
+
+def expected_grid(args, expected, sweep):
+    """(methods, tasks, seeds, origin) of the expected grid: the sweep's runs (narrowed by --methods, --tasks,
+    --seeds), the command line's, or None for each to infer it."""
+    methods, tasks = parse_list(args.methods), expand_tasks(parse_list(args.tasks))
+    seeds = PAPER_SEEDS if args.seeds == 'paper' else parse_list(args.seeds, int)
+    if expected is None:
+        return methods, tasks, seeds, None
+    sweep_methods = list(dict.fromkeys(r.method for r in expected))
+    sweep_tasks = sorted({r.env_name for r in expected}, key=runs_lib.task_sort_key)
+    sweep_seeds = sorted({r.seed for r in expected})
+    narrow = lambda given, full: full if given is None else [x for x in full if x in given]  # noqa: E731
+    origin = f'the sweep {sweep!r}' + (', narrowed on the command line' if methods or tasks or seeds else '')
+    return narrow(methods, sweep_methods), narrow(tasks, sweep_tasks), narrow(seeds, sweep_seeds), origin
 
 
 def build_report(args):
-    root = resolve_runs_dir(args.runs)
+    root, expected, sweep = resolve_target(args)
     out_dir, fig_dir, table_dir = args.out, os.path.join(args.out, 'figures'), os.path.join(args.out, 'tables')
     os.makedirs(table_dir, exist_ok=True)
     runs = runs_lib.find_runs(root)
     if not runs:
         raise SystemExit(f'No run directories (with flags.json) under {root}.')
     conflicts = runs_lib.separate_configs(runs, args.config_policy)
-    seeds = PAPER_SEEDS if args.seeds == 'paper' else parse_list(args.seeds, int)
-    grid = runs_lib.build_grid(runs, parse_list(args.methods), expand_tasks(parse_list(args.tasks)), seeds)
+    methods, tasks, seeds, origin = expected_grid(args, expected, sweep)
+    grid = runs_lib.build_grid(runs, methods, tasks, seeds, origin)
     boot = Bootstrap(args.bootstrap_samples, args.bootstrap_seed)
     published = Published(args.published)
     stats = compute_stats(grid, boot)
@@ -595,7 +627,11 @@ def build_report(args):
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog='python -m sweeps.report', description=__doc__.split('\n\n')[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('runs', help='Folder of run directories (main.py --save_dir); searched recursively.')
+    parser.add_argument('runs', help='Folder of run directories (main.py or sweeps.launch --save_dir), searched '
+                                     'recursively; or a sweep name (its runs under --save_dir).')
+    parser.add_argument('--sweep', help='The sweep (sweeps/sweeps.py name or .py file) whose runs the folder holds: '
+                                        'its runs are the expected grid, and the ones absent are reported missing.')
+    parser.add_argument('--save_dir', default='runs', help='Runs folder of a sweep given as the first argument.')
     parser.add_argument('--out', required=True, help='Output folder (report.md, tables/, figures/, CSVs).')
     parser.add_argument('--methods', help='Expected methods (comma-separated labels); default: every method present.')
     parser.add_argument('--tasks', help='Expected tasks: environment names or domain names (= its 5 tasks), '

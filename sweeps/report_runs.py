@@ -295,7 +295,7 @@ class Grid:
     runs: list  # every run read (including excluded ones)
     cells: dict  # (method, task, seed) -> list of used runs (more than one = duplicates, reported)
     phases: dict  # method -> phases it has ('offline', 'online')
-    inferred: bool  # the grid was inferred from the runs present
+    origin: str  # where the expected grid comes from (inferred, the command line, a sweep)
 
     def domains(self):
         return sorted({split_env_name(t)[0] for t in self.tasks}, key=domain_sort_key)
@@ -326,12 +326,22 @@ class Grid:
         return present, missing
 
 
-def build_grid(runs, methods=None, tasks=None, seeds=None):
+def build_grid(runs, methods=None, tasks=None, seeds=None, origin=None):
     """The grid methods x tasks x seeds: given, or inferred from the runs present (every method is expected on
-    every task and seed seen)."""
+    every task and seed seen). A given method whose runs were separated into config variants is expected as those
+    variants."""
     used = [r for r in runs if not r.excluded]
-    inferred = methods is None and tasks is None and seeds is None
-    methods = sorted(methods or {r.method for r in used}, key=method_sort_key)
+    if origin is None:
+        origin = ('inferred from the runs present: every method is expected on every task and seed seen'
+                  if methods is None and tasks is None and seeds is None else 'given on the command line')
+    if methods is None:
+        methods = sorted({r.method for r in used}, key=method_sort_key)
+    else:
+        expanded = []
+        for method in methods:
+            variants = sorted({r.method for r in used if r.base_method == method and r.method != method})
+            expanded += variants or [method]
+        methods = list(dict.fromkeys(expanded))
     tasks = sorted(tasks or {r.env_name for r in used}, key=task_sort_key)
     seeds = sorted(seeds or {r.seed for r in used})
     cells = {}
@@ -345,4 +355,4 @@ def build_grid(runs, methods=None, tasks=None, seeds=None):
     for method in methods:
         method_runs = [r for r in used if r.method == method]
         phases[method] = [p for p in PHASES if any(r.end_step(p) is not None for r in method_runs)] or list(PHASES)
-    return Grid(methods, tasks, seeds, runs, cells, phases, inferred)
+    return Grid(methods, tasks, seeds, runs, cells, phases, origin)

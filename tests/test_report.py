@@ -379,3 +379,23 @@ def test_a_folder_without_runs_is_a_clear_error(tmp_path):
         report.main([str(tmp_path / 'nothing'), '--out', str(tmp_path / 'out')])
     with pytest.raises(SystemExit, match='No run directories'):
         report.main([str(tmp_path), '--out', str(tmp_path / 'out')])
+
+
+def test_a_sweep_gives_the_expected_grid(tmp_path):
+    sweep_file = tmp_path / 'mini.py'
+    sweep_file.write_text('from sweeps.sweeps import Sweep\n'
+                          "SWEEP = Sweep(name='mini', description='two methods', methods=('QAM', 'FQL'),\n"
+                          "              datasets=('cube-double-play',), tasks=(1, 2), seeds=(1, 2))\n")
+    runs = tmp_path / 'runs'
+    for task, seed in ((1, 1), (1, 2), (2, 1)):
+        write_run(runs / 'QAM', METHODS['QAM'], TASK.format(task), seed, [0.5] * 8, method='QAM')
+    for argv in ([str(runs), '--sweep', str(sweep_file)], [str(sweep_file), '--save_dir', str(runs)]):
+        result = report.main([*argv, '--out', str(tmp_path / 'out'), *FAST, '--no_rliable'])
+        grid = result['grid']
+        assert grid.methods == ['QAM', 'FQL'] and grid.seeds == [1, 2] and "sweep '" in grid.origin
+        assert grid.tasks == [TASK.format(1), TASK.format(2)]
+        missing = {(r['method'], r['task'], r['seed']) for r in result['missing'] if r['phase'] == 'offline'}
+        assert ('QAM', TASK.format(2), 2) in missing and len(missing) == 1 + 4
+        assert result['stats'][('task', TASK.format(2), 'QAM', 'offline')].n == 1
+    with pytest.raises(SystemExit, match='Unknown sweep'):
+        report.main([str(runs), '--sweep', 'no-such-sweep', '--out', str(tmp_path / 'out')])
