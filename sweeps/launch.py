@@ -57,6 +57,9 @@ def build_parser():
     common.add_argument('--save_dir', default='runs', help='root of the run directories (one folder per method)')
     common.add_argument('--extra_args', default='',
                         help='main.py flags added to every command, e.g. "--offline_steps=40 --agent.num_qs=2"')
+    common.add_argument('--tiny', action='store_true',
+                        help=f'a few-second budget for every run, to check a sweep end to end: {sweeps.TINY_ARGS} '
+                             '(before --extra_args, which can override it)')
     common.add_argument('--python', default=sys.executable, help='the Python that runs main.py')
     common.add_argument('--confirm_above', type=int, default=100,
                         help='ask before launching more than this many runs (default 100)')
@@ -108,7 +111,8 @@ def summary_line(statuses):
     return ', '.join(f'{state} {n}' for state, n in counts(statuses).items())
 
 
-def print_status(sweep, statuses, root, only=None, out=sys.stdout):
+def print_status(sweep, statuses, root, only=None, out=None):
+    out = out or sys.stdout
     print(f'Sweep {sweep.name}: {len(statuses)} runs under {os.path.abspath(root)}: {summary_line(statuses)}', file=out)
     width = max(len(s.run.method) for s in statuses)
     for s in statuses:
@@ -270,7 +274,8 @@ def main(argv=None):
     root = os.path.abspath(args.save_dir)
     try:
         sweep = sweeps.load(positional[0])
-        runs = sweeps.expand(sweep, args.methods, args.domains, args.tasks, args.seeds, args.extra_args)
+        extra_args = f'{sweeps.TINY_ARGS} {args.extra_args}' if args.tiny else args.extra_args
+        runs = sweeps.expand(sweep, args.methods, args.domains, args.tasks, args.seeds, extra_args)
         if args.only:
             bad = [state for state in args.only if state not in LOCAL_STATES]
             if bad:

@@ -174,16 +174,18 @@ def status(run, root, queue=None, tail_lines=10):
         diverged = read_json(os.path.join(run_dir, DIVERGED)) or {}
         return make('failed', f'diverged at step {diverged.get("step")}: non-finite {diverged.get("keys")}')
     in_queue = queue.get(job) if queue is not None and job else None
-    if in_queue in ('RUNNING', 'CONFIGURING', 'COMPLETING'):
+    attempt_ended = state.get('job') == job and state.get('state') not in ('running', 'interrupted')
+    if in_queue in ('RUNNING', 'CONFIGURING') and not attempt_ended:
         return make('running', f'starting in Slurm job {job}')
-    if in_queue:
+    if in_queue and not attempt_ended:
         restarting = ' (requeued; resumes from its checkpoint)' if state else ''
         return make('queued', f'Slurm job {job} {in_queue.lower()}{restarting}')
     checkpoint = latest_checkpoint(run_dir)
     resume = f'resumes from the checkpoint at step {checkpoint}' if checkpoint is not None else 'restarts from step 0'
     last = state.get('state')
     if last == 'failed':
-        return make('failed', f'exit code {state.get("returncode")} on {state.get("host")} at {state.get("ended")}')
+        where = ''.join(f' {word} {state[key]}' for word, key in (('on', 'host'), ('at', 'ended')) if state.get(key))
+        return make('failed', f'exit code {state.get("returncode")}{where}')
     if last in ('running', 'interrupted'):
         return make('interrupted', f'killed ({state.get("host")}, started {state.get("started")}); {resume}')
     if last == 'stopped':
@@ -271,8 +273,10 @@ def execute(run, root, python=None, env=None, announce=None):
             final = 'stopped'  # --stop_at_step
         else:
             final = 'failed'
-        write_json(paths['json'], dict(record, pid=process.pid, state=final, returncode=returncode,
-                                       ended=time.strftime('%Y-%m-%d %H:%M:%S')))
+        ended = time.strftime('%Y-%m-%d %H:%M:%S')
+        write_json(paths['json'], dict(record, pid=process.pid, state=final, returncode=returncode, ended=ended))
+        with open(paths['log'], 'a') as log:
+            log.write(f'=== {ended} {final} (exit code {returncode})\n')
         return final
 
 

@@ -40,7 +40,8 @@ class RunGroup(submitit.helpers.Checkpointable):
             thread.join()
         for key, result in results.items():
             print(f'{result:>12}  {key}', flush=True)
-        failed = sorted(k for k, r in results.items() if r not in ('done', 'skipped'))
+        # An interrupted run is being killed with its job (requeue, preemption, time limit): no error for that.
+        failed = sorted(k for k, r in results.items() if r not in ('done', 'skipped', 'interrupted'))
         if failed:
             raise RuntimeError(f'{len(failed)} of {len(self.runs)} runs did not finish: {", ".join(failed)}; '
                                'see their logs (python -m sweeps.launch status ...).')

@@ -27,6 +27,13 @@ from sweeps import hyperparameters as hp
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAIN = os.path.join(REPO, 'main.py')
 SWEEP_FILES = ('paper', 'rlpd', 'quality', 'sensitivity')  # the sweeps shipped in this folder
+# A few-second version of any run (launch --tiny): checks a sweep end to end (data, agents, launcher, cluster)
+# before the real budget is spent. Only keys every agent has (ALGORITHMS §1.13).
+TINY_ARGS = (
+    '--offline_steps=20 --online_steps=20 --start_training=10 --eval_interval=20 --eval_episodes=1 '
+    "--log_interval=10 --save_interval=10 --progress=false --agent.actor_hidden_dims='(32, 32)' "
+    "--agent.value_hidden_dims='(32, 32)' --agent.num_qs=2 --agent.batch_size=16"
+)
 # Flags the launcher sets itself; a sweep or --extra_args may not set them.
 RESERVED_FLAGS = ('agent', 'env_name', 'seed', 'method', 'save_dir')
 
