@@ -9,6 +9,7 @@ e.g. `functools.partial(train_state.apply, 'behavior_flow')`.
 * `best_of_n`: draw N candidate actions per observation and keep the critic's favourite.
 * Memoryless SDE and lean adjoint (QAM; the σ schedule and SDE step are shared with BAM):
   `memoryless_sigmas`, `memoryless_sde_step`, `memoryless_sde`, `lean_adjoint`, `adjoint_matching_loss`.
+* `memoryless_sde_rollout` (BAM): the same SDE, differentiable end to end, with its running control cost.
 """
 
 import jax
@@ -127,3 +128,37 @@ def adjoint_matching_loss(controls, adjoints, sigmas):
     sigmas = sigmas.reshape((-1,) + (1,) * (controls.ndim - 1))
     residuals = (2.0 / sigmas) * controls + sigmas * adjoints
     return jnp.mean(jnp.sum(residuals**2, axis=(0, -1)))
+
+
+def memoryless_sde_rollout(velocity_fn, base_velocity_fn, observations, initial_noise, rng, num_steps,
+                           residual=False):
+    """Forward memoryless SDE with its running control cost, differentiable end to end (BAM, ALGORITHMS §3).
+
+    The discretisation and the keys are those of `memoryless_sde` (T − 1 stochastic steps, `rng` split into one
+    key per step, then one deterministic Euler step of the base flow), but gradients flow through every step,
+    into `velocity_fn` and through the state inputs of `base_velocity_fn`. Along the way it accumulates the
+    per-sample cost C = Σ_{i=0}^{T−2} (2/σ_i²)·Σ_d u_i,d² of the control u_i = v_i − f_base(s, x[i], t_i), where
+    v_i = velocity_fn(s, x[i], t_i) drives the SDE; with `residual` the SDE is driven by v_i = velocity_fn + f_base
+    and the control is velocity_fn itself. No factor h and no cost for the last step (KEEP).
+
+    Returns (x[T] of shape (*batch, D), C of shape (*batch,))."""
+    h = 1.0 / num_steps
+    sigmas = memoryless_sigmas(num_steps)
+    keys = jax.random.split(rng, num_steps - 1)
+
+    def step(carry, inputs):
+        x, cost = carry
+        i, key = inputs
+        t = i.astype(x.dtype) * h
+        base = base_velocity_fn(observations, x, _times(x, t))
+        velocity = velocity_fn(observations, x, _times(x, t))
+        control = velocity if residual else velocity - base
+        velocity = velocity + base if residual else velocity
+        cost = cost + (2.0 / sigmas[i] ** 2) * jnp.sum(control**2, axis=-1)
+        noise = jax.random.normal(key, x.shape, x.dtype)
+        return (memoryless_sde_step(x, velocity, t, sigmas[i], noise, num_steps), cost), None
+
+    initial_cost = jnp.zeros(initial_noise.shape[:-1], initial_noise.dtype)
+    (x_last, cost), _ = jax.lax.scan(step, (initial_noise, initial_cost), (jnp.arange(num_steps - 1), keys))
+    t_last = (num_steps - 1) * h
+    return x_last + h * base_velocity_fn(observations, x_last, _times(x_last, t_last)), cost

@@ -1,0 +1,198 @@
+"""BAM — basic adjoint matching, i.e. backpropagation through the memoryless SDE (the direct ablation of QAM,
+Li & Levine, 2026).
+
+As in QAM, a behaviour flow f_β is trained by flow matching and a second velocity field f_θ drives the same
+memoryless SDE towards the tilted policy π_β(a|s)·exp(inv_temp·Q(s, a)). The distinguishing idea: instead of
+regressing f_θ onto lean-adjoint targets, BAM minimises the stochastic-optimal-control objective itself,
+−inv_temp·Q(s, x[T]) + Σ_i (2/σ_i²)·‖f_θ − f_base‖², by backpropagating through every SDE step (through f_θ,
+through the state inputs of the frozen base flow and of the frozen critic). Its gradient equals that of the
+basic (non-lean) adjoint matching objective. Acting is the deterministic Euler ODE of f_θ, as in QAM.
+Specification: ALGORITHMS.md §3.
+
+Networks (reference-code names in brackets): `critic` + `target_critic`; `behavior_flow` [actor_slow] = f_β
++ `target_behavior_flow` = f̄_β (the base flow f_base when `target_actor`); `finetuned_flow` [actor_fast]
+= f_θ, independently initialised. Global-norm gradient clipping at 1.0 always (no config key).
+
+Differences from the reference code (all FIX): no unused `target_actor_fast`; independent keys for x[0] and each
+SDE step; Polyak targets from the post-update parameters; `grad/norm` is the true global norm. Kept: the +h
+time offsets, the deterministic last step with the base flow, the running cost without h over steps 0 … T−2
+only, and the pessimistic (mean − ρ·std) online-critic value at the *unclipped* terminal action.
+"""
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from utils import flow, rl
+from utils.networks import CriticEnsemble, VelocityField
+
+
+class BAMAgent(flax.struct.PyTreeNode):
+    """BAM agent state: a PRNG key, every network in one `rl.TrainState`, and the (static) config."""
+
+    rng: jax.Array
+    network: rl.TrainState
+    config: Any = flax.struct.field(pytree_node=False)
+
+    # ----------------------------------------------------------------------------- helpers
+    @property
+    def action_size(self):
+        """D: the flat action dimension every network sees (H·A with action chunking, else A)."""
+        chunk = self.config.horizon_length if self.config.action_chunking else 1
+        return chunk * self.config.action_dim
+
+    def flat_actions(self, actions):
+        """Dataset chunks (B, H, A) → (B, D) in row-major order (only the first action without chunking)."""
+        if self.config.action_chunking:
+            return actions.reshape(actions.shape[0], -1)
+        return actions[:, 0, :]
+
+    def base_flow(self, observations, x, times):
+        """f_base: the EMA target of the BC flow (`target_actor`) or the online BC flow. Fixed parameters, but
+        differentiable in its inputs (BAM backpropagates through x)."""
+        name = 'target_behavior_flow' if self.config.target_actor else 'behavior_flow'
+        return self.network.apply(name, observations, x, times)
+
+    def finetuned_velocity(self, observations, x, times):
+        """The field whose ODE acts: f_θ (plus the online f_β with `residual`); stored parameters (fixed call)."""
+        velocity = self.network.apply('finetuned_flow', observations, x, times)
+        if self.config.residual:
+            velocity = velocity + self.network.apply('behavior_flow', observations, x, times)
+        return velocity
+
+    def q_mean(self, observations, actions):
+        """Online critic ensemble mean (no pessimism), fixed call: scores best-of-n candidates."""
+        return jnp.mean(self.network.apply('critic', observations, actions), axis=0)
+
+    # ------------------------------------------------------------------------------ losses
+    def critic_loss(self, batch, grad_params, rng):
+        """Common TD loss (§1.4) with a' = clip(sample_actions(s')), the acting ODE of f_θ."""
+        observations, actions = batch['observations'], self.flat_actions(batch['actions'])
+        next_observations = batch['next_observations'][:, -1]
+        next_actions = jax.lax.stop_gradient(jnp.clip(self.sample_actions(next_observations, rng), -1.0, 1.0))
+        next_q = self.network.apply('target_critic', next_observations, next_actions)  # target: fixed call
+        targets = rl.td_target(next_q, batch['rewards'][:, -1], batch['masks'][:, -1], self.config.discount,
+                               self.config.horizon_length, self.config.rho)
+        q = self.network.apply('critic', observations, actions, params=grad_params['critic'])
+        loss = rl.critic_loss(q, jax.lax.stop_gradient(targets), batch['valid'][:, -1])
+        return loss, {'critic/critic_loss': loss, 'critic/q_mean': q.mean(), 'critic/q_max': q.max(),
+                      'critic/q_min': q.min()}
+
+    def sde_objective(self, observations, grad_params, rng):
+        """L_BAM = −inv_temp·(1/B)Σ_b q_b + (1/B)Σ_b C_b (§3), backpropagated through the whole SDE chain.
+
+        q = mean_k Q_k − ρ·std_k Q_k of the online critic (fixed call) at the unclipped x[T]; C = running control
+        cost. Keys: rng → (x[0], SDE), the SDE key split into one key per stochastic step."""
+        noise_key, sde_key = jax.random.split(rng)
+        initial_noise = jax.random.normal(noise_key, (*observations.shape[:-1], self.action_size))
+        finetuned_flow = self.network.select('finetuned_flow', grad_params['finetuned_flow'])  # trainable
+        final_actions, control_cost = flow.memoryless_sde_rollout(
+            finetuned_flow, self.base_flow, observations, initial_noise, sde_key, self.config.flow_steps,
+            residual=self.config.residual)
+        q = rl.pessimistic_value(self.network.apply('critic', observations, final_actions), self.config.rho)
+        loss = -self.config.inv_temp * q.mean() + control_cost.mean()
+        return loss, {'actor/bam_loss': loss, 'actor/terminal_q': q.mean(), 'actor/control_cost': control_cost.mean(),
+                      'actor/terminal_abs_action': jnp.abs(final_actions).mean()}
+
+    def actor_loss(self, batch, grad_params, rng):
+        """L_BC(f_β) + L_BAM(f_θ). Keys: rng → (BC flow loss, SDE objective)."""
+        bc_key, sde_key = jax.random.split(rng)
+        observations, actions = batch['observations'], self.flat_actions(batch['actions'])
+        bc_loss = flow.bc_flow_loss(self.network.select('behavior_flow', grad_params['behavior_flow']),
+                                    observations, actions, batch['valid'][:, -1], bc_key)
+        bam_loss, info = self.sde_objective(observations, grad_params, sde_key)
+        loss = bc_loss + bam_loss
+        return loss, {**info, 'actor/bc_flow_loss': bc_loss, 'actor/actor_loss': loss}
+
+    def total_loss(self, batch, grad_params, rng):
+        """L_critic + L_actor: one scalar, differentiated once w.r.t. every trainable network."""
+        critic_key, actor_key = jax.random.split(rng)
+        critic_loss, critic_info = self.critic_loss(batch, grad_params, critic_key)
+        actor_loss, actor_info = self.actor_loss(batch, grad_params, actor_key)
+        return critic_loss + actor_loss, {**critic_info, **actor_info}
+
+    # ------------------------------------------------------------------------------ update
+    def update(self, batch):
+        """One clipped-Adam step on the total loss, then the EMA of `critic` and `behavior_flow`. Pure."""
+        rng, loss_key = jax.random.split(self.rng)
+        grads, info = jax.grad(self.total_loss, argnums=1, has_aux=True)(batch, self.network.trainable_params,
+                                                                         loss_key)
+        network, info['grad/norm'] = self.network.apply_gradients(grads)  # norm before clipping
+        network = network.update_targets(self.config.tau)  # post-update online parameters
+        return self.replace(rng=rng, network=network), info
+
+    def batch_update(self, batch):
+        """U sequential updates over the leading axis of every batch array; info averaged over U."""
+        agent, infos = jax.lax.scan(lambda agent, minibatch: agent.update(minibatch), self, batch)
+        return agent, jax.tree.map(lambda x: x.mean(axis=0), infos)
+
+    # ---------------------------------------------------------------------------- acting
+    def sample_actions(self, observations, rng):
+        """clip(EulerODE(f_θ, s, z)) (the BC flow's ODE if inv_temp = 0) for observations (*batch, O) → (*batch, D);
+        best-of-n with the online critic. Stored parameters throughout."""
+
+        def sample(observations, key):
+            noises = jax.random.normal(key, (*observations.shape[:-1], self.action_size))
+            velocity = self.network.select('behavior_flow') if self.config.inv_temp == 0 else self.finetuned_velocity
+            return flow.euler_ode(velocity, observations, noises, self.config.flow_steps)
+
+        return flow.best_of_n(sample, self.q_mean, observations, rng, self.config.best_of_n)
+
+    @classmethod
+    def create(cls, seed, ex_observations, ex_actions, config):
+        """A fresh agent; ex_observations (O,) or (1, O), ex_actions (A,) or (1, A)."""
+        config = ml_collections.ConfigDict(config.to_dict() if hasattr(config, 'to_dict') else dict(config))
+        if config.inv_temp < 0:
+            raise ValueError(f'inv_temp must be >= 0, got {config.inv_temp}.')
+        if config.flow_steps < 1 or config.horizon_length < 1 or config.best_of_n < 1:
+            raise ValueError('flow_steps, horizon_length and best_of_n must be >= 1.')
+        ex_observations = jnp.asarray(ex_observations, jnp.float32).reshape(1, -1)
+        config.ob_dims, config.action_dim = ex_observations.shape[-1], int(jnp.shape(ex_actions)[-1])
+        config = ml_collections.FrozenConfigDict(config)
+        action_size = (config.horizon_length if config.action_chunking else 1) * config.action_dim
+        ex_chunks, ex_times = jnp.zeros((1, action_size)), jnp.zeros((1, 1))
+
+        actor_dims = tuple(config.actor_hidden_dims)
+        modules = {
+            'critic': CriticEnsemble(tuple(config.value_hidden_dims), config.num_qs, config.value_layer_norm),
+            'behavior_flow': VelocityField(actor_dims, action_size, config.actor_layer_norm),
+            'finetuned_flow': VelocityField(actor_dims, action_size, config.actor_layer_norm),
+        }
+        inputs = {'critic': (ex_observations, ex_chunks), 'behavior_flow': (ex_observations, ex_chunks, ex_times),
+                  'finetuned_flow': (ex_observations, ex_chunks, ex_times)}
+        rng, *init_keys = jax.random.split(jax.random.PRNGKey(seed), len(modules) + 1)
+        params = {name: rl.init_params(modules[name], key, *inputs[name]) for name, key in zip(modules, init_keys)}
+        optimizer = rl.make_optimizer(config.lr, 1.0)  # always global-norm clipping at 1.0 (§1.9)
+        network = rl.TrainState.create(modules, params, optimizer,
+                                       targets={'target_critic': 'critic', 'target_behavior_flow': 'behavior_flow'})
+        return cls(rng=rng, network=network, config=config)
+
+
+def get_config():
+    config = ml_collections.ConfigDict(dict(
+        agent_name='bam',  # Agent name (file in agents/).
+        lr=3e-4,  # Adam learning rate (after global-norm clipping at 1.0, always on).
+        batch_size=256,  # Batch size (read by the training loop).
+        actor_hidden_dims=(512, 512, 512, 512),  # Hidden widths of the BC and fine-tuned flows.
+        value_hidden_dims=(512, 512, 512, 512),  # Hidden widths of each critic member.
+        actor_layer_norm=False,  # LayerNorm in the flows.
+        value_layer_norm=True,  # LayerNorm in the critic.
+        horizon_length=5,  # H: action chunk length (5 manipulation, 1 mazes; set per domain by the run).
+        action_chunking=True,  # Act with flat chunks of H actions (D = H·A); False: first action, γ^H bootstrap.
+        num_qs=10,  # K: critic ensemble size.
+        rho=0.5,  # Pessimism: TD target and BAM's terminal value use mean − rho·std over the ensemble.
+        discount=0.99,  # γ (per step; the TD target uses γ^H).
+        tau=0.005,  # λ: Polyak rate of the target critic and target BC flow.
+        flow_steps=10,  # T: Euler/SDE steps of every flow (BAM backpropagates through all of them).
+        best_of_n=1,  # Candidates per observation scored by the online critic when acting (1: off).
+        inv_temp=0.3,  # Weight of the terminal Q in the SDE objective (tuned per domain); 0: act with the BC flow.
+        target_actor=True,  # Base flow f_base = EMA target of the BC flow (False: online BC flow).
+        residual=False,  # Parameterise the fine-tuned field as a residual on top of the base flow.
+    ))
+    return config
+
+
+Agent = BAMAgent
