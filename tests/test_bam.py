@@ -93,10 +93,6 @@ def to_float64(tree):
     return jax.tree.map(lambda x: x.astype(jnp.float64) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 
 
-def to_float64(tree):
-    return jax.tree.map(lambda x: x.astype(jnp.float64) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
-
-
 def perturb_all(agent, scale=0.3):
     """Every network (and target) moved away from its initialisation, the targets differently from the online ones."""
     for i, name in enumerate(sorted(agent.network.params)):
@@ -108,7 +104,8 @@ def unrolled_sde_objective(agent, finetuned_params, observations, key, inv_temp=
     """L_BAM written out step by step: T − 1 Euler–Maruyama steps of f_θ with the running cost, one deterministic
     base step, then −inv_temp·(mean − ρ·std) of the online critic at the unclipped final state."""
     net, h, n = agent.network, 1.0 / T, observations.shape[0]
-    residual, base_name = agent.config.residual, 'target_behavior_flow' if agent.config.target_actor else 'behavior_flow'
+    residual = agent.config.residual
+    base_name = 'target_behavior_flow' if agent.config.target_actor else 'behavior_flow'
     noise_key, sde_key = jax.random.split(key)
     step_keys = jax.random.split(sde_key, T - 1)
     x = jax.random.normal(noise_key, (n, D))
