@@ -8,6 +8,7 @@
 #
 # Environment: SLURM_CPUS (default: all CPUs), SLURM_MEM_MB (default: 90% of the memory), SLURM_WAIT_S (60).
 set -euo pipefail
+start=$(date +%s)
 
 log() { echo "[start_slurm] $*"; }
 node_idle() { sinfo -h -N -o '%T' 2>/dev/null | grep -Eq '^(idle|mixed|allocated)'; }
@@ -16,7 +17,7 @@ if command -v sinfo >/dev/null && node_idle; then
     log "Slurm is already running: $(sinfo -h -N -o '%N %T %c CPUs %m MB' | head -1)"
     exit 0
 fi
-start=$(date +%s)
+
 
 # ------------------------------------------------------------------------------------------------ packages
 if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! command -v munged >/dev/null; then
