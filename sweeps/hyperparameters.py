@@ -45,52 +45,52 @@ class Method:
 
 
 # The 17 methods, named as in the published data. Keys not listed keep the agent's default (ALGORITHMS.md).
-#                                                         al     ag     hm     hl    scene  p33    p44    c2     c3     c4
+#                                al     ag     hm     hl    scene  p33    p44    c2     c3     c4
 METHODS = {
     # QAM family (agent qam; in every row the variant key that is not tuned is 0).
     'QAM': Method('qam', dict(fql_alpha=0.0, edit_scale=0.0), dict(
-        inv_temp=per_domain(                                 10,    3,     3,     3,     1,     3,     30,    1,     3,     1))),
+        inv_temp=per_domain(     10,    3,     3,     3,     1,     3,     30,    1,     3,     1))),
     'QAM-F': Method('qam', dict(edit_scale=0.0), dict(
-        inv_temp=per_domain(                                 3,     3,     1,     0.3,   1,     3,     3,     1,     10,    0.3),
-        fql_alpha=per_domain(                                30,    30,    30,    30,    300,   0,     3,     0,     300,   30))),
+        inv_temp=per_domain(     3,     3,     1,     0.3,   1,     3,     3,     1,     10,    0.3),
+        fql_alpha=per_domain(    30,    30,    30,    30,    300,   0,     3,     0,     300,   30))),
     'QAM-E': Method('qam', dict(fql_alpha=0.0), dict(
-        inv_temp=per_domain(                                 1,     10,    3,     3,     1,     1,     0.1,   1,     3,     3),
-        edit_scale=per_domain(                               0.1,   0.1,   0.1,   0.1,   0.0,   0.1,   0.9,   0.0,   0.1,   0.1))),
+        inv_temp=per_domain(     1,     10,    3,     3,     1,     1,     0.1,   1,     3,     3),
+        edit_scale=per_domain(   0.1,   0.1,   0.1,   0.1,   0.0,   0.1,   0.9,   0.0,   0.1,   0.1))),
     # Backprop, distillation, post-processing and Gaussian baselines.
     'BAM': Method('bam', tuned=dict(
-        inv_temp=per_domain(                                 30,    30,    10,    30,    10,    10,    30,    10,    30,    10))),
+        inv_temp=per_domain(     30,    30,    10,    30,    10,    10,    30,    10,    30,    10))),
     'FQL': Method('fql', tuned=dict(
-        alpha=per_domain(                                    3,     3,     30,    30,    300,   300,   1,     300,   30,    100))),
+        alpha=per_domain(        3,     3,     30,    30,    300,   300,   1,     300,   30,    100))),
     'FBRAC': Method('fbrac', tuned=dict(
-        alpha=per_domain(                                    0.1,   0.1,   30,    10,    100,   0.03,  0.3,   0.1,   0.03,  1.0))),
+        alpha=per_domain(        0.1,   0.1,   30,    10,    100,   0.03,  0.3,   0.1,   0.03,  1.0))),
     'FEdit': Method('fedit', tuned=dict(
-        edit_scale=per_domain(                               0.2,   0.3,   0.5,   0.1,   0.2,   0.2,   0.8,   0.2,   0.3,   0.4))),
+        edit_scale=per_domain(   0.2,   0.3,   0.5,   0.1,   0.2,   0.2,   0.8,   0.2,   0.3,   0.4))),
     'DSRL': Method('dsrl', tuned=dict(
-        noise_scale=per_domain(                              0.8,   1.2,   0.6,   0.8,   0.4,   1.0,   1.0,   1.0,   1.4,   1.4))),
+        noise_scale=per_domain(  0.8,   1.2,   0.6,   0.8,   0.4,   1.0,   1.0,   1.0,   1.4,   1.4))),
     'IFQL': Method('ifql', tuned=dict(
-        kappa=per_domain(                                    0.9,   0.8,   0.7,   0.8,   0.9,   0.95,  0.9,   0.9,   0.95,  0.95))),
+        kappa=per_domain(        0.9,   0.8,   0.7,   0.8,   0.9,   0.95,  0.9,   0.9,   0.95,  0.95))),
     'FAWAC': Method('fawac', tuned=dict(
-        inv_temp=per_domain(                                 6.4,   0.8,   6.4,   0.8,   6.4,   0.8,   0.8,   0.8,   0.8,   0.8))),
+        inv_temp=per_domain(     6.4,   0.8,   6.4,   0.8,   6.4,   0.8,   0.8,   0.8,   0.8,   0.8))),
     # Guidance baselines (CGQL variants: agent cgql with inv_temp 10; QSM and DAC: agents qsm and dac).
     'CGQL': Method('cgql', dict(mode='simple', inv_temp=10.0), dict(
-        guidance_coef=per_domain(                            0.1,   0.1,   0.01,  0.01,  0.1,   0.1,   0.1,   0.01,  0.1,   0.1))),
+        guidance_coef=per_domain(0.1,   0.1,   0.01,  0.01,  0.1,   0.1,   0.1,   0.01,  0.1,   0.1))),
     'CGQL-M': Method('cgql', dict(mode='mse', inv_temp=10.0), dict(
-        guidance_coef=per_domain(                            0.1,   0.1,   0.1,   0.1,   0.1,   0.1,   1.0,   0.01,  0.1,   0.01),
-        noisy_coef=per_domain(                               0.1,   0.001, 0.1,   0.1,   0.1,   0.1,   0.001, 0.001, 0.001, 0.1))),
+        guidance_coef=per_domain(0.1,   0.1,   0.1,   0.1,   0.1,   0.1,   1.0,   0.01,  0.1,   0.01),
+        noisy_coef=per_domain(   0.1,   0.001, 0.1,   0.1,   0.1,   0.1,   0.001, 0.001, 0.001, 0.1))),
     'CGQL-L': Method('cgql', dict(mode='linex', inv_temp=10.0), dict(
-        guidance_coef=per_domain(                            0.1,   0.1,   0.1,   0.1,   0.1,   0.1,   1.0,   0.01,  0.1,   0.01),
-        noisy_coef=per_domain(                               0.001, 0.001, 0.1,   0.1,   0.1,   0.001, 0.001, 0.001, 0.001, 0.1))),
+        guidance_coef=per_domain(0.1,   0.1,   0.1,   0.1,   0.1,   0.1,   1.0,   0.01,  0.1,   0.01),
+        noisy_coef=per_domain(   0.001, 0.001, 0.1,   0.1,   0.1,   0.001, 0.001, 0.001, 0.001, 0.1))),
     'QSM': Method('qsm', dict(clip_sampler_before=False, clip_sampler_after=True), dict(
-        inv_temp=per_domain(                                 10,    10,    10,    10,    3,     10,    10,    1,     10,    1),
-        alpha=per_domain(                                    10,    10,    30,    30,    30,    30,    1,     10,    10,    10))),
+        inv_temp=per_domain(     10,    10,    10,    10,    3,     10,    10,    1,     10,    1),
+        alpha=per_domain(        10,    10,    30,    30,    30,    30,    1,     10,    10,    10))),
     'DAC': Method('dac', dict(clip_sampler_before=True, clip_sampler_after=False), dict(
-        alpha=per_domain(                                    0.3,   0.3,   1.0,   0.3,   1.0,   1.0,   1.0,   3.0,   0.3,   1.0))),
+        alpha=per_domain(        0.3,   0.3,   1.0,   0.3,   1.0,   1.0,   1.0,   3.0,   0.3,   1.0))),
     'ReBRAC': Method('rebrac', tuned=dict(
-        alpha_actor=per_domain(                              0.01,  0.01,  0.01,  0.01,  0.03,  0.1,   0.01,  0.01,  0.01,  0.01),
-        actor_noise=per_domain(                              0.0,   0.0,   0.0,   0.1,   0.0,   0.0,   0.2,   0.0,   0.2,   0.2))),
+        alpha_actor=per_domain(  0.01,  0.01,  0.01,  0.01,  0.03,  0.1,   0.01,  0.01,  0.01,  0.01),
+        actor_noise=per_domain(  0.0,   0.0,   0.0,   0.1,   0.0,   0.0,   0.2,   0.0,   0.2,   0.2))),
     # Online only: 500K environment steps from scratch, half of each batch from the offline data (PROTOCOL §4.3).
     'RLPD': Method('rlpd', tuned=dict(
-        bc_alpha=per_domain(                                 0.0,   0.01,  0.03,  0.0,   0.3,   0.01,  0.0,   0.1,   0.0,   0.0)),
+        bc_alpha=per_domain(     0.0,   0.01,  0.03,  0.0,   0.3,   0.01,  0.0,   0.1,   0.0,   0.0)),
         run_flags=dict(offline_steps=0, balanced_sampling=True)),
 }
 

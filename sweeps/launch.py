@@ -71,7 +71,8 @@ def build_parser():
     local = parser.add_argument_group('local backend')
     local.add_argument('--slots', type=int, help='runs at a time (default: one per GPU, 1 without GPUs)')
     local.add_argument('--gpus', type=comma_list,
-                       help='GPU ids the slots cycle through (default: CUDA_VISIBLE_DEVICES or nvidia-smi; none on CPU)')
+                       help='GPU ids the slots cycle through (default: CUDA_VISIBLE_DEVICES, else nvidia-smi; '
+                            'none on CPU)')
     slurm = parser.add_argument_group('slurm backend (job arrays through submitit)')
     slurm.add_argument('--partition', help='Slurm partition')
     slurm.add_argument('--time', type=int, default=1440,
@@ -88,8 +89,8 @@ def build_parser():
     slurm.add_argument('--qos', help='Slurm QOS')
     slurm.add_argument('--constraint', help='Slurm node constraint')
     slurm.add_argument('--job_name', help='Slurm job name (default: qam-<sweep>)')
-    slurm.add_argument('--slurm_args', type=comma_list, default=[],
-                       help='more sbatch options as key=value, e.g. exclude=node1,mail-type=END (comma-separated)')
+    slurm.add_argument('--slurm_arg', action='append', default=[], metavar='KEY=VALUE',
+                       help='another sbatch option, repeatable: --slurm_arg=exclude=node1,node2 --slurm_arg=exclusive')
     slurm.add_argument('--signal_delay_s', type=int, default=120,
                        help='seconds before the time limit at which a task is checkpointed and requeued')
     slurm.add_argument('--max_requeues', type=int, default=100, help='time-limit requeues allowed per array task')
@@ -226,7 +227,7 @@ def launch_slurm(runs, root, sweep, args):
     executor = submitit.SlurmExecutor(folder=os.path.join(folder, '%j'), max_num_timeout=args.max_requeues,
                                       python=args.python)
     extra = {}
-    for item in args.slurm_args:
+    for item in args.slurm_arg:
         key, sep, value = item.partition('=')
         extra[key.strip().lstrip('-')] = value if sep else True
     params = dict(

@@ -168,7 +168,7 @@ def status(run, root, queue=None, tail_lines=10):
         done = read_json(os.path.join(run_dir, DONE)) or {}
         return make('done', done.get('summary', ''))
     if lock_held(paths['lock']):
-        where = f'on {state.get("host")}' + (f', job {state["job"]}' if state.get('job') else f', pid {state.get("pid")}')
+        where = f'on {state.get("host")}, ' + (f'job {state["job"]}' if state.get('job') else f'pid {state.get("pid")}')
         return make('running', f'{where} since {state.get("started", "?")}')
     if run_dir and os.path.exists(os.path.join(run_dir, DIVERGED)):
         diverged = read_json(os.path.join(run_dir, DIVERGED)) or {}
@@ -262,7 +262,8 @@ def execute(run, root, python=None, env=None, announce=None):
                     process.wait(timeout=30)
                 except subprocess.TimeoutExpired:
                     process.kill()
-                write_json(paths['json'], dict(record, pid=process.pid, state='interrupted', ended=time.strftime('%Y-%m-%d %H:%M:%S')))
+                write_json(paths['json'], dict(record, pid=process.pid, state='interrupted',
+                                               ended=time.strftime('%Y-%m-%d %H:%M:%S')))
                 raise
         run_dir = find_run_dir(run, root)
         if run_dir and os.path.exists(os.path.join(run_dir, DONE)):

@@ -118,7 +118,8 @@ def load(name_or_path):
     if name_or_path.endswith('.py'):
         if not os.path.isfile(name_or_path):
             raise SweepError(f'Sweep file {name_or_path!r} does not exist.')
-        spec = importlib.util.spec_from_file_location(f'sweep_{method_slug(os.path.basename(name_or_path)[:-3])}', name_or_path)
+        module_name = f'sweep_{method_slug(os.path.basename(name_or_path)[:-3])}'
+        spec = importlib.util.spec_from_file_location(module_name, name_or_path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
     elif name_or_path in SWEEP_FILES:
@@ -239,7 +240,8 @@ def _select(kind, wanted, available, known=None):
         if known is not None and item not in known:
             raise SweepError(f'Unknown {kind} {item!r}. Known: {", ".join(map(str, known))}.')
         if item not in available:
-            raise SweepError(f'{kind.capitalize()} {item!r} is not in this sweep; it has {", ".join(map(str, available))}.')
+            raise SweepError(f'{kind.capitalize()} {item!r} is not in this sweep; '
+                             f'it has {", ".join(map(str, available))}.')
     return [a for a in available if a in wanted]
 
 

@@ -6,6 +6,7 @@ Needs a cluster that answers `sinfo` (CI starts a single-node one with .ci/start
 skipped, unless QAM_REQUIRE_SLURM=1 (set by .ci/run), where a missing cluster is a failure.
 """
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -33,16 +34,15 @@ def cluster_problem():
         return f'sinfo fails: {out.stderr.strip()[:200]}'
     if not any(state.rstrip('*') in ('idle', 'mixed', 'allocated', 'completing') for state in out.stdout.split()):
         return f'no node is up (sinfo: {out.stdout.split()})'
-    try:
-        import submitit  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec('submitit') is None:
         return 'submitit is not installed (pip install -r requirements.txt)'
     return None
 
 
 PROBLEM = cluster_problem()
-pytestmark = pytest.mark.skipif(PROBLEM is not None and not REQUIRED,
-                                reason=f'No Slurm cluster: {PROBLEM}. Start one with .ci/start_slurm.sh (root, Debian).')
+pytestmark = pytest.mark.skipif(
+    PROBLEM is not None and not REQUIRED,
+    reason=f'No Slurm cluster: {PROBLEM}. Start one with .ci/start_slurm.sh (root, Debian).')
 
 
 def job_state(job_id):

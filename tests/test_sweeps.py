@@ -102,12 +102,14 @@ def test_paper_grid_has_all_fifty_tasks():
     ('DSRL', 'antmaze-giant-navigate-singletask-task1-v0', dict(noise_scale='1.2')),
     ('IFQL', 'humanoidmaze-medium-navigate-singletask-task1-v0', dict(kappa='0.7')),
     ('FAWAC', 'scene-play-singletask-task1-v0', dict(inv_temp='6.4')),
-    ('CGQL', 'humanoidmaze-large-navigate-singletask-task1-v0', dict(mode='simple', inv_temp='10', guidance_coef='0.01')),
+    ('CGQL', 'humanoidmaze-large-navigate-singletask-task1-v0',
+     dict(mode='simple', inv_temp='10', guidance_coef='0.01')),
     ('CGQL-M', 'antmaze-giant-navigate-singletask-task1-v0', dict(mode='mse', guidance_coef='0.1', noisy_coef='0.001')),
     ('CGQL-L', 'puzzle-3x3-play-singletask-task1-v0', dict(mode='linex', inv_temp='10', noisy_coef='0.001')),
     ('QSM', 'cube-double-play-singletask-task2-v0',
      dict(inv_temp='1', alpha='10', clip_sampler_before='False', clip_sampler_after='True')),
-    ('DAC', 'cube-double-play-singletask-task2-v0', dict(alpha='3', clip_sampler_before='True', clip_sampler_after='False')),
+    ('DAC', 'cube-double-play-singletask-task2-v0',
+     dict(alpha='3', clip_sampler_before='True', clip_sampler_after='False')),
     ('ReBRAC', 'humanoidmaze-large-navigate-singletask-task1-v0', dict(alpha_actor='0.01', actor_noise='0.1')),
     ('ReBRAC', 'puzzle-3x3-play-singletask-task1-v0', dict(alpha_actor='0.1', actor_noise='0')),
 ])
@@ -175,8 +177,8 @@ def test_method_definitions_follow_algorithms_table():
 
 def test_quality_sweep_uses_the_original_domains_values():
     for method in ('QAM-E', 'FQL', 'DSRL'):
-        for quality, original in (('cube-double-noisy', 'cube-double-play'), ('antmaze-large-stitch', 'antmaze-large-navigate'),
-                                  ('puzzle-3x3-noisy', 'puzzle-3x3-play')):
+        for quality, original in (('cube-double-noisy', 'cube-double-play'), ('puzzle-3x3-noisy', 'puzzle-3x3-play'),
+                                  ('antmaze-large-stitch', 'antmaze-large-navigate')):
             noisy = one('quality', method, f'{quality}-singletask-task3-v0')
             main_run = one('paper', method, f'{original}-singletask-task3-v0')
             assert agent_flags(noisy) == agent_flags(main_run)
@@ -202,8 +204,9 @@ def test_sensitivity_sweep_changes_one_thing_on_representative_tasks():
             assert float(changed['inv_temp']) == pytest.approx(float(base['inv_temp']) * factor, rel=1e-9)
         else:
             assert changed == expected, run.key
-    assert agent_flags(one('sensitivity', 'QAM-E (0.3x tau)', 'cube-triple-play-singletask-task2-v0'))['inv_temp'] == '0.9'
-    assert agent_flags(one('sensitivity', 'QAM-E (10x tau)', 'puzzle-4x4-play-singletask-task2-v0'))['inv_temp'] == '1'
+    c3, p44 = 'cube-triple-play-singletask-task2-v0', 'puzzle-4x4-play-singletask-task2-v0'
+    assert agent_flags(one('sensitivity', 'QAM-E (0.3x tau)', c3))['inv_temp'] == '0.9'  # 3 x 0.3
+    assert agent_flags(one('sensitivity', 'QAM-E (10x tau)', p44))['inv_temp'] == '1'  # 0.1 x 10
 
 
 # ------------------------------------------------------------------------------------------------ selection
@@ -220,7 +223,8 @@ def test_selection_by_method_domain_task_and_seed():
 
 def test_extra_args_override_once_and_keep_the_method():
     (run,) = expand('paper', methods=['QAM'], domains=['c2'], tasks=[2], seeds=[10001],
-                    extra_args="--offline_steps=40 --agent.inv_temp=7 --agent.actor_hidden_dims='(32, 32)' --noprogress")
+                    extra_args="--offline_steps=40 --agent.inv_temp=7 --agent.actor_hidden_dims='(32, 32)' "
+                               '--noprogress')
     argv = run.argv('/tmp/x')
     names = [a.split('=')[0] for a in argv[2:]]
     assert len(names) == len(set(names))
@@ -263,7 +267,9 @@ def test_bad_sweep_files_raise(tmp_path):
                     "datasets=('cube-double-noisy',), tasks=(2,), seeds=(1, 2), flags=(('online_steps', 0),))\n")
     runs = sweeps.expand(sweeps.load(str(good)))
     assert [(r.env_name, r.seed, r.flag_dict['online_steps'], r.flag_dict['agent.alpha']) for r in runs] == [
-        ('cube-double-noisy-singletask-task2-v0', 1, '0', '300'), ('cube-double-noisy-singletask-task2-v0', 2, '0', '300')]
+        ('cube-double-noisy-singletask-task2-v0', 1, '0', '300'),
+        ('cube-double-noisy-singletask-task2-v0', 2, '0', '300'),
+    ]
 
 
 def test_unknown_agent_key_is_an_error_before_anything_runs(tmp_path, capsys):
@@ -310,7 +316,7 @@ def test_confirmation_threshold(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(launch, 'launch_local', lambda runs, root, args: launched.append(len(runs)) or 0)
     argv = ['paper', '--backend=local', '--methods=QAM', '--domains=c2', '--tasks=1,2', f'--save_dir={tmp_path}']
     monkeypatch.setattr('sys.stdin.isatty', lambda: False)
-    assert launch.main(argv + ['--confirm_above=10']) == 3 and launched == []  # 24 runs > 10: refused without a terminal
+    assert launch.main(argv + ['--confirm_above=10']) == 3 and launched == []  # 24 > 10 runs, no terminal: refused
     assert 'pass --yes' in capsys.readouterr().err
     monkeypatch.setattr('sys.stdin.isatty', lambda: True)
     monkeypatch.setattr('builtins.input', lambda prompt: 'n')
@@ -355,9 +361,10 @@ def test_status_reads_run_directories_and_launch_records(tmp_path):
     open(paths['log'], 'w').write('line 1\nTraceback (most recent call last):\nMemoryError: out of memory\n')
     run_state.write_json(paths['json'], dict(state='failed', returncode=1, host='h', ended='t'))
     fake_run_dir(running, root)
-    run_state.write_json(run_state.launch_paths(running, root)['json'], dict(state='running', host='h', pid=1, started='t'))
+    started = dict(state='running', host='h', pid=1, started='t')
+    run_state.write_json(run_state.launch_paths(running, root)['json'], started)
     fake_run_dir(killed, root, checkpoint=300000)
-    run_state.write_json(run_state.launch_paths(killed, root)['json'], dict(state='running', host='h', pid=1, started='t'))
+    run_state.write_json(run_state.launch_paths(killed, root)['json'], started)  # no lock: its process is gone
     run_state.write_json(run_state.launch_paths(queued, root)['job'], dict(job_id='7_0'))
     fake_run_dir(requeued, root, checkpoint=200000)
     run_state.write_json(run_state.launch_paths(requeued, root)['job'], dict(job_id='7_1'))
@@ -374,14 +381,16 @@ def test_status_reads_run_directories_and_launch_records(tmp_path):
     assert states == ['done', 'failed', 'failed', 'running', 'interrupted', 'queued', 'queued', 'not started',
                       'not started', 'interrupted']
     assert 'diverged at step 7' in by_run[diverged.key].detail
-    assert by_run[crashed.key].log_tail[-1] == 'MemoryError: out of memory' and 'exit code 1' in by_run[crashed.key].detail
+    assert by_run[crashed.key].log_tail[-1] == 'MemoryError: out of memory'
+    assert 'exit code 1' in by_run[crashed.key].detail
     assert 'checkpoint at step 300000' in by_run[killed.key].detail
     assert 'requeued' in by_run[requeued.key].detail and 'requeued' not in by_run[queued.key].detail
     # Without the queue, the submitted run that never started is reported as failed, the requeued one as killed.
     assert run_state.status(queued, root, queue={}).state == 'failed'
     assert run_state.status(requeued, root, queue={}).state == 'interrupted'
     # What a launch would start again: not the finished, running, queued or diverged runs.
-    assert [r.key for r in launch.to_launch(statuses)] == [r.key for r in (crashed, killed, other_config, fresh, stopped)]
+    relaunched = [r.key for r in launch.to_launch(statuses)]
+    assert relaunched == [r.key for r in (crashed, killed, other_config, fresh, stopped)]
     assert diverged in launch.to_launch(statuses, retry_diverged=True)
 
 
