@@ -131,7 +131,7 @@ def grid_caption(grid, boot):
     seeds = ', '.join(str(s) for s in grid.seeds)
     return (f'End of phase here: {phase_steps(grid)} (paper: offline 1,000,000; online 1,500,000, RLPD 500,000). '
             f'Success (%): mean over seeds [95% percentile-bootstrap interval, {boot.num_resamples:,} resamples]; '
-            f'domain = mean of its tasks, all = mean over the {len(grid.tasks)} tasks. Expected: '
+            f'domain = mean of its tasks, all = mean over the {plural(len(grid.tasks), "task")}. Expected: '
             f'{len(grid.seeds)} seeds per task ({seeds}). **Bold**: best of our methods in the column. '
             f'*(paper)*: the QAM paper\'s number for the same cell ({tables.MARK_RECOMPUTED}: recomputed over the '
             f'same tasks from its per-seed values). {tables.MARK_INCOMPLETE} n/N: fewer runs than expected '
@@ -170,7 +170,7 @@ def build_tables(grid, stats, pub_stats, published, boot):
 
     columns = [p for p in PHASES if any(p in grid.phases[m] for m in grid.methods)]
     out['aggregate'] = [tables.Table(
-        'aggregate', f'All tasks ({len(grid.tasks)}): success (%) at the end of each phase', caption, 'method',
+        'aggregate', f'All {plural(len(grid.tasks), "task")}: success (%) at the end of each phase', caption, 'method',
         [PHASE_TITLES[p] for p in columns],
         method_rows(grid, lambda m, s: [cell_for('all', 'all', p)(m, s) for p in columns], published),
     ).mark_best()]
@@ -247,7 +247,7 @@ def rliable_section(grid, published, args, fig_dir):
         names = list(scores)
         figure_paths += figures.interval_estimates(
             {n: 100 * points[n] for n in names}, {n: 100 * intervals[n] for n in names}, names, ['IQM', 'mean'],
-            fig_dir, f'aggregates_{phase}', f'{PHASE_TITLES[phase]} ({len(grid.tasks)} tasks)')
+            fig_dir, f'aggregates_{phase}', f'{PHASE_TITLES[phase]} ({plural(len(grid.tasks), "task")})')
         profiles, profile_cis = rliable_profiles(scores, taus, args.rliable_reps, args.bootstrap_seed)
         figure_paths += figures.performance_profiles(taus, profiles, profile_cis, names, fig_dir, f'profiles_{phase}',
                                                      f'Performance profiles, {PHASE_TITLES[phase]}')
@@ -278,7 +278,7 @@ def rliable_section(grid, published, args, fig_dir):
                                   for c in columns], kind='paper' if name.endswith('(paper)') else 'ours')
                 for name in agg_rows]
         rows = _interleave(rows)
-        caption = (f'rliable over {len(grid.tasks)} tasks: interquartile mean (IQM) and mean of per-run success (%) '
+        caption = (f'rliable over {plural(len(grid.tasks), "task")}: interquartile mean (IQM) and mean of per-run success (%) '
                    f'[95% stratified-bootstrap interval, {args.rliable_reps:,} resamples]. *(paper)*: the same '
                    f'statistics of the QAM paper\'s 12 seeds on the same tasks. **Bold**: best of our methods.')
         out.append(('rliable', [tables.Table('rliable', 'Aggregate metrics (rliable)', caption, 'method', columns,
@@ -403,8 +403,9 @@ def _write_rows(path, rows, columns=None):
 def summary_section(grid, conflicts, missing, policy):
     lines = ['## Grid', '']
     by_domain = {d: [f'task{split_env_name(t)[1]}' for t in grid.domain_tasks(d)] for d in grid.domains()}
-    lines += [f'Expected grid ({grid.origin}): {len(grid.methods)} methods x {len(grid.tasks)} tasks x {len(grid.seeds)} '
-              f'seeds = {len(grid.methods) * len(grid.tasks) * len(grid.seeds)} runs.', '',
+    size = len(grid.methods) * len(grid.tasks) * len(grid.seeds)
+    lines += [f'Expected grid ({grid.origin}): {plural(len(grid.methods), "method")} x {plural(len(grid.tasks), "task")} '
+              f'x {plural(len(grid.seeds), "seed")} = {plural(size, "run")}.', '',
               f'- methods: {", ".join(grid.methods)}',
               f'- tasks: ' + '; '.join(f'{d}: {", ".join(ts)}' for d, ts in by_domain.items()),
               f'- seeds: {", ".join(str(s) for s in grid.seeds)}', '']
@@ -663,7 +664,8 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     result = build_report(parse_args(argv))
     grid = result['grid']
-    print(f'Report: {result["report"]} ({len(grid.methods)} methods, {len(grid.tasks)} tasks, {len(grid.seeds)} seeds; '
+    print(f'Report: {result["report"]} ({plural(len(grid.methods), "method")}, '
+          f'{plural(len(grid.tasks), "task")}, {plural(len(grid.seeds), "seed")}; '
           f'{len(result["missing"])} missing method-task-seed-phase cells; '
           f'{len(result["conflicts"])} config conflicts; '
           f'{sum(r.status == "diverged" for r in grid.runs)} diverged runs).')
