@@ -6,11 +6,14 @@ Gaussian noise. Every transition is terminal (masks 0, valid 1), so Q(s, a) = r.
 half of its samples in each mode; a policy improved with the critic should prefer the +0.5 mode.
 
     fraction = high_mode_fraction(agent_module, {'inv_temp': 3.0}, num_updates=300)
+    agent = train(agent_module, {'inv_temp': 3.0})  # or in two steps
+    fraction = agent_high_mode_fraction(agent)
 
 `high_mode_fraction` trains `agent_module.Agent` (created from `agent_module.get_config()` updated with
 small networks and the given overrides) for `num_updates` updates on batches drawn uniformly from the
 dataset, with the update loop jitted as one `lax.scan`, and returns the fraction of sampled actions whose
-mean over dimensions is positive (i.e. closer to the high-reward mode).
+mean over dimensions is positive (i.e. closer to the high-reward mode). `train` and
+`agent_high_mode_fraction` are its two halves (e.g. to also score a trained agent's BC policy).
 """
 
 import jax
@@ -86,10 +89,14 @@ def train(agent_module, overrides=None, num_updates=300, seed=0):
     return run(agent, jax.random.PRNGKey(seed + 1))
 
 
-def high_mode_fraction(agent_module, overrides=None, num_updates=300, seed=0, num_samples=512):
-    """Fraction of `num_samples` actions sampled after training that fall in the high-reward mode."""
-    agent = train(agent_module, overrides, num_updates, seed)
+def agent_high_mode_fraction(agent, seed=0, num_samples=512):
+    """Fraction of `num_samples` actions sampled by a (trained) agent that fall in the high-reward mode."""
     observations = jnp.full((num_samples, OBS_DIM), 0.5, jnp.float32)
     actions = jax.jit(lambda agent, s, key: agent.sample_actions(s, key))(agent, observations,
                                                                          jax.random.PRNGKey(seed + 2))
     return float(jnp.mean(jnp.mean(actions, axis=-1) > 0))
+
+
+def high_mode_fraction(agent_module, overrides=None, num_updates=300, seed=0, num_samples=512):
+    """Fraction of `num_samples` actions sampled after training that fall in the high-reward mode."""
+    return agent_high_mode_fraction(train(agent_module, overrides, num_updates, seed), seed, num_samples)
