@@ -16,39 +16,21 @@ true global norm; no unused `best_of_n` key. Kept: the weight cap at 100; V fitt
 members at dataset actions.
 """
 
-from typing import Any
-
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
 
 from utils import flow, rl
+from utils.agent_base import ChunkedAgent
 from utils.networks import CriticEnsemble, ValueNetwork, VelocityField
 
 MAX_WEIGHT = 100.0  # cap on exp(inv_temp·advantage) (KEEP)
 
 
-class FAWACAgent(flax.struct.PyTreeNode):
+class FAWACAgent(ChunkedAgent):
     """FAWAC agent state: a PRNG key, every network in one `rl.TrainState`, and the (static) config."""
 
-    rng: jax.Array
-    network: rl.TrainState
-    config: Any = flax.struct.field(pytree_node=False)
-
     # ----------------------------------------------------------------------------- helpers
-    @property
-    def action_size(self):
-        """D: the flat action dimension every network sees (H·A with action chunking, else A)."""
-        chunk = self.config.horizon_length if self.config.action_chunking else 1
-        return chunk * self.config.action_dim
-
-    def flat_actions(self, actions):
-        """Dataset chunks (B, H, A) → (B, D) in row-major order (only the first action without chunking)."""
-        if self.config.action_chunking:
-            return actions.reshape(actions.shape[0], -1)
-        return actions[:, 0, :]
-
     def advantage_weights(self, observations, actions):
         """(min(exp(inv_temp·adv), 100), adv) with adv = Q̄(s, a) − V(s): online critic mean and V, fixed calls."""
         q = jnp.mean(self.network.apply('critic', observations, actions), axis=0)
@@ -105,11 +87,6 @@ class FAWACAgent(flax.struct.PyTreeNode):
         network, info['grad/norm'] = self.network.apply_gradients(grads)
         network = network.update_targets(self.config.tau)  # post-update online parameters
         return self.replace(rng=rng, network=network), info
-
-    def batch_update(self, batch):
-        """U sequential updates over the leading axis of every batch array; info averaged over U."""
-        agent, infos = jax.lax.scan(lambda agent, minibatch: agent.update(minibatch), self, batch)
-        return agent, jax.tree.map(lambda x: x.mean(axis=0), infos)
 
     # ---------------------------------------------------------------------------- acting
     def sample_actions(self, observations, rng):

@@ -17,41 +17,19 @@ Differences from the reference code (FIX): float32 temperature; Polyak targets f
 parameters; `grad/norm` is the true global norm.
 """
 
-from typing import Any
-
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
 
 from utils import flow, rl
+from utils.agent_base import ChunkedAgent
 from utils.networks import CriticEnsemble, LogParam, TanhGaussianPolicy, VelocityField
 
 
-class FEditAgent(flax.struct.PyTreeNode):
+class FEditAgent(ChunkedAgent):
     """FEdit agent state: a PRNG key, every network in one `rl.TrainState`, and the (static) config."""
 
-    rng: jax.Array
-    network: rl.TrainState
-    config: Any = flax.struct.field(pytree_node=False)
-
     # ----------------------------------------------------------------------------- helpers
-    @property
-    def action_size(self):
-        """D: the flat action dimension every network sees (H·A with action chunking, else A)."""
-        chunk = self.config.horizon_length if self.config.action_chunking else 1
-        return chunk * self.config.action_dim
-
-    def flat_actions(self, actions):
-        """Dataset chunks (B, H, A) → (B, D) in row-major order (only the first action without chunking)."""
-        if self.config.action_chunking:
-            return actions.reshape(actions.shape[0], -1)
-        return actions[:, 0, :]
-
-    def q_mean(self, observations, actions):
-        """Online critic ensemble mean (no pessimism), fixed call: gradients reach only the inputs."""
-        return jnp.mean(self.network.apply('critic', observations, actions), axis=0)
-
     def flow_actions(self, observations, noises):
         """a_β = clip(EulerODE(f_β, s, z)) with the stored BC-flow parameters: a constant."""
         behavior_flow = self.network.select('behavior_flow')  # stored parameters: fixed call
@@ -117,11 +95,6 @@ class FEditAgent(flax.struct.PyTreeNode):
         network, info['grad/norm'] = self.network.apply_gradients(grads)
         network = network.update_targets(self.config.tau)  # post-update online parameters
         return self.replace(rng=rng, network=network), info
-
-    def batch_update(self, batch):
-        """U sequential updates over the leading axis of every batch array; info averaged over U."""
-        agent, infos = jax.lax.scan(lambda agent, minibatch: agent.update(minibatch), self, batch)
-        return agent, jax.tree.map(lambda x: x.mean(axis=0), infos)
 
     # ---------------------------------------------------------------------------- acting
     def sample_actions(self, observations, rng):

@@ -18,36 +18,17 @@ Kept: 32 samples and the argmax of the ensemble minimum; the value target from t
 pessimistic estimate mean − ρ·std; the critic bootstrapped from the online V (no target value network).
 """
 
-from typing import Any
-
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
 
 from utils import flow, rl
+from utils.agent_base import ChunkedAgent
 from utils.networks import CriticEnsemble, ValueNetwork, VelocityField
 
 
-class IFQLAgent(flax.struct.PyTreeNode):
+class IFQLAgent(ChunkedAgent):
     """IFQL agent state: a PRNG key, every network in one `rl.TrainState`, and the (static) config."""
-
-    rng: jax.Array
-    network: rl.TrainState
-    config: Any = flax.struct.field(pytree_node=False)
-
-    # ----------------------------------------------------------------------------- helpers
-    @property
-    def action_size(self):
-        """D: the flat action dimension every network sees (H·A with action chunking, else A)."""
-        chunk = self.config.horizon_length if self.config.action_chunking else 1
-        return chunk * self.config.action_dim
-
-    def flat_actions(self, actions):
-        """Dataset chunks (B, H, A) → (B, D) in row-major order (only the first action without chunking)."""
-        if self.config.action_chunking:
-            return actions.reshape(actions.shape[0], -1)
-        return actions[:, 0, :]
 
     # ------------------------------------------------------------------------------ losses
     def value_loss(self, batch, grad_params):
@@ -93,11 +74,6 @@ class IFQLAgent(flax.struct.PyTreeNode):
         network, info['grad/norm'] = self.network.apply_gradients(grads)
         network = network.update_targets(self.config.tau)  # post-update online parameters
         return self.replace(rng=rng, network=network), info
-
-    def batch_update(self, batch):
-        """U sequential updates over the leading axis of every batch array; info averaged over U."""
-        agent, infos = jax.lax.scan(lambda agent, minibatch: agent.update(minibatch), self, batch)
-        return agent, jax.tree.map(lambda x: x.mean(axis=0), infos)
 
     # ---------------------------------------------------------------------------- acting
     def select_best(self, observations, noises):

@@ -18,14 +18,12 @@ were on the other steps. Also kept: no critic BC penalty, pessimistic Q in the a
 Fixed: the EMA uses the post-update online parameters; `grad/norm` is the true global norm.
 """
 
-from typing import Any
-
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
 
 from utils import rl
+from utils.agent_base import ChunkedAgent
 from utils.networks import CriticEnsemble, DeterministicTanhActor
 
 
@@ -40,26 +38,10 @@ def keep_subtree(new_tree, old_tree, name, keep):
     return jax.tree_util.tree_map_with_path(select, new_tree, old_tree)
 
 
-class ReBRACAgent(flax.struct.PyTreeNode):
+class ReBRACAgent(ChunkedAgent):
     """ReBRAC agent state: a PRNG key, every network in one `rl.TrainState`, and the (static) config."""
 
-    rng: jax.Array
-    network: rl.TrainState
-    config: Any = flax.struct.field(pytree_node=False)
-
     # ----------------------------------------------------------------------------- helpers
-    @property
-    def action_size(self):
-        """D: the flat action dimension every network sees (H·A with action chunking, else A)."""
-        chunk = self.config.horizon_length if self.config.action_chunking else 1
-        return chunk * self.config.action_dim
-
-    def flat_actions(self, actions):
-        """Dataset chunks (B, H, A) → (B, D) in row-major order (only the first action without chunking)."""
-        if self.config.action_chunking:
-            return actions.reshape(actions.shape[0], -1)
-        return actions[:, 0, :]
-
     def noisy_actions(self, name, observations, rng):
         """clip(actor(s) + clip(actor_noise·ε, ±actor_noise_clip)), ε ~ N(0, I); actor `name`, stored params."""
         actions = self.network.apply(name, observations)
@@ -117,11 +99,6 @@ class ReBRACAgent(flax.struct.PyTreeNode):
         network = network.update_targets(jnp.where(is_target_step, self.config.tau, 0.0))
         info['actor/target_step'] = is_target_step.astype(jnp.float32)
         return self.replace(rng=rng, network=network), info
-
-    def batch_update(self, batch):
-        """U sequential updates over the leading axis of every batch array; info averaged over U."""
-        agent, infos = jax.lax.scan(lambda agent, minibatch: agent.update(minibatch), self, batch)
-        return agent, jax.tree.map(lambda x: x.mean(axis=0), infos)
 
     # ---------------------------------------------------------------------------- acting
     def sample_actions(self, observations, rng):
