@@ -8,7 +8,7 @@
 <sweep> is `paper` (the main comparison), `rlpd`, `quality`, `sensitivity`, or a path to a .py file that defines
 `SWEEP = sweeps.sweeps.Sweep(...)`. Runs that finished are skipped, runs that are running or queued are left
 alone, interrupted and failed runs are launched again (they resume from their last checkpoint; diverged runs only
-with --retry_diverged). Give `status` the same --save_dir and --extra_args as the launch. Everything is checked
+with --retry_diverged). Give `status` the same --save_dir, --tiny and --extra_args as the launch. Everything is checked
 (methods, domains, tasks, seeds, flags, agent keys) before anything is launched.
 """
 

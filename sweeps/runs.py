@@ -190,6 +190,8 @@ def status(run, root, queue=None, tail_lines=10):
         return make('interrupted', f'killed ({state.get("host")}, started {state.get("started")}); {resume}')
     if last == 'stopped':
         return make('interrupted', f'stopped by --stop_at_step at {state.get("ended")}; {resume}')
+    if job and not state and queue is None:
+        return make('queued', f'submitted as Slurm job {job}; the Slurm queue cannot be read here')
     if job and not state:
         return make('failed', f'Slurm job {job} left the queue without starting the run; see its submitit log')
     if run_dir:

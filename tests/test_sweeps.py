@@ -388,6 +388,7 @@ def test_status_reads_run_directories_and_launch_records(tmp_path):
     # Without the queue, the submitted run that never started is reported as failed, the requeued one as killed.
     assert run_state.status(queued, root, queue={}).state == 'failed'
     assert run_state.status(requeued, root, queue={}).state == 'interrupted'
+    assert run_state.status(queued, root, queue=None).state == 'queued'  # no squeue here: cannot tell
     # What a launch would start again: not the finished, running, queued or diverged runs.
     relaunched = [r.key for r in launch.to_launch(statuses)]
     assert relaunched == [r.key for r in (crashed, killed, other_config, fresh, stopped)]
