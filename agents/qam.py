@@ -97,9 +97,10 @@ class QAMAgent(flax.struct.PyTreeNode):
         """Memoryless SDE of f_θ and the lean adjoint of f_base (§2.3): constants x, g of shape (T, B, D)."""
         noise_key, sde_key = jax.random.split(rng)
         initial_noise = jax.random.normal(noise_key, (*observations.shape[:-1], self.action_size))
-        sde_velocity = self.network.select('finetuned_flow')  # stored parameters: fixed call
-        if self.config.residual:
-            sde_velocity = lambda s, x, t: self.network.apply('finetuned_flow', s, x, t) + self.base_flow(s, x, t)  # noqa: E731
+        def sde_velocity(s, x, t):  # f_θ (+ f_base with `residual`), stored parameters: fixed call
+            velocity = self.network.apply('finetuned_flow', s, x, t)
+            return velocity + self.base_flow(s, x, t) if self.config.residual else velocity
+
         states, final_actions = flow.memoryless_sde(sde_velocity, self.base_flow, observations, initial_noise,
                                                     sde_key, self.config.flow_steps)
         adjoints = flow.lean_adjoint(self.base_flow, observations, states,
@@ -127,8 +128,7 @@ class QAMAgent(flax.struct.PyTreeNode):
         q = self.q_mean(observations, jnp.clip(flow_actions + self.config.edit_scale * edits, -1.0, 1.0))
         entropy_target = rl.target_entropy(self.config.edit_target_entropy,
                                            self.config.edit_target_entropy_multiplier, self.action_size)
-        alpha_loss = rl.temperature_loss(alpha, log_probs, entropy_target)
-        loss = -q.mean() + jnp.mean(log_probs) * jax.lax.stop_gradient(alpha) + alpha_loss
+        loss, alpha_loss = rl.entropy_regularised_actor_loss(q, log_probs, alpha, entropy_target)
         return loss, {'actor/edit_loss': loss, 'actor/edit_q': q.mean(), 'actor/edit_alpha': alpha,
                       'actor/edit_alpha_loss': alpha_loss, 'actor/edit_entropy': -log_probs.mean()}
 

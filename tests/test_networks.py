@@ -80,7 +80,8 @@ def test_critic_ensemble_members_differ_and_shapes():
     assert np.min(np.std(np.asarray(q), axis=0)) > 1e-4  # members give different outputs on every input
     # Member k equals a single MLP with member k's slice of the parameters.
     member_params = jax.tree.map(lambda p: p[1], params['members'])
-    single = MLP((32, 32, 1), layer_norm=True).apply({'params': member_params['MLP_0']}, jnp.concatenate([obs, act], -1))
+    single = MLP((32, 32, 1), layer_norm=True).apply({'params': member_params['MLP_0']},
+                                                     jnp.concatenate([obs, act], -1))
     np.testing.assert_allclose(q[1], single[:, 0], rtol=1e-5, atol=1e-6)
     value = ValueNetwork((32, 32))
     assert value.apply({'params': rl.init_params(value, jax.random.PRNGKey(3), obs)}, obs).shape == (8,)
