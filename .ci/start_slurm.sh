@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Start a real single-node Slurm cluster on this machine (for tests/test_slurm.py): install slurm-wlm and munge
 # from Debian, write a minimal slurm.conf for localhost, start munged, slurmctld and slurmd, and wait until the
-# node is idle. Works without systemd or cgroups (proctrack/linuxproc, task/none). Safe to run twice: a running
-# cluster is left alone. Needs root and Debian's apt.
+# node is idle. Jobs are tracked without systemd or cgroups (proctrack/linuxproc, task/none). Safe to run twice: a
+# running cluster is left alone. Needs root and Debian's apt (bookworm: Slurm 22.05).
 #
 #     .ci/start_slurm.sh            # then: sinfo; squeue
 #
@@ -81,7 +81,9 @@ SlurmdParameters=config_overrides
 NodeName=localhost NodeAddr=127.0.0.1 CPUs=${cpus} RealMemory=${mem_mb} State=UNKNOWN
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 EOF
-rm -f /etc/slurm/cgroup.conf  # cgroup plugin autodetected; no cgroup-based plugins are used
+# slurmd loads a cgroup plugin for itself even though no job uses cgroups here; IgnoreSystemd lets it start on a
+# cgroup v2 host without systemd.
+printf 'CgroupPlugin=autodetect\nIgnoreSystemd=yes\n' >/etc/slurm/cgroup.conf
 
 # ---------------------------------------------------------------------------------------------- daemons
 running() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
