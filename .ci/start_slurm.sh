@@ -13,7 +13,8 @@ start=$(date +%s)
 log() { echo "[start_slurm] $*"; }
 node_idle() { sinfo -h -N -o '%T' 2>/dev/null | grep -Eq '^(idle|mixed|allocated)'; }
 
-if command -v sinfo >/dev/null && node_idle; then
+running() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+if running /run/slurm/slurmctld.pid && running /run/slurm/slurmd.pid && node_idle; then
     log "Slurm is already running: $(sinfo -h -N -o '%N %T %c CPUs %m MB' | head -1)"
     exit 0
 fi
@@ -86,7 +87,6 @@ EOF
 printf 'CgroupPlugin=autodetect\nIgnoreSystemd=yes\n' >/etc/slurm/cgroup.conf
 
 # ---------------------------------------------------------------------------------------------- daemons
-running() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 if ! running /run/slurm/slurmctld.pid; then
     log "Starting slurmctld"
     /usr/sbin/slurmctld -c  # -c: a clean start (no jobs from an earlier cluster)
