@@ -22,37 +22,19 @@ deterministic last step with the base flow, loss without h over all T steps, TD 
 policy) is kept.
 """
 
-from typing import Any
-
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
 
 from utils import flow, rl
+from utils.agent_base import ChunkedAgent
 from utils.networks import CriticEnsemble, LogParam, TanhGaussianPolicy, VelocityField
 
 
-class QAMAgent(flax.struct.PyTreeNode):
+class QAMAgent(ChunkedAgent):
     """QAM agent state: a PRNG key, every network in one `rl.TrainState`, and the (static) config."""
 
-    rng: jax.Array
-    network: rl.TrainState
-    config: Any = flax.struct.field(pytree_node=False)
-
     # ----------------------------------------------------------------------------- helpers
-    @property
-    def action_size(self):
-        """D: the flat action dimension every network sees (H·A with action chunking, else A)."""
-        chunk = self.config.horizon_length if self.config.action_chunking else 1
-        return chunk * self.config.action_dim
-
-    def flat_actions(self, actions):
-        """Dataset chunks (B, H, A) → (B, D) in row-major order (only the first action without chunking)."""
-        if self.config.action_chunking:
-            return actions.reshape(actions.shape[0], -1)
-        return actions[:, 0, :]
-
     def base_flow(self, observations, x, times):
         """f_base: the EMA target of the BC flow (`target_actor`) or the online BC flow; always a fixed call."""
         name = 'target_behavior_flow' if self.config.target_actor else 'behavior_flow'
@@ -64,10 +46,6 @@ class QAMAgent(flax.struct.PyTreeNode):
         if self.config.residual:
             velocity = velocity + self.network.apply('behavior_flow', observations, x, times)
         return velocity
-
-    def q_mean(self, observations, actions):
-        """Online critic ensemble mean (no pessimism), fixed call: gradients reach only the inputs."""
-        return jnp.mean(self.network.apply('critic', observations, actions), axis=0)
 
     # ------------------------------------------------------------------------------ losses
     def critic_loss(self, batch, grad_params, rng):
@@ -179,11 +157,6 @@ class QAMAgent(flax.struct.PyTreeNode):
         network, info['grad/norm'] = self.network.apply_gradients(grads)
         network = network.update_targets(self.config.tau)  # post-update online parameters
         return self.replace(rng=rng, network=network), info
-
-    def batch_update(self, batch):
-        """U sequential updates over the leading axis of every batch array; info averaged over U."""
-        agent, infos = jax.lax.scan(lambda agent, minibatch: agent.update(minibatch), self, batch)
-        return agent, jax.tree.map(lambda x: x.mean(axis=0), infos)
 
     # ---------------------------------------------------------------------------- acting
     def sample_actions(self, observations, rng):
