@@ -349,11 +349,14 @@ def curve_panels(grid, boot):
                 curve['full'].append(stat.n == len(runs))
             curves[method] = curve
             expected = len(tasks) * len(grid.seeds)
-            if len(runs) < expected:
-                notes.append(f'{method} {len(runs)}/{expected} runs')
+            covered = len({r.env_name for r in runs})
+            if covered < len(tasks):
+                notes.append(f'{method}: {covered}/{len(tasks)} tasks, not drawn')
+            elif len(runs) < expected:
+                notes.append(f'{method}: {len(runs)}/{expected} runs')
         label = f'{title} ({plural(len(tasks), "task")}, {plural(len(grid.seeds), "seed")})'
         if notes:
-            label += '\n' + tables.MARK_INCOMPLETE + ' ' + '; '.join(notes)
+            label += '\n' + '\n'.join(f'{tables.MARK_INCOMPLETE} {n}' for n in notes)
         panels.append((label, offline_end, curves))
     return panels
 
@@ -400,6 +403,30 @@ def _write_rows(path, rows, columns=None):
         writer.writerows(rows)
 
 
+def missing_groups(grid, missing):
+    """Missing runs compacted for reading: rows (method, phases, tasks, seeds, reason) that share everything but
+    the tasks, tasks grouped by domain ('cube-double-play: task1, task3'), 'all N' for every expected seed."""
+    phases = {}
+    for row in missing:
+        phases.setdefault((row['method'], row['task'], row['seed'], row['reason']), []).append(row['phase'])
+    seeds = {}
+    for (method, task, seed, reason), ps in phases.items():
+        seeds.setdefault((method, ', '.join(ps), reason, task), []).append(seed)
+    tasks = {}
+    for (method, ps, reason, task), ss in seeds.items():
+        tasks.setdefault((method, ps, reason, tuple(sorted(ss))), []).append(task)
+    rows = []
+    for (method, ps, reason, ss), ts in tasks.items():
+        by_domain = {}
+        for task in ts:
+            domain, task_id = split_env_name(task)
+            by_domain.setdefault(domain, []).append(f'task{task_id}')
+        task_text = '; '.join(f'{d}: {", ".join(ids)}' for d, ids in by_domain.items())
+        seed_text = f'all {len(ss)}' if list(ss) == list(grid.seeds) else ', '.join(map(str, ss))
+        rows.append((method, ps, task_text, seed_text, reason))
+    return rows
+
+
 def summary_section(grid, conflicts, missing, policy):
     lines = ['## Grid', '']
     by_domain = {d: [f'task{split_env_name(t)[1]}' for t in grid.domain_tasks(d)] for d in grid.domains()}
@@ -430,14 +457,12 @@ def summary_section(grid, conflicts, missing, policy):
     if missing:
         lines += ['### Missing', '', 'Not averaged over: each cell below is absent from the means, and the tables mark '
                   'the cells with fewer runs than expected. Every missing run is in missing.csv.', '',
-                  '| method | phase | task | missing seeds (reason) |', '|---|---|---|---|']
-        groups = {}
-        for row in missing:
-            groups.setdefault((row['method'], row['phase'], row['task']), []).append(f'{row["seed"]} ({row["reason"]})')
-        for (method, phase, task), items in list(groups.items())[:200]:
-            lines.append(f'| {method} | {phase} | {task} | {"; ".join(items)} |')
+                  '| method | phase | tasks | seeds | reason |', '|---|---|---|---|---|']
+        groups = missing_groups(grid, missing)
+        for method, phases, tasks, seeds, reason in groups[:200]:
+            lines.append(f'| {method} | {phases} | {tasks} | {seeds} | {reason} |')
         if len(groups) > 200:
-            lines.append(f'| … | | | {len(groups) - 200} more in missing.csv |')
+            lines.append(f'| … | | | | {len(groups) - 200} more rows: see missing.csv |')
         lines.append('')
     diverged = [r for r in grid.runs if r.status == 'diverged']
     if diverged:
@@ -485,7 +510,7 @@ def summary_section(grid, conflicts, missing, policy):
     for r in grid.runs:
         versions[r.code_version or 'unknown'] = versions.get(r.code_version or 'unknown', 0) + 1
     if len(versions) > 1:
-        lines += ['Code versions: ' + ', '.join(f'{v} ({n} runs)' for v, n in sorted(versions.items())), '']
+        lines += ['Code versions: ' + ', '.join(f'{v} ({plural(n, "run")})' for v, n in sorted(versions.items())), '']
     return lines
 
 

@@ -69,9 +69,10 @@ def learning_curves(panels, methods, out_dir, name='curves'):
                 handles.append(h)
                 labels.append(label)
     legend_rows = -(-len(labels) // 6)
-    bottom = (0.22 * legend_rows + 0.15) / fig.get_figheight()
-    fig.legend(handles, labels, loc='lower center', ncol=min(len(labels), 6), fontsize=8, frameon=False,
-               bbox_to_anchor=(0.5, 0))
+    bottom = (0.22 * legend_rows + 0.15) / fig.get_figheight() if labels else 0
+    if labels:
+        fig.legend(handles, labels, loc='lower center', ncol=min(len(labels), 6), fontsize=8, frameon=False,
+                   bbox_to_anchor=(0.5, 0))
     fig.tight_layout(rect=(0, bottom, 1, 1))
     return save(fig, out_dir, name)
 
