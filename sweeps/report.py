@@ -233,9 +233,9 @@ def rliable_section(grid, published, args, fig_dir):
     taus = np.linspace(0, 1, 51)
     for phase in PHASES:
         ours, paper, phase_notes = score_matrices(grid, published, phase)
+        notes += [f'{PHASE_TITLES[phase]}: {n}' for n in phase_notes]
         if not ours:
             continue
-        notes += [f'{PHASE_TITLES[phase]}: {n}' for n in phase_notes]
         scores = {**ours, **paper}
         points, intervals = rliable_aggregates(scores, args.rliable_reps, args.bootstrap_seed)
         columns += [f'IQM, {phase}', f'mean, {phase}']
