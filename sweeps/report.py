@@ -120,10 +120,11 @@ def phase_steps(grid):
     """'offline: step 100; online: step 160' from the runs of the grid (the paper: 1,000,000 and 1,500,000)."""
     runs = [r for rs in grid.cells.values() for r in rs[:1]]
     parts = []
-    for phase in PHASES:
-        steps = sorted({r.end_step(phase) for r in runs} - {None})
+    for phase, label, keep in (('offline', 'offline', lambda r: True), ('online', 'online', lambda r: r.offline_steps),
+                               ('online', 'online only', lambda r: not r.offline_steps)):
+        steps = sorted({r.end_step(phase) for r in runs if keep(r)} - {None})
         if steps:
-            parts.append(f'{phase}: step {" / ".join(f"{s:,}" for s in steps)}')
+            parts.append(f'{label}: step {" / ".join(f"{s:,}" for s in steps)}')
     return '; '.join(parts)
 
 
@@ -170,7 +171,7 @@ def build_tables(grid, stats, pub_stats, published, boot):
 
     columns = [p for p in PHASES if any(p in grid.phases[m] for m in grid.methods)]
     out['aggregate'] = [tables.Table(
-        'aggregate', f'All {plural(len(grid.tasks), "task")}: success (%) at the end of each phase', caption, 'method',
+        'aggregate', f'Aggregate over {plural(len(grid.tasks), "task")}: success (%) at the end of each phase', caption, 'method',
         [PHASE_TITLES[p] for p in columns],
         method_rows(grid, lambda m, s: [cell_for('all', 'all', p)(m, s) for p in columns], published),
     ).mark_best()]
@@ -285,9 +286,14 @@ def rliable_section(grid, published, args, fig_dir):
                                              rows).mark_best()]))
     if poi_rows:
         cols = [(p, s) for p in poi_columns for s in ('ours', 'paper')]
-        rows = [tables.Row(f'{x} > {y}', [tables.Cell(poi_rows[(x, y)].get(c)) if c in poi_rows[(x, y)]
-                                          else tables.Cell(Stat(note='not in the paper')) for c in cols])
-                for (x, y) in poi_rows]
+        def poi_cell(pair, phase, source):
+            if (phase, source) in poi_rows[pair]:
+                return tables.Cell(poi_rows[pair][(phase, source)])
+            if (phase, 'ours') not in poi_rows[pair]:
+                return tables.Cell(None)  # a method without this phase (RLPD offline): n/a
+            return tables.Cell(Stat(note='not in the paper'))
+
+        rows = [tables.Row(f'{x} > {y}', [poi_cell((x, y), p, s) for p, s in cols]) for (x, y) in poi_rows]
         caption = (f'rliable probability of improvement P(X > Y): the probability that a run of X beats a run of Y '
                    f'on a task drawn at random (ties count half), [95% stratified independent bootstrap interval, '
                    f'{args.rliable_reps:,} resamples]; *paper*: the same from the QAM paper\'s per-seed values.')
