@@ -320,7 +320,20 @@ def _interleave(rows):
 # ---------------------------------------------------------------------------------------------- curves
 
 
-def curve_panels(grid, boot):
+PAPER_OFFLINE_STEPS = 1_000_000  # the paper's schedule: evaluations every 50K steps, 1M offline then 500K online
+
+
+def paper_curve_key(published, title, tasks):
+    """The paper's domain or aggregate entry that covers exactly these tasks, or None."""
+    if title == 'all':
+        return 'all' if sorted(tasks) == published.tasks(study='main') else None
+    paper_tasks = [t for t in published.tasks() if split_env_name(t)[0] == title]
+    return title if sorted(tasks) == sorted(paper_tasks) else None
+
+
+def curve_panels(grid, boot, published=None):
+    """Panels of the learning-curve figure: one per domain (and all). The paper's mean curve of a method is added
+    when the panel has exactly the paper's tasks of that domain and the runs follow the paper's schedule."""
     domains = grid.domains()
     groups = [(d, grid.domain_tasks(d)) for d in domains] + ([('all', grid.tasks)] if len(domains) > 1 else [])
     panels = []
@@ -353,6 +366,11 @@ def curve_panels(grid, boot):
                 curve['low'].append(stat.mean if stat.low is None else stat.low)
                 curve['high'].append(stat.mean if stat.high is None else stat.high)
                 curve['full'].append(stat.n == len(runs))
+            paper_key = paper_curve_key(published, title, tasks) if published is not None else None
+            paper = published.curve(paper_key, base_method(method)) if paper_key else None
+            if paper is not None and offline_end == PAPER_OFFLINE_STEPS and runs[0].eval_interval == 50_000:
+                steps_p, means_p = paper
+                curve['paper'] = (steps_p + (offline_end if len(steps_p) == 10 else 0), means_p)  # RLPD: online only
             curves[method] = curve
             expected = len(tasks) * len(grid.seeds)
             covered = len({r.env_name for r in runs})
@@ -636,13 +654,15 @@ def build_report(args):
         pngs = [os.path.basename(p) for p in paths if p.endswith('.png')]
         lines += [f'![{name}](figures/{name})' for name in pngs] + ['']
     curve_boot = Bootstrap(args.curve_bootstrap_samples, args.bootstrap_seed)
-    paths = figures.learning_curves(curve_panels(grid, curve_boot), grid.methods, fig_dir)
+    paths = figures.learning_curves(curve_panels(grid, curve_boot, published), grid.methods, fig_dir)
     figure_paths += paths
     lines += ['## Learning curves', '',
               f'Success (%) at every evaluation: mean over tasks of the mean over seeds, shaded 95% percentile-bootstrap '
               f'interval ({args.curve_bootstrap_samples:,} resamples); dashed vertical line: end of the offline phase '
               f'(online-only methods, such as RLPD, start there). '
-              f'Dotted where fewer of the method\'s runs have reached the step (unfinished or diverged runs).', '',
+              f'Dotted where fewer of the method\'s runs have reached the step (unfinished or diverged runs). '
+              f'Dashed: the paper\'s mean curve, drawn when a panel has all of the paper\'s tasks of the domain and '
+              f'the runs follow its schedule (1M offline steps, evaluations every 50K).', '',
               '![learning curves](figures/curves.png)', '']
     tables.write_csv(os.path.join(out_dir, 'results.csv'), [r for t in all_tables for r in tables.csv_rows(t)])
     lines += ['## Files', '', '- tables/*.md, *.tex (booktabs), *.csv (one line per cell): '

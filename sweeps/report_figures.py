@@ -49,15 +49,18 @@ def learning_curves(panels, methods, out_dir, name='curves'):
             low, high = np.asarray(curve['low'], float), np.asarray(curve['high'], float)
             full = np.asarray(curve['full'], bool)
             color = colors[method]
-            ax.plot(steps, mean, ':', color=color, lw=1)
+            ax.plot(steps, mean, ':', color=color, lw=1, marker='.' if len(steps) <= 12 else None, ms=4)
             ax.plot(steps, np.where(full, mean, np.nan), '-', color=color, lw=1.6, label=method)
             ax.fill_between(steps, low, high, color=color, alpha=0.18, lw=0)
+            if curve.get('paper') is not None:
+                ax.plot(*curve['paper'], '--', color=color, lw=1, alpha=0.8, label='paper (dashed)')
         if offline_end:
             ax.axvline(offline_end, color='0.4', ls='--', lw=0.8)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel('steps (offline, then online)', fontsize=8)
         ax.set_ylabel('success (%)', fontsize=8)
         ax.set_ylim(-2, 102)
+        ax.set_xlim(left=0)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(panels):]:
@@ -68,6 +71,8 @@ def learning_curves(panels, methods, out_dir, name='curves'):
             if label not in labels:
                 handles.append(h)
                 labels.append(label)
+    if 'paper (dashed)' in labels:  # one grey entry for the paper's curves of every method
+        handles[labels.index('paper (dashed)')] = plt.Line2D([], [], color='0.4', ls='--', lw=1)
     legend_rows = -(-len(labels) // 6)
     bottom = (0.22 * legend_rows + 0.15) / fig.get_figheight() if labels else 0
     if labels:

@@ -22,9 +22,13 @@ The shipped file `sweeps/published/qam_paper_results.csv` has one row per (study
   the pickle's column order, separated by spaces; they let a report bootstrap the published numbers over
   any subset of tasks and compute rliable statistics for them.
 
-Re-derive (about a minute on 2 cores) and check it against the committed file:
+`sweeps/published/qam_paper_curves.csv` has the mean learning curves of the domain and aggregate entries (one row per
+study, key and method: `first_step`, `step_interval`, and the mean success in % over the seeds at every evaluation,
+separated by spaces), drawn next to ours when a report's runs follow the paper's schedule.
 
-    python -m sweeps.report_published --reference_dir=../shared/reference --out=sweeps/published/qam_paper_results.csv
+Re-derive both (about a minute on 2 cores) and compare with the committed files (git diff):
+
+    python -m sweeps.report_published --reference_dir=../shared/reference
 """
 
 import argparse
@@ -36,6 +40,7 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PUBLISHED_CSV = os.path.join(HERE, 'published', 'qam_paper_results.csv')
+PUBLISHED_CURVES_CSV = os.path.join(HERE, 'published', 'qam_paper_curves.csv')
 DEFAULT_REFERENCE_DIR = os.path.join(os.path.dirname(os.path.dirname(HERE)), 'shared', 'reference')
 STUDIES = (  # study name, pickle file
     ('main', 'qam-exp-data.pkl'),
@@ -49,6 +54,7 @@ ONLINE_ONLY_ROW = 9
 NUM_RESAMPLES = 500_000  # as the reference (PROTOCOL §7)
 BOOTSTRAP_SEED = 0
 COLUMNS = ('study', 'level', 'task', 'method', 'phase', 'step', 'mean', 'ci95_low', 'ci95_high', 'seeds', 'seed_values')
+CURVE_COLUMNS = ('study', 'level', 'task', 'method', 'first_step', 'step_interval', 'mean')
 
 
 def key_level(key):
@@ -117,11 +123,28 @@ def derive(reference_dir=DEFAULT_REFERENCE_DIR, num_resamples=NUM_RESAMPLES, see
     return rows
 
 
-def write_csv(rows, path):
+def derive_curves(reference_dir=DEFAULT_REFERENCE_DIR):
+    """Rows of the published curves CSV: the mean over seeds (%) at every evaluation of each domain and aggregate."""
+    rows = []
+    for study, filename in STUDIES:
+        with open(os.path.join(reference_dir, filename), 'rb') as f:
+            data = pickle.load(f)
+        for (key, method), array in data.items():
+            if key_level(key) == 'task':
+                continue
+            means = 100 * np.asarray(array, np.float64).mean(axis=1)
+            rows.append(dict(study=study, level=key_level(key), task=key, method=method, first_step=EVAL_INTERVAL,
+                             step_interval=EVAL_INTERVAL, mean=' '.join(f'{m:.2f}' for m in means)))
+    order = {study: i for i, (study, _) in enumerate(STUDIES)}
+    rows.sort(key=lambda r: (order[r['study']], r['level'] != 'all', r['task'], r['method']))
+    return rows
+
+
+def write_csv(rows, path, columns=COLUMNS):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + '.tmp'
     with open(tmp, 'w', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS, lineterminator='\n')
+        writer = csv.DictWriter(f, fieldnames=columns, lineterminator='\n')
         writer.writeheader()
         writer.writerows(rows)
     os.replace(tmp, path)
@@ -133,9 +156,15 @@ class Published:
     Our phases are 'offline' and 'online' (end of the online phase); the paper's 'online' is
     'offline_to_online' for every method with an offline phase and 'online' for RLPD (online only)."""
 
-    def __init__(self, path=PUBLISHED_CSV):
+    def __init__(self, path=PUBLISHED_CSV, curves_path=PUBLISHED_CURVES_CSV):
         self.path = path
-        self.rows = {}
+        self.rows, self.curves = {}, {}
+        if curves_path and os.path.exists(curves_path):
+            with open(curves_path, newline='') as f:
+                for row in csv.DictReader(f):
+                    means = np.array([float(v) for v in row['mean'].split()])
+                    steps = int(row['first_step']) + int(row['step_interval']) * np.arange(len(means))
+                    self.curves[(row['task'], row['method'])] = (steps, means)
         with open(path, newline='') as f:
             for row in csv.DictReader(f):
                 entry = dict(row)
@@ -161,6 +190,12 @@ class Published:
             return self.rows.get((key, name, 'offline_to_online')) or self.rows.get((key, name, 'online'))
         return self.rows.get((key, name, phase))
 
+    def curve(self, key, method):
+        """(steps, mean success %) of a domain or aggregate entry, or None. Online-only curves (RLPD) count their
+        steps from the start of the online phase."""
+        name = self.method_name(method)
+        return self.curves.get((key, name)) if name else None
+
     def tasks(self, level='task', study=None):
         return sorted({k for (k, _, _), r in self.rows.items()
                        if r['level'] == level and (study is None or r['study'] == study)})
@@ -169,7 +204,8 @@ class Published:
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Derive the published-numbers CSV from the QAM paper's released data.")
     parser.add_argument('--reference_dir', default=DEFAULT_REFERENCE_DIR, help='Folder with qam-exp-data*.pkl.')
-    parser.add_argument('--out', default=PUBLISHED_CSV, help='CSV to write.')
+    parser.add_argument('--out', default=PUBLISHED_CSV, help='CSV of the end-of-phase numbers to write.')
+    parser.add_argument('--curves_out', default=PUBLISHED_CURVES_CSV, help='CSV of the mean curves to write.')
     parser.add_argument('--bootstrap_samples', type=int, default=NUM_RESAMPLES,
                         help='Bootstrap resamples per interval.')
     parser.add_argument('--seed', type=int, default=BOOTSTRAP_SEED, help='Seed of the bootstrap resamples.')
@@ -177,6 +213,9 @@ def main(argv=None):
     rows = derive(args.reference_dir, args.bootstrap_samples, args.seed)
     write_csv(rows, args.out)
     print(f'Wrote {len(rows)} rows to {args.out}.')
+    curves = derive_curves(args.reference_dir)
+    write_csv(curves, args.curves_out, CURVE_COLUMNS)
+    print(f'Wrote {len(curves)} curves to {args.curves_out}.')
 
 
 if __name__ == '__main__':

@@ -230,6 +230,16 @@ def test_published_csv_rederives_from_the_released_data():
             if 'singletask' not in key[0]:
                 assert difference <= 0.5, (key, column)
     assert np.median(differences) <= 0.05 and np.quantile(differences, 0.95) <= 0.5 and max(differences) <= 2.5
+    # The mean curves re-derive exactly, and end where the end-of-phase numbers are.
+    with open(report_published.PUBLISHED_CURVES_CSV, newline='') as f:
+        shipped_curves = list(csv.DictReader(f))
+    curves = report_published.derive_curves(REFERENCE_DIR)
+    assert [{k: str(v) for k, v in c.items()} for c in curves] == shipped_curves
+    for curve in shipped_curves:
+        means = curve['mean'].split()
+        if len(means) == 30:
+            row = shipped[(curve['study'], curve['task'], curve['method'], 'offline')]
+            assert float(means[19]) == pytest.approx(float(row['mean']), abs=0.006)
 
 
 @pytest.fixture(scope='module')
@@ -399,3 +409,27 @@ def test_a_sweep_gives_the_expected_grid(tmp_path):
         assert result['stats'][('task', TASK.format(2), 'QAM', 'offline')].n == 1
     with pytest.raises(SystemExit, match='Unknown sweep'):
         report.main([str(runs), '--sweep', 'no-such-sweep', '--out', str(tmp_path / 'out')])
+
+
+def test_paper_curves_are_drawn_only_on_the_paper_schedule(tmp_path, messy_report):
+    rng = np.random.default_rng(4)
+    for task in range(1, 6):
+        for seed in (1, 2):
+            values = list(np.round(rng.integers(0, 51, size=30) / 50, 2))
+            write_run(tmp_path, METHODS['QAM'], TASK.format(task), seed, values, offline_steps=1_000_000,
+                      online_steps=500_000, eval_interval=50_000)
+    runs = report_runs.find_runs(tmp_path)
+    grid = report_runs.build_grid(runs)
+    published = Published()
+    ((title, offline_end, curves),) = report.curve_panels(grid, Bootstrap(100), published)
+    assert offline_end == 1_000_000 and len(curves['QAM']['steps']) == 30
+    steps, means = curves['QAM']['paper']
+    assert list(steps) == [50_000 * (j + 1) for j in range(30)]
+    assert means[19] == pytest.approx(published.get('cube-double-play', 'QAM', 'offline')['mean'], abs=0.01)
+    assert means[29] == pytest.approx(published.get('cube-double-play', 'QAM', 'online')['mean'], abs=0.01)
+    paths = report.figures.learning_curves([(title, offline_end, curves)], grid.methods, str(tmp_path / 'fig'))
+    assert all(os.path.getsize(p) > 2000 for p in paths)
+    # Another schedule (the tiny runs) or a partial domain: no paper curve.
+    result, out, truth = messy_report
+    for _, _, panel in report.curve_panels(result['grid'], Bootstrap(100), published):
+        assert all('paper' not in curve for curve in panel.values())
