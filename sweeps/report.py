@@ -89,13 +89,14 @@ def published_stat(published, boot, level, key, tasks, method, phase):
     rows = {t: published.get(t, method, phase) for t in tasks}
     if not tasks or any(r is None or r['seed_values'] is None for r in rows.values()):
         return None, False
-    paper_key = key if level == 'domain' else 'all'
+    domains = {split_env_name(t)[0] for t in tasks}
+    paper_key = key if level == 'domain' else 'all' if len(domains) > 1 else domains.pop()  # all of one domain
     row = published.get(paper_key, method, phase)
     if row is not None:
-        if level == 'domain':
-            paper_tasks = [t for t in published.tasks() if split_env_name(t)[0] == key]
-        else:
+        if paper_key == 'all':
             paper_tasks = published.tasks(study=row['study'])
+        else:
+            paper_tasks = [t for t in published.tasks() if split_env_name(t)[0] == paper_key]
         if sorted(paper_tasks) == sorted(tasks):
             return stat_from_row(row), False
     per_task = {t: ({i: v for i, v in enumerate(r['seed_values'])}, {}) for t, r in rows.items()}

@@ -433,3 +433,22 @@ def test_paper_curves_are_drawn_only_on_the_paper_schedule(tmp_path, messy_repor
     result, out, truth = messy_report
     for _, _, panel in report.curve_panels(result['grid'], Bootstrap(100), published):
         assert all('paper' not in curve for curve in panel.values())
+
+
+def test_paper_cells_cover_the_same_tasks_as_ours():
+    published, boot = Published(), Bootstrap(2000)
+    main_tasks = published.tasks(study='main')
+    stat, recomputed = report.published_stat(published, boot, 'all', 'all', main_tasks, 'QAM', 'offline')
+    assert not recomputed and stat.mean == published.get('all', 'QAM', 'offline')['mean'] == 44.39
+    cube = [t for t in main_tasks if t.startswith('cube-double-play')]
+    stat, recomputed = report.published_stat(published, boot, 'all', 'all', cube, 'QAM-E', 'online')
+    assert not recomputed and stat.mean == published.get('cube-double-play', 'QAM-E', 'online')['mean']
+    two = cube[:2]
+    stat, recomputed = report.published_stat(published, boot, 'domain', 'cube-double-play', two, 'FQL', 'offline')
+    task_means = [published.get(t, 'FQL', 'offline')['mean'] for t in two]
+    assert recomputed and stat.mean == pytest.approx(np.mean(task_means), abs=0.01) and stat.low <= stat.mean <= stat.high
+    # A variant label maps to the paper's method; a method the paper does not have has no paper cell.
+    assert report.published_stat(published, boot, 'task', two[0], [two[0]], 'QAM [batch_size=64]', 'offline')[0].mean \
+        == published.get(two[0], 'QAM', 'offline')['mean']
+    assert report.published_stat(published, boot, 'task', two[0], [two[0]], 'MyMethod', 'offline') == (None, False)
+    assert report.published_stat(published, boot, 'task', two[0], [two[0]], 'RLPD', 'offline') == (None, False)
