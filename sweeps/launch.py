@@ -59,7 +59,7 @@ def build_parser():
                         help='main.py flags added to every command, e.g. "--offline_steps=40 --agent.num_qs=2"')
     common.add_argument('--tiny', action='store_true',
                         help=f'a few-second budget for every run, to check a sweep end to end: {sweeps.TINY_ARGS} '
-                             '(before --extra_args, which can override it)')
+                             '(where the method does not set the flag itself; --extra_args overrides it)')
     common.add_argument('--python', default=sys.executable, help='the Python that runs main.py')
     common.add_argument('--confirm_above', type=int, default=100,
                         help='ask before launching more than this many runs (default 100)')
@@ -275,8 +275,7 @@ def main(argv=None):
     root = os.path.abspath(args.save_dir)
     try:
         sweep = sweeps.load(positional[0])
-        extra_args = f'{sweeps.TINY_ARGS} {args.extra_args}' if args.tiny else args.extra_args
-        runs = sweeps.expand(sweep, args.methods, args.domains, args.tasks, args.seeds, extra_args)
+        runs = sweeps.expand(sweep, args.methods, args.domains, args.tasks, args.seeds, args.extra_args, args.tiny)
         if args.only:
             bad = [state for state in args.only if state not in LOCAL_STATES]
             if bad:

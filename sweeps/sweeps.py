@@ -28,7 +28,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAIN = os.path.join(REPO, 'main.py')
 SWEEP_FILES = ('paper', 'rlpd', 'quality', 'sensitivity')  # the sweeps shipped in this folder
 # A few-second version of any run (launch --tiny): checks a sweep end to end (data, agents, launcher, cluster)
-# before the real budget is spent. Only keys every agent has (ALGORITHMS §1.13).
+# before the real budget is spent. Only keys every agent has (ALGORITHMS §1.13); never overrides what defines a
+# method (RLPD keeps --offline_steps=0).
 TINY_ARGS = (
     '--offline_steps=20 --online_steps=20 --start_training=10 --eval_interval=20 --eval_episodes=1 '
     "--log_interval=10 --save_interval=10 --progress=false --agent.actor_hidden_dims='(32, 32)' "
@@ -245,11 +246,13 @@ def _select(kind, wanted, available, known=None):
     return [a for a in available if a in wanted]
 
 
-def expand(sweep, methods=None, domains=None, tasks=None, seeds=None, extra_args=()):
+def expand(sweep, methods=None, domains=None, tasks=None, seeds=None, extra_args=(), tiny=False):
     """The runs of `sweep` restricted to the given methods, domains, tasks and seeds (None: all), with
-    `extra_args` (a string or (name, value) pairs, e.g. a tiny budget for tests) applied to every command."""
+    `extra_args` (a string or (name, value) pairs) applied to every command, last. `tiny` adds TINY_ARGS where the
+    method and the sweep do not set the flag themselves (RLPD stays online only)."""
     overrides = parse_overrides(extra_args) if isinstance(extra_args, str) else list(extra_args)
     check_flag_names([name for name, _ in overrides], '--extra_args')
+    presets = parse_overrides(TINY_ARGS) if tiny else []
     methods = _select('method', methods, sweep.methods, known=hp.method_names())
     datasets = sweep.datasets if domains is None else resolve_domains(sweep, domains)
     tasks = _select('task', tasks, sorted({t for d in datasets for t in sweep.tasks_of(d)}), known=env_tasks.TASK_IDS)
@@ -265,7 +268,9 @@ def expand(sweep, methods=None, domains=None, tasks=None, seeds=None, extra_args
                     flags = [('agent', agent), ('env_name', f'{dataset}-singletask-task{task}-v0'), ('seed', seed),
                              ('method', method)]
                     flags += list(run_flags.items()) + [(f'agent.{k}', v) for k, v in settings.items()]
-                    flags = merge_flags(flags + list(sweep.flags), overrides)
+                    flags = merge_flags(flags + list(sweep.flags), [])
+                    flags = merge_flags(flags, [(n, v) for n, v in presets if n not in dict(flags)])
+                    flags = merge_flags(flags, overrides)
                     flags = tuple((name, format_value(value)) for name, value in flags)
                     runs.append(Run(sweep.name, method, agent, dataset, task, seed, flags))
     if not runs:

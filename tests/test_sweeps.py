@@ -232,6 +232,15 @@ def test_extra_args_override_once_and_keep_the_method():
     assert '--agent.actor_hidden_dims=(32, 32)' in argv and '--save_dir=/tmp/x/QAM' in argv
 
 
+def test_tiny_budget_keeps_what_defines_a_method():
+    (rlpd,) = expand('rlpd', domains=['c2'], tasks=[2], seeds=[10001], tiny=True)
+    assert rlpd.flag_dict['offline_steps'] == '0' and rlpd.flag_dict['online_steps'] == '20'
+    (k2,) = expand('sensitivity', methods=['QAM-E (K=2)'], domains=['c3'], seeds=[10001], tiny=True,
+                   extra_args='--online_steps=30')
+    assert k2.flag_dict['agent.num_qs'] == '2' and k2.flag_dict['online_steps'] == '30'
+    assert k2.flag_dict['agent.batch_size'] == '16' and k2.flag_dict['offline_steps'] == '20'
+
+
 @pytest.mark.parametrize('selection, message', [
     (dict(methods=['QAMX']), 'Unknown method'),
     (dict(methods=['RLPD']), 'not in this sweep'),
@@ -425,8 +434,7 @@ def tiny_sweep(dataset_dir):
     extra = f'--dataset_source=dir --dataset_dir={dataset_dir} --agent.flow_steps=3'
     argv = ['paper', f'--methods={",".join(methods)}', '--domains=cube-double', '--tasks=2', '--seeds=10001,20002',
             '--tiny', f'--extra_args={extra}']
-    runs = sweeps.expand(sweeps.load('paper'), methods, ['cube-double'], [2], [10001, 20002],
-                         f'{sweeps.TINY_ARGS} {extra}')
+    runs = sweeps.expand(sweeps.load('paper'), methods, ['cube-double'], [2], [10001, 20002], extra, tiny=True)
     return argv, runs
 
 
