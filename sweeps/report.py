@@ -83,8 +83,8 @@ def published_stat(published, boot, level, key, tasks, method, phase):
     it is recomputed from the paper's per-seed task values (mean of the task means; the interval from the
     per-seed averages over those tasks, the paper's seed columns taken as aligned)."""
     method = base_method(method)
-    if level == 'task':
-        row = published.get(key, method, phase)
+    if level == 'task' or len(tasks) == 1:  # a domain or aggregate of one task is that task
+        row = published.get(key if level == 'task' else tasks[0], method, phase)
         return (stat_from_row(row), False) if row else (None, False)
     rows = {t: published.get(t, method, phase) for t in tasks}
     if not tasks or any(r is None or r['seed_values'] is None for r in rows.values()):
@@ -101,7 +101,7 @@ def published_stat(published, boot, level, key, tasks, method, phase):
             return stat_from_row(row), False
     per_task = {t: ({i: v for i, v in enumerate(r['seed_values'])}, {}) for t, r in rows.items()}
     stat = boot.pooled_stat(per_task)
-    stat.note = f'paper, recomputed over {len(tasks)} tasks'
+    stat.note = f'paper, recomputed over {plural(len(tasks), "task")}'
     return stat, True
 
 
