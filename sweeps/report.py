@@ -246,7 +246,7 @@ def rliable_section(grid, published, args, fig_dir):
                           n=matrix.shape[0] * matrix.shape[1], expected=matrix.shape[0] * matrix.shape[1],
                           method='stratified (rliable)') for k in range(2)]
             agg_rows.setdefault(name, {}).update({f'IQM, {phase}': stats[0], f'mean, {phase}': stats[1]})
-        names = list(scores)
+        names = [r.label for r in _interleave([tables.Row(n, [], 'paper' if n in paper else 'ours') for n in scores])]
         figure_paths += figures.interval_estimates(
             {n: 100 * points[n] for n in names}, {n: 100 * intervals[n] for n in names}, names, ['IQM', 'mean'],
             fig_dir, f'aggregates_{phase}', f'{PHASE_TITLES[phase]} ({plural(len(grid.tasks), "task")})')

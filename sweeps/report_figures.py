@@ -99,6 +99,7 @@ def interval_estimates(points, intervals, names, metric_names, out_dir, name, ti
         ax.set_yticklabels(names if k == 0 else [], fontsize=8)
         ax.invert_yaxis()
         ax.set_title(metric, fontsize=10)
+        ax.set_xlim(-1, 101)
         ax.set_xlabel('success (%)', fontsize=8)
         ax.grid(axis='x', alpha=0.3)
     if title:
