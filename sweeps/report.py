@@ -1,8 +1,9 @@
 """Paper tables and figures from a folder of finished runs, next to the QAM paper's published numbers.
 
-    python -m sweeps.report runs/ --out reports/main
+    python -m sweeps.report runs/ --out reports/main                           # a folder of runs
+    python -m sweeps.report paper --save_dir runs/ --out reports/paper         # a sweep (sweeps/sweeps.py)
 
-reads every run directory under `runs/` (written by main.py) and writes, under --out:
+reads every run directory under `runs/` (written by main.py or sweeps.launch) and writes, under --out:
 
 * report.md: the whole report (grid, missing/diverged/unfinished runs, config conflicts, every table, figures);
 * tables/aggregate.{md,tex,csv}: success (%) over all tasks at the end of the offline and online phases;
@@ -15,11 +16,11 @@ reads every run directory under `runs/` (written by main.py) and writes, under -
 
 Statistics (PROTOCOL §7; sweeps/report_stats.py): task = mean over seeds; domain = mean of its task means;
 all = mean over the tasks; 95% percentile-bootstrap intervals over seeds (for a domain or all: over each seed's
-average over the tasks). The expected grid is every method x task x seed seen in the folder (or --methods,
---tasks, --seeds); a cell with fewer seeds than expected is marked with the count, and a domain or aggregate
-with a task that has no value is shown without a number. Runs of one method with different settings on the
-same task are separated into labelled variants (or, with --config_policy=newest, the older ones are left out),
-and both cases are listed.
+average over the tasks). The expected grid is the sweep's runs, or every method x task x seed seen in the folder
+(narrowed or set by --methods, --tasks, --seeds); a cell with fewer seeds than expected is marked with the count,
+and a domain or aggregate with a task that has no value is shown without a number. Runs of one method with
+different settings on the same task are separated into labelled variants (or, with --config_policy=newest, the
+older ones are left out), and both cases are listed.
 """
 
 import argparse
