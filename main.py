@@ -1,10 +1,16 @@
 """Train one agent on one OGBench single-task environment: offline, then online (PROTOCOL §4).
 
     python main.py --agent=qam --env_name=cube-triple-play-singletask-task2-v0 --agent.inv_temp=3
+    python main.py --agent=qam --env_name=... --num_seeds=4 --hyper_sweep=inv_temp=1,3,10   # 12 runs, one program
 
 Results go to <save_dir>/<agent>/<env_name>/seed<seed>-<hash of the settings>/: flags.json, train.csv,
 eval.csv, checkpoints/, and DONE (the final summary) once the run has finished. Running the same command
 again resumes from the last checkpoint, or skips the run if it is DONE.
+
+Several runs of one configuration (seeds, and optionally the values of one scalar hyperparameter) can train
+as the members of one vmapped program: the dataset is shared on the device, each member keeps its own agent,
+PRNG keys, replay buffer, environment and run directory, and gets exactly the results of the same run on
+its own (up to floating-point reassociation).
 """
 
 import os
@@ -14,7 +20,7 @@ os.environ.setdefault('MUJOCO_GL', 'egl')
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.expanduser('~/.cache/qam_suite/jax'))
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '1')
 
-import functools  # noqa: E402
+import dataclasses  # noqa: E402
 import math  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
@@ -23,6 +29,7 @@ import time  # noqa: E402
 import flax.serialization  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 import tqdm  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
@@ -30,7 +37,7 @@ from ml_collections import config_flags  # noqa: E402
 
 import agents  # noqa: E402
 from envs import data_sources, env_utils, tasks  # noqa: E402
-from utils import datasets, evaluation, experiment  # noqa: E402
+from utils import datasets, evaluation, experiment, training  # noqa: E402
 from utils.checkpoints import Checkpointer  # noqa: E402
 from utils.logger import CsvLogger  # noqa: E402
 
@@ -41,6 +48,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string('env_name', 'cube-double-play-singletask-task2-v0', 'OGBench single-task environment name.')
 flags.DEFINE_integer('seed', 10001, 'Seed of the agent, batch sampling and evaluation (paper: 10001*k, k=1..12).')
 flags.DEFINE_string('save_dir', 'runs', 'Root folder of run directories.')
+flags.DEFINE_integer('num_seeds', 1, 'Train this many seeds, seed + 10001*k for k < num_seeds, vmapped in one process.')
+flags.DEFINE_string('hyper_sweep', '', "Also vmap over values of one scalar agent hyperparameter, e.g. 'inv_temp=1,3,10'.")
 flags.DEFINE_string('method', '', 'Method label recorded in flags.json for reports (e.g. QAM-E); default: the agent name.')
 # Budget and loop (PROTOCOL §4).
 flags.DEFINE_integer('offline_steps', 1_000_000, 'Offline gradient steps (0: online only, as RLPD).')
@@ -79,7 +88,7 @@ config_flags.DEFINE_config_file(
 
 # Flags that do not change results stay out of the run directory's hash.
 NON_RESULT_FLAGS = (
-    'seed', 'save_dir', 'method', 'log_interval', 'save_interval', 'dataset_source', 'dataset_dir', 'dataset_cache_dir',
+    'seed', 'num_seeds', 'hyper_sweep', 'save_dir', 'method', 'log_interval', 'save_interval', 'dataset_source', 'dataset_dir', 'dataset_cache_dir',
     'num_workers', 'wandb', 'wandb_project', 'video_episodes', 'progress', 'keep_checkpoints', 'stop_at_step',
 )
 RUN_FLAGS = (
@@ -102,7 +111,7 @@ def rewrite_agent_flag(argv):
 
 
 def check_flags(config):
-    positive = ('eval_interval', 'eval_episodes', 'log_interval', 'save_interval', 'utd_ratio', 'num_workers',
+    positive = ('num_seeds', 'eval_interval', 'eval_episodes', 'log_interval', 'save_interval', 'utd_ratio', 'num_workers',
                 'dataset_shards', 'shard_interval')
     for name in positive:
         if getattr(FLAGS, name) < 1:
@@ -136,58 +145,75 @@ def resolve_settings(task):
     return config, settings
 
 
-def make_train_functions(config, balanced):
-    """Jitted training steps. Batches are sampled on the device inside the compiled loop (no host trips)."""
-    batch_size, horizon, discount = config.batch_size, config.horizon_length, config.discount
-    donate = dict(donate_argnums=(0,))
+@dataclasses.dataclass
+class Member:
+    """One run of a (possibly vmapped) program: its seed, config, run directory and host-side state."""
 
-    def sample_batch(data, size, offline_data, key):
-        if not balanced:
-            return datasets.sample_chunks(data, key, batch_size, horizon, discount, size=size)
-        offline_key, online_key = jax.random.split(key)
-        halves = (
-            datasets.sample_chunks(offline_data, offline_key, batch_size // 2, horizon, discount),
-            datasets.sample_chunks(data, online_key, batch_size // 2, horizon, discount, size=size),
-        )
-        return jax.tree.map(lambda a, b: jnp.concatenate([a, b]), *halves)
+    seed: int
+    config: ml_collections.ConfigDict
+    settings: dict
+    run_dir: str
+    active: bool = True  # False once its losses turned non-finite (it is marked DIVERGED and left alone)
+    results: dict = dataclasses.field(default_factory=dict)
 
-    @functools.partial(jax.jit, static_argnames='num_updates', **donate)
-    def offline_updates(agent, data, key, num_updates):
-        def body(agent, key):
-            return agent.update(sample_batch(data, None, None, key))
 
-        agent, infos = jax.lax.scan(body, agent, jax.random.split(key, num_updates))
-        return agent, jax.tree.map(lambda x: x[-1], infos)  # the metrics of the last update, as logged
+def parse_hyper_sweep(config, agent_class):
+    """--hyper_sweep=key=v1,v2,... as (key, [values]), or (None, [None]) without a sweep."""
+    if not FLAGS.hyper_sweep:
+        return None, [None]
+    key, _, text = FLAGS.hyper_sweep.partition('=')
+    if key not in agent_class.SWEEPABLE:
+        raise app.UsageError(f'--hyper_sweep: {config.agent_name} cannot sweep {key!r} in one program; sweepable: '
+                             f'{", ".join(agent_class.SWEEPABLE) or "none"} (or launch one run per value).')
+    if any(arg.startswith(f'--agent.{key}=') for arg in sys.argv):
+        raise app.UsageError(f'--hyper_sweep sweeps {key}: do not also set --agent.{key}.')
+    try:
+        values = [float(v) for v in text.split(',')]
+    except ValueError:
+        raise app.UsageError(f'--hyper_sweep: expected {key}=<number>,<number>,..., got {FLAGS.hyper_sweep!r}.')
+    # Agents branch on the static config (e.g. edit_scale > 0 enables QAM-E): all values must take the same branch.
+    if any(v <= 0 for v in values) or len(set(values)) != len(values):
+        raise app.UsageError(f'--hyper_sweep: the values of {key} must be distinct and positive, got {values}.')
+    return key, values
 
-    @functools.partial(jax.jit, donate_argnums=(0, 1), static_argnames='update')
-    def online_step(agent, buffer, offline_data, transition, key, update):
-        buffer = buffer.add(transition)
-        if not update:
-            return agent, buffer, {}
 
-        def body(agent, key):
-            return agent.update(sample_batch(buffer.data, buffer.size, offline_data, key))
-
-        agent, infos = jax.lax.scan(body, agent, jax.random.split(key, FLAGS.utd_ratio))
-        return agent, buffer, jax.tree.map(lambda x: x.mean(0), infos)
-
-    @jax.jit
-    def act(agent, observations, key):
-        return agent.sample_actions(observations, key)
-
-    replace_prefix = jax.jit(lambda buffer, shard: buffer.replace_prefix(shard), donate_argnums=(0,))
-    return offline_updates, online_step, act, replace_prefix
+def make_members(config, settings, swept_key, swept_values):
+    """The runs of this program: every seed × every swept value, each with its own settings and run directory."""
+    members = []
+    for value in swept_values:
+        member_config = config.copy_and_resolve_references()
+        if swept_key is not None:
+            setattr(member_config, swept_key, value)
+        member_settings = dict(settings, agent=member_config.to_dict())
+        for k in range(FLAGS.num_seeds):
+            seed = FLAGS.seed + 10001 * k
+            run_dir = experiment.run_dir_name(FLAGS.save_dir, config.agent_name, FLAGS.env_name, seed, member_settings)
+            members.append(Member(seed, member_config, member_settings, run_dir))
+    return members
 
 
 def host_metrics(info):
-    return {k: float(v) for k, v in jax.device_get(info).items()}
+    """Stacked device metrics as one {key: float} dict per member."""
+    arrays = {k: np.asarray(v) for k, v in jax.device_get(info).items()}
+    num_members = len(next(iter(arrays.values())))
+    return [{k: float(v[m]) for k, v in arrays.items()} for m in range(num_members)]
 
 
-def check_finite(metrics, run_dir, step):
+def check_finite(member, metrics, step):
+    """Marks a member whose metrics turned non-finite DIVERGED and inactive; True while it is fine."""
     bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
     if bad:
-        experiment.write_marker(run_dir, experiment.DIVERGED, dict(step=step, keys=bad))
-        raise SystemExit(f'Diverged at step {step}: non-finite {bad}. Marked {os.path.join(run_dir, experiment.DIVERGED)}.')
+        experiment.write_marker(member.run_dir, experiment.DIVERGED, dict(step=step, keys=bad))
+        print(f'Diverged at step {step}: non-finite {bad}. Marked {os.path.join(member.run_dir, experiment.DIVERGED)}.')
+        member.active = False
+    return not bad
+
+
+def agent_state(agent):
+    """What a checkpoint holds of an agent: everything but the swept values (they come from the settings)."""
+    state = flax.serialization.to_state_dict(agent)
+    state.pop('hyper')
+    return state
 
 
 def main(_):
@@ -199,14 +225,25 @@ def main(_):
         raise app.UsageError(str(e))
     config, settings = resolve_settings(task)
     check_flags(config)
-    run_dir = experiment.run_dir_name(FLAGS.save_dir, config.agent_name, FLAGS.env_name, FLAGS.seed, settings)
-    done = experiment.read_marker(run_dir, experiment.DONE)
-    if done is not None:
-        print(f'Run already finished, skipping (delete {run_dir} to rerun): {done.get("summary", "")}')
+    agent_class = agents.load_agent(FLAGS['agent'].config_filename).Agent
+    swept_key, swept_values = parse_hyper_sweep(config, agent_class)
+    members = []
+    for member in make_members(config, settings, swept_key, swept_values):
+        done = experiment.read_marker(member.run_dir, experiment.DONE)
+        if done is not None:
+            print(f'Run already finished, skipping (delete {member.run_dir} to rerun): {done.get("summary", "")}')
+        else:
+            members.append(member)
+    if not members:
         return
-    os.makedirs(run_dir, exist_ok=True)
-    experiment.write_flags(run_dir, {name: getattr(FLAGS, name) for name in RUN_FLAGS}, settings)
-    print(f'Run directory: {run_dir}')
+    if FLAGS.wandb and len(members) > 1:
+        raise app.UsageError('--wandb logs one run per process: use it without --num_seeds and --hyper_sweep.')
+    for member in members:
+        os.makedirs(member.run_dir, exist_ok=True)
+        run_flags = {name: getattr(FLAGS, name) for name in RUN_FLAGS} | {'seed': member.seed}
+        experiment.write_flags(member.run_dir, run_flags, member.settings)
+        print(f'Run directory: {member.run_dir}')
+    num_members = len(members)
 
     # ----------------------------------------------------------------------------------------- data
     try:
@@ -228,80 +265,133 @@ def main(_):
     dataset = train_data.current if sharded else train_data
     horizon, action_dim = config.horizon_length, dataset['actions'].shape[-1]
 
-    # ---------------------------------------------------------------------------------------- agent
-    agent = agents.load_agent(FLAGS['agent'].config_filename).Agent.create(
-        FLAGS.seed, dataset['observations'][0], dataset['actions'][0], config
-    )
-    offline_updates, online_step, act, replace_prefix = make_train_functions(config, FLAGS.balanced_sampling)
-    root_key = jax.random.PRNGKey(FLAGS.seed)
-    offline_key, online_key, act_key = (jax.random.fold_in(root_key, i) for i in range(1, 4))
+    # -------------------------------------------------------------------------------- agents and keys
+    member_agents = []
+    for member in members:
+        agent = agent_class.create(member.seed, dataset['observations'][0], dataset['actions'][0], member.config)
+        if swept_key is not None:  # members stack only with one static config: the first member's
+            static_config = member_agents[0].config if member_agents else agent.config
+            agent = agent.with_swept(swept_key, member.config[swept_key], static_config)
+        member_agents.append(agent)
+    offline_updates, online_step, act, act_step, replace_prefix = training.make_train_functions(
+        config, FLAGS.balanced_sampling, FLAGS.utd_ratio)
+    root_keys = [jax.random.PRNGKey(member.seed) for member in members]
+    offline_keys, online_keys, act_keys = (jnp.stack([jax.random.fold_in(key, i) for key in root_keys]) for i in (1, 2, 3))
 
     # ------------------------------------------------------------------------- logging and resume
-    train_log, eval_log = CsvLogger(os.path.join(run_dir, 'train.csv')), CsvLogger(os.path.join(run_dir, 'eval.csv'))
-    checkpointer = Checkpointer(os.path.join(run_dir, 'checkpoints'))
+    train_logs = [CsvLogger(os.path.join(member.run_dir, 'train.csv')) for member in members]
+    eval_logs = [CsvLogger(os.path.join(member.run_dir, 'eval.csv')) for member in members]
+    checkpointers = [Checkpointer(os.path.join(member.run_dir, 'checkpoints')) for member in members]
     wandb_run = None
     if FLAGS.wandb:
         try:
             import wandb
         except ImportError:
             raise app.UsageError('--wandb needs the wandb package: pip install wandb.')
-        wandb_run = wandb.init(project=FLAGS.wandb_project, name=os.path.basename(run_dir), config=settings,
-                               dir=run_dir, id=experiment.config_hash([settings, FLAGS.seed]), resume='allow')
-    start_step, meta, online_rows = 0, {}, None
-    if checkpointer.latest_step() is not None:
-        start_step = checkpointer.latest_step()
-        meta = checkpointer.restore_meta(start_step)
-        like = {'agent': flax.serialization.to_state_dict(agent)}
-        if meta.get('online_rows'):
-            like['online_rows'] = {k: jnp.zeros((meta['online_rows'],) + dataset[k].shape[1:]) for k in datasets.TRANSITION_KEYS}
-        state, meta = checkpointer.restore(start_step, like)
-        agent = flax.serialization.from_state_dict(agent, state['agent'])
-        online_rows = state.get('online_rows')
+        wandb_run = wandb.init(project=FLAGS.wandb_project, name=os.path.basename(members[0].run_dir), config=settings,
+                               dir=members[0].run_dir, id=experiment.config_hash([settings, FLAGS.seed]), resume='allow')
+    # Members resume together, from the latest step that every one of them has saved.
+    start_step, meta, online_rows = 0, {}, [None] * num_members
+    common_steps = set.intersection(*(set(checkpointer.all_steps()) for checkpointer in checkpointers))
+    if common_steps:
+        start_step = max(common_steps)
+        for m, checkpointer in enumerate(checkpointers):
+            meta = checkpointer.restore_meta(start_step)
+            like = {'agent': agent_state(member_agents[m])}
+            if meta.get('online_rows'):
+                like['online_rows'] = {k: jnp.zeros((meta['online_rows'],) + dataset[k].shape[1:])
+                                       for k in datasets.TRANSITION_KEYS}
+            state, meta = checkpointer.restore(start_step, like)
+            member_agents[m] = flax.serialization.from_state_dict(
+                member_agents[m], dict(state['agent'], hyper=member_agents[m].hyper))
+            online_rows[m] = state.get('online_rows')
         if sharded:
             dataset = train_data.seek(meta['shard_index'])
         print(f'Resumed from the checkpoint at step {start_step}.')
-    for log in (train_log, eval_log):
+    elif any(checkpointer.latest_step() is not None for checkpointer in checkpointers):
+        print('These runs have no checkpoint step in common: all of them start again from step 0.')
+    for checkpointer in checkpointers:
+        checkpointer.discard_after(start_step)
+    for log in train_logs + eval_logs:
         log.truncate_after(start_step)  # rows written after that checkpoint are redone
-    eval_envs = [make_eval_env() for _ in range(FLAGS.eval_episodes)]
-    video_envs = [make_eval_env(render=True) for _ in range(FLAGS.video_episodes)]
+    agents_state = training.stack(member_agents)
+    del member_agents
+    eval_envs = [[make_eval_env() for _ in range(FLAGS.eval_episodes)] for _ in members]
+    video_envs = [[make_eval_env(render=True) for _ in range(FLAGS.video_episodes)] for _ in members]
     progress = tqdm.tqdm(total=FLAGS.offline_steps + FLAGS.online_steps, initial=start_step, unit='step',
                          disable=not FLAGS.progress, dynamic_ncols=True, smoothing=0.05)
-    results = {}
+
+    def active():
+        indices = [m for m, member in enumerate(members) if member.active]
+        if not indices:
+            progress.close()
+            raise SystemExit(f'Every run diverged; see the {experiment.DIVERGED} markers in their run directories.')
+        return indices
 
     last_log = [time.time(), start_step]
 
-    def log_train(step, phase, metrics):
+    def log_train(step, phase, member_metrics):
+        """Checks each active member's metrics (marking non-finite ones DIVERGED) and logs the rest."""
         now = time.time()
-        row = dict(step=step, phase=phase, **metrics, steps_per_second=(step - last_log[1]) / (now - last_log[0]))
+        steps_per_second = (step - last_log[1]) / (now - last_log[0])
         last_log[:] = [now, step]
-        train_log.log(row)
-        if wandb_run:
-            wandb_run.log({f'train/{k}': v for k, v in row.items() if k != 'phase'}, step=step)
+        for m in active():
+            metrics = member_metrics[m]
+            if not check_finite(members[m], metrics, step):
+                continue
+            row = dict(step=step, phase=phase, **metrics, steps_per_second=steps_per_second)
+            train_logs[m].log(row)
+            if wandb_run:
+                wandb_run.log({f'train/{k}': v for k, v in row.items() if k != 'phase'}, step=step)
+        active()
 
     def run_evaluation(step, phase, eval_index):
-        policy = lambda observations, key: act(agent, jnp.asarray(observations), key)  # noqa: E731
-        metrics, _ = evaluation.evaluate(policy, eval_envs, FLAGS.seed, eval_index, horizon, action_dim)
-        if video_envs:
-            _, frames = evaluation.evaluate(policy, video_envs, FLAGS.seed, eval_index, horizon, action_dim, len(video_envs))
-            save_videos(frames, step)
-        eval_log.log(dict(step=step, phase=phase, **metrics))
-        if wandb_run:
-            wandb_run.log({f'eval/{k}': v for k, v in metrics.items()}, step=step)
-        results[phase] = dict(step=step, success=metrics['success'])
-        progress.write(f'step {step} ({phase}): success {100 * metrics["success"]:.1f}%, '
-                       f'return {metrics["episode_return"]:.1f}, length {metrics["episode_length"]:.0f}')
+        indices = active()
 
-    def save_videos(frames, step):
+        def policy(observations, keys):  # the active members' observations (M', N, O) and keys (M', 2)
+            all_observations = np.zeros((num_members, *observations.shape[1:]), np.float32)
+            all_keys = np.zeros((num_members, *keys.shape[1:]), keys.dtype)
+            all_observations[indices], all_keys[indices] = observations, keys
+            return np.asarray(act(agents_state, jnp.asarray(all_observations), jnp.asarray(all_keys)))[indices]
+
+        seeds = [members[m].seed for m in indices]
+        member_metrics, _ = evaluation.evaluate_members(policy, [eval_envs[m] for m in indices], seeds, eval_index,
+                                                        horizon, action_dim)
+        if FLAGS.video_episodes:
+            _, member_frames = evaluation.evaluate_members(policy, [video_envs[m] for m in indices], seeds,
+                                                           eval_index, horizon, action_dim, FLAGS.video_episodes)
+            for m, frames in zip(indices, member_frames):
+                save_videos(members[m].run_dir, frames, step)
+        for m, metrics in zip(indices, member_metrics):
+            eval_logs[m].log(dict(step=step, phase=phase, **metrics))
+            if wandb_run:
+                wandb_run.log({f'eval/{k}': v for k, v in metrics.items()}, step=step)
+            members[m].results[phase] = dict(step=step, success=metrics['success'])
+            name = f'seed {members[m].seed}' + (f', {swept_key}={members[m].config[swept_key]:g}' if swept_key else '')
+            progress.write(f'step {step} ({phase}{", " + name if num_members > 1 else ""}): success '
+                           f'{100 * metrics["success"]:.1f}%, return {metrics["episode_return"]:.1f}, '
+                           f'length {metrics["episode_length"]:.0f}')
+
+    def save_videos(run_dir, frames, step):
         import imageio
 
         os.makedirs(os.path.join(run_dir, 'videos'), exist_ok=True)
         for i, episode in enumerate(frames):
             imageio.mimsave(os.path.join(run_dir, 'videos', f'step{step}_episode{i}.gif'), episode[::2], duration=0.04)
 
+    def save_checkpoints(step, meta, online_rows=None):
+        for m in active():
+            state = {'agent': agent_state(training.unstack(agents_state, m))}
+            if online_rows:
+                state['online_rows'] = {k: rows[m] for k, rows in online_rows.items()}
+            checkpointers[m].save(step, state, meta)
+
     def stop(step):
         progress.close()
-        checkpointer.close()
-        print(f'Stopped at step {step} (--stop_at_step); run the same command again to resume. Run: {run_dir}')
+        for checkpointer in checkpointers:
+            checkpointer.close()
+        print(f'Stopped at step {step} (--stop_at_step); run the same command again to resume. '
+              f'Run{"s" if num_members > 1 else ""}: {" ".join(member.run_dir for member in members)}')
 
     # ---------------------------------------------------------------------------------- offline phase
     if start_step < FLAGS.offline_steps:
@@ -309,20 +399,17 @@ def main(_):
         boundaries = [FLAGS.log_interval, FLAGS.eval_interval, FLAGS.save_interval, FLAGS.offline_steps]
         scan_length = math.gcd(*boundaries, FLAGS.shard_interval if sharded else 0)
         for step in range(start_step + scan_length, FLAGS.offline_steps + 1, scan_length):
-            agent, info = offline_updates(agent, data, jax.random.fold_in(offline_key, step), scan_length)
+            agents_state, info = offline_updates(agents_state, data, offline_keys, step, scan_length)
             progress.update(scan_length)
             if sharded and step % FLAGS.shard_interval == 0:
                 data = datasets.to_device(train_data.advance())
             if step % FLAGS.log_interval == 0:
-                metrics = host_metrics(info)
-                check_finite(metrics, run_dir, step)
-                log_train(step, 'offline', metrics)
+                log_train(step, 'offline', host_metrics(info))
             if step % FLAGS.eval_interval == 0:
                 run_evaluation(step, 'offline', step // FLAGS.eval_interval)
             stopping = FLAGS.stop_at_step is not None and step >= FLAGS.stop_at_step
             if step % FLAGS.save_interval == 0 or step == FLAGS.offline_steps or stopping:
-                meta = dict(phase='offline', shard_index=train_data.index if sharded else 0)
-                checkpointer.save(step, {'agent': flax.serialization.to_state_dict(agent)}, meta)
+                save_checkpoints(step, dict(phase='offline', shard_index=train_data.index if sharded else 0))
             if stopping:
                 return stop(step)
         del data
@@ -339,15 +426,26 @@ def main(_):
         else:
             offline_data = {}
             buffer = datasets.ReplayBuffer.create_from_dataset(dataset, extra_capacity=FLAGS.online_steps)
-        if online_rows is not None:
-            buffer = buffer.replace(
-                data={k: buffer.data[k].at[offline_rows : offline_rows + meta['online_rows']].set(online_rows[k])
-                      for k in datasets.TRANSITION_KEYS},
-                size=jnp.asarray(offline_rows + meta['online_rows'], jnp.int32),
+        buffers = jax.tree.map(lambda x: jnp.repeat(x[None], num_members, axis=0), buffer)  # one per member
+        del buffer
+        if online_rows[0] is not None:
+            filled = meta['online_rows']
+            buffers = buffers.replace(
+                data={k: buffers.data[k].at[:, offline_rows : offline_rows + filled].set(
+                    jnp.stack([rows[k] for rows in online_rows])) for k in datasets.TRANSITION_KEYS},
+                size=jnp.full((num_members,), offline_rows + filled, jnp.int32),
             )
+        del online_rows
         act_randomly = FLAGS.offline_steps == 0  # an untrained agent explores uniformly until training starts
-        observation, _ = env.reset(seed=int(np.random.SeedSequence([FLAGS.seed, first_online]).generate_state(1)[0]))
-        queue, episode_return, episode_stats = [], 0.0, []
+        train_envs = [env] + [make_eval_env() for _ in members[1:]]  # one training environment per member
+        observations = np.stack([
+            train_env.reset(seed=int(np.random.SeedSequence([member.seed, first_online]).generate_state(1)[0]))[0]
+            for train_env, member in zip(train_envs, members)
+        ]).astype(np.float32)
+        # A member that diverged is no longer stepped: its slot of the vmapped step gets this placeholder.
+        idle_transition = {k: np.asarray(dataset[k][0], np.float32) for k in datasets.TRANSITION_KEYS}
+        queues, episode_returns = [[] for _ in members], np.zeros(num_members)
+        episode_stats = [[] for _ in members]
         for i in range(first_online, FLAGS.online_steps + 1):
             step = FLAGS.offline_steps + i
             if sharded and i % FLAGS.shard_interval == 0:
@@ -355,72 +453,83 @@ def main(_):
                 if FLAGS.balanced_sampling:
                     offline_data = shard
                 else:
-                    buffer = replace_prefix(buffer, shard)
-            if not queue:
-                if act_randomly and i < FLAGS.start_training:
-                    queue = [np.random.default_rng([FLAGS.seed, i]).uniform(-1, 1, action_dim).astype(np.float32)]
+                    buffers = replace_prefix(buffers, shard)
+            needs_chunk = [m for m in active() if not queues[m]]
+            if needs_chunk and act_randomly and i < FLAGS.start_training:
+                for m in needs_chunk:
+                    queues[m] = [np.random.default_rng([members[m].seed, i]).uniform(-1, 1, action_dim).astype(np.float32)]
+            elif needs_chunk:
+                chunks = np.asarray(act_step(agents_state, jnp.asarray(observations), act_keys, i))
+                for m in needs_chunk:
+                    queues[m] = list(chunks[m].reshape(horizon, action_dim))
+            transitions = [idle_transition] * num_members
+            for m in active():
+                action = np.clip(queues[m].pop(0), -1.0, 1.0)
+                next_observation, reward, terminated, truncated, env_info = train_envs[m].step(action)
+                reward = data_sources.to_sparse(reward) if settings['sparse'] else reward
+                episode_returns[m] += float(reward)
+                transitions[m] = dict(observations=observations[m], actions=action, rewards=reward,
+                                      terminals=float(terminated or truncated), masks=1.0 - float(terminated),
+                                      next_observations=next_observation)
+                if terminated or truncated:
+                    episode_stats[m].append((float(env_info['success']), episode_returns[m]))
+                    observations[m], _ = train_envs[m].reset()
+                    queues[m], episode_returns[m] = [], 0.0
                 else:
-                    chunk = np.asarray(act(agent, jnp.asarray(observation), jax.random.fold_in(act_key, i)))
-                    queue = list(chunk.reshape(horizon, action_dim))
-            action = np.clip(queue.pop(0), -1.0, 1.0)
-            next_observation, reward, terminated, truncated, env_info = env.step(action)
-            reward = data_sources.to_sparse(reward) if settings['sparse'] else reward
-            episode_return += float(reward)
-            transition = dict(observations=observation, actions=action, rewards=reward,
-                              terminals=float(terminated or truncated), masks=1.0 - float(terminated),
-                              next_observations=next_observation)
-            agent, buffer, info = online_step(agent, buffer, offline_data, transition,
-                                              jax.random.fold_in(online_key, i), update=i >= FLAGS.start_training)
-            if terminated or truncated:
-                episode_stats.append((float(env_info['success']), episode_return))
-                observation, _ = env.reset()
-                queue, episode_return = [], 0.0
-            else:
-                observation = next_observation
+                    observations[m] = next_observation
+            transitions = {k: np.stack([np.asarray(t[k], np.float32) for t in transitions]) for k in datasets.TRANSITION_KEYS}
+            agents_state, buffers, info = online_step(agents_state, buffers, offline_data, transitions, online_keys, i,
+                                                      update=i >= FLAGS.start_training)
             progress.update(1)
             if i % FLAGS.log_interval == 0 and info:
-                metrics = host_metrics(info)
-                check_finite(metrics, run_dir, step)
-                if episode_stats:
-                    metrics['online/episode_success'], metrics['online/episode_return'] = np.mean(episode_stats, 0)
-                    episode_stats = []
-                log_train(step, 'online', metrics)
+                member_metrics = host_metrics(info)
+                for m, metrics in enumerate(member_metrics):
+                    if episode_stats[m]:
+                        metrics['online/episode_success'], metrics['online/episode_return'] = np.mean(episode_stats[m], 0)
+                        episode_stats[m] = []
+                log_train(step, 'online', member_metrics)
             if i % FLAGS.eval_interval == 0:
                 run_evaluation(step, 'online', (FLAGS.offline_steps // FLAGS.eval_interval) + i // FLAGS.eval_interval)
             stopping = FLAGS.stop_at_step is not None and step >= FLAGS.stop_at_step
             if i % FLAGS.save_interval == 0 or i == FLAGS.online_steps or stopping:
-                filled = int(buffer.size) - offline_rows
-                state = {'agent': flax.serialization.to_state_dict(agent)}
-                if filled:
-                    state['online_rows'] = {k: buffer.data[k][offline_rows : offline_rows + filled] for k in datasets.TRANSITION_KEYS}
-                checkpointer.save(step, state, dict(phase='online', online_rows=filled,
-                                                    shard_index=train_data.index if sharded else 0))
+                filled = int(buffers.size[0]) - offline_rows
+                rows = {k: buffers.data[k][:, offline_rows : offline_rows + filled] for k in datasets.TRANSITION_KEYS}
+                save_checkpoints(step, dict(phase='online', online_rows=filled,
+                                            shard_index=train_data.index if sharded else 0), rows if filled else None)
             if stopping:
                 return stop(step)
 
     # ------------------------------------------------------------------------------------ summary
     progress.close()
-    checkpointer.close()
-    final = {phase: {'step': r['step'], 'success_pct': 100 * r['success']} for phase, r in results.items()}
-    for phase, row in {'offline': 'offline', 'online': 'online'}.items():
-        if phase not in final:  # evaluated before a resume: read it back from eval.csv
-            rows = [r for r in eval_log.read() if r.get('phase') == phase]
-            if rows:
-                final[phase] = {'step': int(rows[-1]['step']), 'success_pct': 100 * rows[-1]['success']}
-    parts = [f'{phase} success {r["success_pct"]:.1f}% at step {r["step"]}' for phase, r in final.items()]
+    for checkpointer in checkpointers:
+        checkpointer.close()
     deviations = []
     if data_info['source'] in ('generate', 'cache'):
         deviations.append('locally generated dataset (not the official files)')
     if sharded and len(train_data) < 100:
         deviations.append(f'{len(train_data)} of 100 shards')
-    summary = f'{config.agent_name} on {FLAGS.env_name}, seed {FLAGS.seed}: ' + '; '.join(parts or ['no evaluation'])
-    experiment.write_marker(run_dir, experiment.DONE, dict(summary=summary, final=final, dataset=data_info['dataset_name'],
-                                                             dataset_source=data_info['source'], deviations=deviations))
-    if not FLAGS.keep_checkpoints:  # a finished run is never resumed; its checkpoints are large
-        shutil.rmtree(os.path.join(run_dir, 'checkpoints'), ignore_errors=True)
+    for m in active():
+        member = members[m]
+        final = {phase: {'step': r['step'], 'success_pct': 100 * r['success']} for phase, r in member.results.items()}
+        for phase in ('offline', 'online'):
+            if phase not in final:  # evaluated before a resume: read it back from eval.csv
+                rows = [r for r in eval_logs[m].read() if r.get('phase') == phase]
+                if rows:
+                    final[phase] = {'step': int(rows[-1]['step']), 'success_pct': 100 * rows[-1]['success']}
+        parts = [f'{phase} success {r["success_pct"]:.1f}% at step {r["step"]}' for phase, r in final.items()]
+        swept = f', {swept_key}={member.config[swept_key]:g}' if swept_key else ''
+        summary = f'{config.agent_name} on {FLAGS.env_name}, seed {member.seed}{swept}: ' + '; '.join(parts or ['no evaluation'])
+        experiment.write_marker(member.run_dir, experiment.DONE, dict(
+            summary=summary, final=final, dataset=data_info['dataset_name'], dataset_source=data_info['source'],
+            deviations=deviations))
+        if not FLAGS.keep_checkpoints:  # a finished run is never resumed; its checkpoints are large
+            shutil.rmtree(os.path.join(member.run_dir, 'checkpoints'), ignore_errors=True)
+        print(f'Finished. {summary}. Results in {member.run_dir}')
     if wandb_run:
         wandb_run.finish()
-    print(f'Finished. {summary}. Results in {run_dir}')
+    diverged = [member.run_dir for member in members if not member.active]
+    if diverged:
+        raise SystemExit(f'{len(diverged)} of {num_members} runs diverged (marked {experiment.DIVERGED}): {" ".join(diverged)}')
 
 
 if __name__ == '__main__':

@@ -31,6 +31,8 @@ from utils.networks import CriticEnsemble, VelocityField
 class BAMAgent(ChunkedAgent):
     """BAM agent state: a PRNG key, every network in one `rl.TrainState`, and the (static) config."""
 
+    SWEEPABLE = ('inv_temp',)  # main.py --hyper_sweep can vmap these
+
     # ----------------------------------------------------------------------------- helpers
     def base_flow(self, observations, x, times):
         """f_base: the EMA target of the BC flow (`target_actor`) or the online BC flow. Fixed parameters, but
@@ -75,7 +77,7 @@ class BAMAgent(ChunkedAgent):
             finetuned_flow, self.base_flow, observations, initial_noise, sde_key, self.config.flow_steps,
             residual=self.config.residual)
         q = rl.pessimistic_value(self.network.apply('critic', observations, final_actions), self.config.rho)
-        loss = -self.config.inv_temp * q.mean() + control_cost.mean()
+        loss = -self.hyperparameter('inv_temp') * q.mean() + control_cost.mean()
         return loss, {'actor/bam_loss': loss, 'actor/terminal_q': q.mean(), 'actor/control_cost': control_cost.mean(),
                       'actor/terminal_abs_action': jnp.abs(final_actions).mean()}
 

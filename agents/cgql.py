@@ -38,6 +38,8 @@ MODES = ('simple', 'mse', 'linex')
 class CGQLAgent(ChunkedAgent):
     """CGQL agent state: a PRNG key, every network in one `rl.TrainState`, and the (static) config."""
 
+    SWEEPABLE = ('inv_temp', 'guidance_coef', 'noisy_coef')  # main.py --hyper_sweep can vmap these
+
     # ----------------------------------------------------------------------------- helpers
     def critic_at_one(self, name, observations, actions, params=None):
         """Q(s, a) := Q(s, a, t = 1), shape (K, *batch), of the critic `name` (stored parameters unless given)."""
@@ -62,7 +64,7 @@ class CGQLAgent(ChunkedAgent):
         if self.config.mode == 'mse':
             per_entry = (noisy_q - target_q) ** 2
         else:
-            inv_temp, isd_clip = self.config.inv_temp, self.config.isd_clip
+            inv_temp, isd_clip = self.hyperparameter('inv_temp'), self.config.isd_clip
             delta = inv_temp * (target_q - noisy_q)
             per_entry = jnp.where(delta > isd_clip, delta, jnp.exp(jnp.minimum(delta, isd_clip)) + inv_temp * noisy_q)
         return jnp.mean(valid[None] * per_entry)
@@ -83,7 +85,7 @@ class CGQLAgent(ChunkedAgent):
         if self.config.mode != 'simple':
             noisy_loss = self.noisy_critic_loss(observations, actions, batch['valid'][:, -1], grad_params['critic'],
                                                 noisy_key)
-            loss, info['critic/noisy_loss'] = td_loss + self.config.noisy_coef * noisy_loss, noisy_loss
+            loss, info['critic/noisy_loss'] = td_loss + self.hyperparameter('noisy_coef') * noisy_loss, noisy_loss
         return loss, {**info, 'critic/critic_loss': loss, 'critic/q_mean': q.mean(), 'critic/q_max': q.max(),
                       'critic/q_min': q.min()}
 
@@ -125,8 +127,8 @@ class CGQLAgent(ChunkedAgent):
         def total_q(y):  # summed over the batch: each sample's gradient only involves its own Q
             return jnp.sum(jnp.mean(self.network.apply('critic', observations, y, q_times), axis=0))
 
-        guided = (1.0 - times) * self.config.inv_temp * jax.grad(total_q)(x) + x
-        guidance = self.config.guidance_coef * guided / jnp.where(times > 0, times, 1.0)  # safe at t = 0
+        guided = (1.0 - times) * self.hyperparameter('inv_temp') * jax.grad(total_q)(x) + x
+        guidance = self.hyperparameter('guidance_coef') * guided / jnp.where(times > 0, times, 1.0)  # safe at t = 0
         return velocity + jnp.where(times > 0, guidance, 0.0)
 
     def sample_actions(self, observations, rng):

@@ -34,6 +34,8 @@ from utils.networks import CriticEnsemble
 class DACAgent(ChunkedAgent):
     """DAC agent state: a PRNG key, every network in one `rl.TrainState`, and the (static) config."""
 
+    SWEEPABLE = ('alpha',)  # main.py --hyper_sweep can vmap these
+
     # ------------------------------------------------------------------------------ losses
     def critic_loss(self, batch, grad_params, rng):
         """Common TD loss (§1.4) with a' = clip(sample_actions(s')), the DDPM sampler."""
@@ -66,7 +68,7 @@ class DACAgent(ChunkedAgent):
         noise_levels = jnp.sqrt(1.0 - diffusion.vp_schedule(self.config.diffusion_steps).alpha_bars)[steps]  # (B,)
         dac_loss = jnp.mean(valid * noise_levels * jnp.mean(q_grads * predicted, axis=-1))
 
-        loss = self.config.alpha * bc_loss + dac_loss
+        loss = self.hyperparameter('alpha') * bc_loss + dac_loss
         return loss, {'actor/actor_loss': loss, 'actor/bc_loss': bc_loss, 'actor/dac_loss': dac_loss,
                       'actor/q_grad_norm': jnp.linalg.norm(q_grads, axis=-1).mean(),
                       'actor/predicted_noise_norm': jnp.linalg.norm(predicted, axis=-1).mean()}

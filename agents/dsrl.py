@@ -31,6 +31,8 @@ from utils.networks import CriticEnsemble, LogParam, TanhGaussianPolicy, Velocit
 class DSRLAgent(ChunkedAgent):
     """DSRL agent state: a PRNG key, every network in one `rl.TrainState`, and the (static) config."""
 
+    SWEEPABLE = ('noise_scale',)  # main.py --hyper_sweep can vmap these
+
     # ----------------------------------------------------------------------------- helpers
     def decode(self, observations, noises):
         """dec(s, z): clipped Euler ODE of the EMA target flow (`use_target_latent`) or the online flow, from z.
@@ -78,7 +80,7 @@ class DSRLAgent(ChunkedAgent):
         means, log_stds = self.network.apply('noise_policy', observations, params=grad_params['noise_policy'])
         latents, log_probs = rl.tanh_gaussian_sample(policy_key, means, log_stds)  # reparameterised, in (−1, 1)
         # Noise critic with its stored parameters (fixed call): the gradient reaches π_z through z.
-        q = jnp.mean(self.network.apply('noise_critic', observations, self.config.noise_scale * latents), axis=0)
+        q = jnp.mean(self.network.apply('noise_critic', observations, self.hyperparameter('noise_scale') * latents), axis=0)
         alpha = self.network.apply('alpha', params=grad_params['alpha'])
         entropy_target = rl.target_entropy(self.config.target_entropy, self.config.target_entropy_multiplier,
                                            self.action_size)
@@ -115,7 +117,7 @@ class DSRLAgent(ChunkedAgent):
         def sample(observations, key):
             means, log_stds = self.network.apply('noise_policy', observations)
             latents, _ = rl.tanh_gaussian_sample(key, means, log_stds)
-            return self.decode(observations, self.config.noise_scale * latents)
+            return self.decode(observations, self.hyperparameter('noise_scale') * latents)
 
         return flow.best_of_n(sample, self.q_mean, observations, rng, self.config.best_of_n)
 

@@ -30,12 +30,14 @@ MAX_WEIGHT = 100.0  # cap on exp(inv_temp·advantage) (KEEP)
 class FAWACAgent(ChunkedAgent):
     """FAWAC agent state: a PRNG key, every network in one `rl.TrainState`, and the (static) config."""
 
+    SWEEPABLE = ('inv_temp',)  # main.py --hyper_sweep can vmap these
+
     # ----------------------------------------------------------------------------- helpers
     def advantage_weights(self, observations, actions):
         """(min(exp(inv_temp·adv), 100), adv) with adv = Q̄(s, a) − V(s): online critic mean and V, fixed calls."""
         q = jnp.mean(self.network.apply('critic', observations, actions), axis=0)
         advantages = jax.lax.stop_gradient(q - self.network.apply('value', observations))
-        return jnp.minimum(jnp.exp(self.config.inv_temp * advantages), MAX_WEIGHT), advantages
+        return jnp.minimum(jnp.exp(self.hyperparameter('inv_temp') * advantages), MAX_WEIGHT), advantages
 
     # ------------------------------------------------------------------------------ losses
     def critic_loss(self, batch, grad_params, rng):

@@ -25,6 +25,8 @@ from utils.networks import CriticEnsemble, VelocityField
 class FBRACAgent(ChunkedAgent):
     """FBRAC agent state: a PRNG key, every network in one `rl.TrainState`, and the (static) config."""
 
+    SWEEPABLE = ('alpha',)  # main.py --hyper_sweep can vmap these
+
     # ------------------------------------------------------------------------------ losses
     def critic_loss(self, batch, grad_params, rng):
         """Common TD loss (§1.4) with a' = sample_actions(s') (the flow's ODE, already clipped)."""
@@ -52,7 +54,7 @@ class FBRACAgent(ChunkedAgent):
         # Gradients flow through every Euler step and through the final clip (zero where it saturates).
         policy_actions = flow.euler_ode(actor_flow, observations, noises, self.config.flow_steps)
         q = self.q_mean(observations, policy_actions)  # critic fixed; grads reach φ through its input
-        q_loss = -q.mean() / self.config.alpha
+        q_loss = -q.mean() / self.hyperparameter('alpha')
 
         loss = bc_loss + q_loss
         return loss, {'actor/actor_loss': loss, 'actor/bc_flow_loss': bc_loss, 'actor/q_loss': q_loss,

@@ -29,6 +29,8 @@ from utils.networks import CriticEnsemble, LogParam, TanhGaussianPolicy, Velocit
 class FEditAgent(ChunkedAgent):
     """FEdit agent state: a PRNG key, every network in one `rl.TrainState`, and the (static) config."""
 
+    SWEEPABLE = ('edit_scale',)  # main.py --hyper_sweep can vmap these
+
     # ----------------------------------------------------------------------------- helpers
     def flow_actions(self, observations, noises):
         """a_β = clip(EulerODE(f_β, s, z)) with the stored BC-flow parameters: a constant."""
@@ -40,7 +42,7 @@ class FEditAgent(ChunkedAgent):
         log π_ω(e). `edit_params` (the ones being differentiated) or the stored ones (fixed call)."""
         means, log_stds = self.network.apply('edit_actor', observations, flow_actions, params=edit_params)
         edits, log_probs = rl.tanh_gaussian_sample(rng, means, log_stds)
-        return flow_actions + self.config.edit_scale * edits, log_probs
+        return flow_actions + self.hyperparameter('edit_scale') * edits, log_probs
 
     # ------------------------------------------------------------------------------ losses
     def critic_loss(self, batch, grad_params, rng):

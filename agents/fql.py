@@ -27,6 +27,8 @@ from utils.networks import CriticEnsemble, VelocityField
 class FQLAgent(ChunkedAgent):
     """FQL agent state: a PRNG key, every network in one `rl.TrainState`, and the (static) config."""
 
+    SWEEPABLE = ('alpha',)  # main.py --hyper_sweep can vmap these
+
     # ----------------------------------------------------------------------------- helpers
     def distillation_targets(self, observations, noises):
         """a_β = clip(EulerODE(f_β, s, z)) with the stored BC-flow parameters: a constant regression target."""
@@ -64,7 +66,7 @@ class FQLAgent(ChunkedAgent):
         q = self.q_mean(observations, jnp.clip(one_step_actions, -1.0, 1.0))  # critic fixed; grads reach ω
         q_loss = -q.mean()  # not normalised by |Q| (KEEP)
 
-        loss = bc_loss + self.config.alpha * distill_loss + q_loss
+        loss = bc_loss + self.hyperparameter('alpha') * distill_loss + q_loss
         return loss, {'actor/actor_loss': loss, 'actor/bc_flow_loss': bc_loss, 'actor/distill_loss': distill_loss,
                       'actor/q_loss': q_loss, 'actor/q': q.mean(),
                       'actor/one_step_abs_action': jnp.abs(one_step_actions).mean()}

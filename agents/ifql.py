@@ -30,6 +30,8 @@ from utils.networks import CriticEnsemble, ValueNetwork, VelocityField
 class IFQLAgent(ChunkedAgent):
     """IFQL agent state: a PRNG key, every network in one `rl.TrainState`, and the (static) config."""
 
+    SWEEPABLE = ('kappa',)  # main.py --hyper_sweep can vmap these
+
     # ------------------------------------------------------------------------------ losses
     def value_loss(self, batch, grad_params):
         """Expectile regression of V(s) onto mean_k Q'_k(s, a) − ρ·std_k Q'_k(s, a) at the dataset chunk (no mask)."""
@@ -37,7 +39,7 @@ class IFQLAgent(ChunkedAgent):
         target_q = self.network.apply('target_critic', observations, actions)  # target: fixed call
         q_data = rl.pessimistic_value(target_q, self.config.rho)
         v = self.network.apply('value', observations, params=grad_params['value'])
-        loss = rl.expectile_loss(jax.lax.stop_gradient(q_data) - v, self.config.kappa)
+        loss = rl.expectile_loss(jax.lax.stop_gradient(q_data) - v, self.hyperparameter('kappa'))
         return loss, {'value/value_loss': loss, 'value/v_mean': v.mean(), 'value/v_max': v.max(),
                       'value/v_min': v.min()}
 

@@ -34,6 +34,8 @@ from utils.networks import CriticEnsemble, LogParam, TanhGaussianPolicy, Velocit
 class QAMAgent(ChunkedAgent):
     """QAM agent state: a PRNG key, every network in one `rl.TrainState`, and the (static) config."""
 
+    SWEEPABLE = ('inv_temp', 'fql_alpha', 'edit_scale')  # main.py --hyper_sweep can vmap these
+
     # ----------------------------------------------------------------------------- helpers
     def base_flow(self, observations, x, times):
         """f_base: the EMA target of the BC flow (`target_actor`) or the online BC flow; always a fixed call."""
@@ -69,7 +71,7 @@ class QAMAgent(ChunkedAgent):
             x = jnp.clip(x, -1.0, 1.0) if self.config.clip_adj else x
             return jnp.sum(jnp.mean(self.network.apply(critic, observations, x), axis=0))
 
-        return -self.config.inv_temp * jax.grad(total_q)(final_actions)
+        return -self.hyperparameter('inv_temp') * jax.grad(total_q)(final_actions)
 
     def adjoint(self, observations, rng):
         """Memoryless SDE of f_θ and the lean adjoint of f_base (§2.3): constants x, g of shape (T, B, D)."""
@@ -92,7 +94,7 @@ class QAMAgent(ChunkedAgent):
         actions = self.network.apply('one_step_actor', observations, noises, params=grad_params['one_step_actor'])
         q = self.q_mean(observations, jnp.clip(actions, -1.0, 1.0))
         distill_loss = jnp.mean((actions - flow_actions) ** 2)
-        loss = -q.mean() + self.config.fql_alpha * distill_loss
+        loss = -q.mean() + self.hyperparameter('fql_alpha') * distill_loss
         return loss, {'actor/one_step_loss': loss, 'actor/one_step_q': q.mean(), 'actor/distill_loss': distill_loss}
 
     def edit_loss(self, observations, noises, rng, grad_params):
@@ -103,7 +105,7 @@ class QAMAgent(ChunkedAgent):
                                              params=grad_params['edit_actor'])
         edits, log_probs = rl.tanh_gaussian_sample(rng, means, log_stds)
         alpha = self.network.apply('edit_alpha', params=grad_params['edit_alpha'])
-        q = self.q_mean(observations, jnp.clip(flow_actions + self.config.edit_scale * edits, -1.0, 1.0))
+        q = self.q_mean(observations, jnp.clip(flow_actions + self.hyperparameter('edit_scale') * edits, -1.0, 1.0))
         entropy_target = rl.target_entropy(self.config.edit_target_entropy,
                                            self.config.edit_target_entropy_multiplier, self.action_size)
         loss, alpha_loss = rl.entropy_regularised_actor_loss(q, log_probs, alpha, entropy_target)
@@ -172,7 +174,7 @@ class QAMAgent(ChunkedAgent):
             if self.config.edit_scale > 0:  # stochastic, also at evaluation
                 means, log_stds = self.network.apply('edit_actor', observations, actions)
                 edits, _ = rl.tanh_gaussian_sample(edit_key, means, log_stds)
-                actions = jnp.clip(actions + self.config.edit_scale * edits, -1.0, 1.0)
+                actions = jnp.clip(actions + self.hyperparameter('edit_scale') * edits, -1.0, 1.0)
             return actions
 
         return flow.best_of_n(sample, self.q_mean, observations, rng, self.config.best_of_n)

@@ -32,6 +32,8 @@ from utils.networks import CriticEnsemble
 class QSMAgent(ChunkedAgent):
     """QSM agent state: a PRNG key, every network in one `rl.TrainState`, and the (static) config."""
 
+    SWEEPABLE = ('inv_temp', 'alpha')  # main.py --hyper_sweep can vmap these
+
     # ------------------------------------------------------------------------------ losses
     def critic_loss(self, batch, grad_params, rng):
         """Common TD loss (§1.4) with a' = clip(sample_actions(s')), the DDPM sampler."""
@@ -60,9 +62,9 @@ class QSMAgent(ChunkedAgent):
         predicted = self.network.apply('actor', observations, noisy_actions, diffusion.step_times(steps),
                                        params=grad_params['actor'])
         bc_loss = diffusion.noise_prediction_loss(predicted, noises, valid)
-        qsm_loss = diffusion.noise_prediction_loss(predicted, -self.config.inv_temp * q_grads, valid)
+        qsm_loss = diffusion.noise_prediction_loss(predicted, -self.hyperparameter('inv_temp') * q_grads, valid)
 
-        loss = self.config.alpha * bc_loss + qsm_loss
+        loss = self.hyperparameter('alpha') * bc_loss + qsm_loss
         return loss, {'actor/actor_loss': loss, 'actor/bc_loss': bc_loss, 'actor/qsm_loss': qsm_loss,
                       'actor/q_grad_norm': jnp.linalg.norm(q_grads, axis=-1).mean(),
                       'actor/predicted_noise_norm': jnp.linalg.norm(predicted, axis=-1).mean()}

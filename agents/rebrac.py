@@ -41,6 +41,8 @@ def keep_subtree(new_tree, old_tree, name, keep):
 class ReBRACAgent(ChunkedAgent):
     """ReBRAC agent state: a PRNG key, every network in one `rl.TrainState`, and the (static) config."""
 
+    SWEEPABLE = ('alpha_actor',)  # main.py --hyper_sweep can vmap these
+
     # ----------------------------------------------------------------------------- helpers
     def noisy_actions(self, name, observations, rng):
         """clip(actor(s) + clip(actor_noise·ε, ±actor_noise_clip)), ε ~ N(0, I); actor `name`, stored params."""
@@ -72,7 +74,7 @@ class ReBRACAgent(ChunkedAgent):
         q_scale = jax.lax.stop_gradient(1.0 / jnp.mean(jnp.abs(q)))
         q_loss = -jnp.mean(q_scale * q)
         bc_loss = jnp.mean(batch['valid'][:, -1] * jnp.sum((policy_actions - actions) ** 2, axis=-1))
-        loss = q_loss + self.config.alpha_actor * bc_loss
+        loss = q_loss + self.hyperparameter('alpha_actor') * bc_loss
         return loss, {'actor/actor_loss': loss, 'actor/q_loss': q_loss, 'actor/bc_loss': bc_loss,
                       'actor/q': q.mean(), 'actor/q_scale': q_scale,
                       'actor/action_abs_mean': jnp.abs(policy_actions).mean()}

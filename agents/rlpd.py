@@ -28,6 +28,8 @@ from utils.networks import CriticEnsemble, LogParam, TanhGaussianPolicy
 class RLPDAgent(ChunkedAgent):
     """RLPD agent state: a PRNG key, every network in one `rl.TrainState`, and the (static) config."""
 
+    SWEEPABLE = ('bc_alpha',)  # main.py --hyper_sweep can vmap these
+
     # ----------------------------------------------------------------------------- helpers
     @property
     def entropy_target(self):
@@ -61,7 +63,7 @@ class RLPDAgent(ChunkedAgent):
         policy_loss = sac_loss - alpha_loss
         # Log-likelihood of the dataset chunks (clipped to ±(1 − 1e-5) inside), masked by `valid`.
         bc_log_probs = rl.tanh_gaussian_log_prob(means, log_stds, actions)
-        bc_loss = -self.config.bc_alpha * jnp.mean(batch['valid'][:, -1] * bc_log_probs)
+        bc_loss = -self.hyperparameter('bc_alpha') * jnp.mean(batch['valid'][:, -1] * bc_log_probs)
         loss = sac_loss + bc_loss
         return loss, {'actor/actor_loss': loss, 'actor/policy_loss': policy_loss, 'actor/q': q.mean(),
                       'actor/bc_loss': bc_loss, 'actor/bc_log_prob': bc_log_probs.mean(), 'actor/alpha': alpha,

@@ -3,7 +3,8 @@
     python -m benchmarks.agent_speed --agents=qam,fql --sizes=quickstart,paper --out=benchmarks/results/cpu.json
 
 For each agent and size it prints, and saves as JSON:
-  compile_s                 compiling the fused loop (scan of `--scan_length` updates, batches sampled on the device)
+  compile_s                 compiling main.py's fused loop (utils/training.py: a scan of `--scan_length` updates,
+                            batches sampled on the device, vmapped over one member)
   fused_updates_per_s       updates per second of that fused loop
   per_call_updates_per_s    one update per Python call with batches sampled on the host by NumPy and
                             copied over, as the reference code trains
@@ -12,7 +13,8 @@ For each agent and size it prints, and saves as JSON:
   eval_env_steps_per_s      lockstep evaluation (cube-double, `--eval_envs` episodes) environment steps per second
   memory_mb                 argument + output + temporary bytes of the compiled fused loop (XLA memory analysis);
                             on a GPU also the device's peak bytes in use
-  seeds_<N>_updates_per_s   total updates per second with N seeds vmapped in one program (N = 1, 2, 4, 8)
+  seeds_<N>_updates_per_s   total updates per second with N seeds vmapped in that loop (N = 1, 2, 4, 8), as
+                            `main.py --num_seeds=N` trains them
   seeds_<N>_scaling         that total divided by N times the one-seed figure (1.0 = perfect scaling)
   gflops_per_s, peak_fraction   on a GPU: achieved FLOP/s from XLA's cost analysis, and its fraction of `--peak_tflops`
 
@@ -34,7 +36,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 import agents  # noqa: E402
-from utils import datasets, evaluation  # noqa: E402
+from utils import datasets, evaluation, training  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list('agents', None, 'Agents to measure (default: all).')
@@ -76,10 +78,6 @@ def timed(fn, min_seconds):
     return calls / (time.perf_counter() - start)
 
 
-def stack(trees):
-    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
-
-
 def measure(module, size, host_data, device_data):
     config = module.get_config()
     for key, value in SIZES[size].items():
@@ -89,26 +87,26 @@ def measure(module, size, host_data, device_data):
     agent = module.Agent.create(0, host_data['observations'][0], host_data['actions'][0], config)
     figures = {}
 
-    def fused(agent, key):
-        def body(agent, key):
-            return agent.update(datasets.sample_chunks(device_data, key, batch_size, HORIZON, discount))
-
-        agent, infos = jax.lax.scan(body, agent, jax.random.split(key, scan_length))
-        return agent, infos
-
-    fused_jit = jax.jit(fused, donate_argnums=0)
+    # main.py's own compiled loop (utils/training.py), here with one member.
+    offline_updates = training.make_train_functions(config, balanced=False, utd_ratio=1)[0]
     key = jax.random.PRNGKey(1)
+
+    def compile_fused(agents, keys):
+        """The compiled loop for these stacked agents, and a function running one call of it."""
+        compiled = offline_updates.lower(agents, device_data, keys, 0, num_updates=scan_length).compile()
+        return compiled, lambda agents: compiled(agents, device_data, keys, 0)
+
     start = time.perf_counter()
-    compiled = fused_jit.lower(agent, key).compile()
+    compiled, run_compiled = compile_fused(training.stack([agent]), key[None])
     figures['compile_s'] = time.perf_counter() - start
     analysis = compiled.memory_analysis()
     if analysis is not None:
         figures['memory_mb'] = (analysis.argument_size_in_bytes + analysis.output_size_in_bytes
                                 + analysis.temp_size_in_bytes) / 2**20
-    state = [agent]
+    state = [training.stack([agent])]
 
     def run_fused():
-        state[0], infos = compiled(state[0], key)
+        state[0], infos = run_compiled(state[0])
         jax.block_until_ready(infos)
 
     figures['fused_updates_per_s'] = scan_length * timed(run_fused, FLAGS.min_seconds)
@@ -121,6 +119,7 @@ def measure(module, size, host_data, device_data):
 
     update_jit = jax.jit(lambda agent, batch: agent.update(batch))
     rng = np.random.default_rng(0)
+    state[0] = agent
 
     def run_per_call():
         batch = datasets.sample_chunks_np(host_data, rng, batch_size, HORIZON, discount)
@@ -149,14 +148,13 @@ def measure(module, size, host_data, device_data):
 
     seed_figures = {}
     for count in map(int, FLAGS.seed_counts):
-        seeds = stack([module.Agent.create(s, host_data['observations'][0], host_data['actions'][0], config)
-                       for s in range(count)])
-        keys = jax.random.split(key, count)
-        vmapped = jax.jit(jax.vmap(fused), donate_argnums=0).lower(seeds, keys).compile()
+        seeds = training.stack([module.Agent.create(s, host_data['observations'][0], host_data['actions'][0], config)
+                                for s in range(count)])
+        _, run_vmapped = compile_fused(seeds, jax.random.split(key, count))
         seeds_state = [seeds]
 
         def run_seeds():
-            seeds_state[0], infos = vmapped(seeds_state[0], keys)
+            seeds_state[0], infos = run_vmapped(seeds_state[0])
             jax.block_until_ready(infos)
 
         seed_figures[count] = count * scan_length * timed(run_seeds, FLAGS.min_seconds)

@@ -460,7 +460,7 @@ def summary_section(grid, conflicts, missing, policy):
     lines += [f'Expected grid ({grid.origin}): {plural(len(grid.methods), "method")} x {plural(len(grid.tasks), "task")} '
               f'x {plural(len(grid.seeds), "seed")} = {plural(size, "run")}.', '',
               f'- methods: {", ".join(grid.methods)}',
-              f'- tasks: ' + '; '.join(f'{d}: {", ".join(ts)}' for d, ts in by_domain.items()),
+              '- tasks: ' + '; '.join(f'{d}: {", ".join(ts)}' for d, ts in by_domain.items()),
               f'- seeds: {", ".join(str(s) for s in grid.seeds)}', '']
     status = {}
     for run in grid.runs:

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from utils import diffusion, rl
+from utils import diffusion
 from utils.networks import CriticEnsemble
 
 # ALGORITHMS §11.1, T = 10 (5 decimals).

@@ -114,3 +114,83 @@ def test_wrong_dataset_file_is_rejected_naming_it(tmp_path, generated_datasets_d
     result = run_main(args, tmp_path, check=False)
     assert result.returncode != 0
     assert 'cube-double-play-v0.npz' in result.stderr and 'has shape' in result.stderr
+
+
+def run_dirs(tmp_path, runs='runs'):
+    root = os.path.join(tmp_path, runs, 'qam', 'cube-double-play-singletask-task2-v0')
+    return {name: os.path.join(root, name) for name in sorted(os.listdir(root))}
+
+
+def assert_same_results(run_dir, reference_dir, rtol=1e-4):
+    """Same rows in train.csv (metrics equal within float32 reassociation) and in eval.csv (equal episodes)."""
+    for name, exact in (('train.csv', False), ('eval.csv', True)):
+        rows, reference = read_csv(os.path.join(run_dir, name)), read_csv(os.path.join(reference_dir, name))
+        assert [r['step'] for r in rows] == [r['step'] for r in reference] and rows[0].keys() == reference[0].keys()
+        for row, expected in zip(rows, reference):
+            for key in row.keys() - {'phase', 'steps_per_second', 'wall_time'}:
+                if exact:
+                    assert row[key] == expected[key], (name, row['step'], key)
+                elif expected[key]:
+                    assert float(row[key]) == pytest.approx(float(expected[key]), rel=rtol, abs=1e-6), (name, row['step'], key)
+
+
+def test_two_vmapped_seeds_give_the_results_of_two_single_seed_runs(tmp_path, generated_datasets_dir):
+    # Seeds 3 and 10004 (--num_seeds=2 from --seed=3), stopped at the end of the offline phase and resumed.
+    two_seeds = tiny_args(tmp_path, generated_datasets_dir, extra=['--num_seeds=2'])
+    stopped = run_main(two_seeds + ['--stop_at_step=40'], tmp_path)
+    assert 'Stopped at step 40' in stopped.stdout
+    resumed = run_main(two_seeds, tmp_path)
+    assert 'Resumed from the checkpoint at step 40' in resumed.stdout and resumed.stdout.count('Finished.') == 2
+    for seed in (3, 10004):
+        args = [a.replace(f'{tmp_path}/runs', f'{tmp_path}/single')
+                for a in tiny_args(tmp_path, generated_datasets_dir) if not a.startswith('--seed=')]
+        run_main(args + [f'--seed={seed}'], tmp_path)
+    vmapped, single = run_dirs(tmp_path), run_dirs(tmp_path, 'single')
+    assert list(vmapped) == list(single) and [name.split('-')[0] for name in vmapped] == ['seed10004', 'seed3']
+    for name in vmapped:
+        assert_same_results(vmapped[name], single[name])
+        assert json.load(open(os.path.join(vmapped[name], 'flags.json')))['flags']['seed'] == int(name[4:].split('-')[0])
+    assert all(os.path.exists(os.path.join(d, 'DONE')) for d in vmapped.values())
+
+
+def test_hyper_sweep_member_gives_the_results_of_its_single_run(tmp_path, generated_datasets_dir):
+    offline_only = ['--online_steps=0', '--agent.edit_scale=0.1']  # QAM-E, whose branches read the static config
+    run_main(tiny_args(tmp_path, generated_datasets_dir, extra=offline_only + ['--hyper_sweep=inv_temp=1,3']), tmp_path)
+    single = [a.replace(f'{tmp_path}/runs', f'{tmp_path}/single') for a in tiny_args(tmp_path, generated_datasets_dir)]
+    run_main(single + offline_only + ['--agent.inv_temp=3'], tmp_path)  # the member whose value is not the static one
+    swept = run_dirs(tmp_path)
+    (name, reference), = run_dirs(tmp_path, 'single').items()
+    assert len(swept) == 2 and name in swept
+    assert_same_results(swept[name], reference)
+    inv_temps = {json.load(open(os.path.join(d, 'flags.json')))['settings']['agent']['inv_temp'] for d in swept.values()}
+    assert inv_temps == {1.0, 3.0}
+
+
+def test_a_diverging_member_is_marked_and_the_others_finish(tmp_path, generated_datasets_dir):
+    # inv_temp = 1e30 scales the terminal adjoint until the adjoint-matching loss overflows; inv_temp = 1 is fine.
+    extra = ['--online_steps=0', '--hyper_sweep=inv_temp=1,1e30']
+    result = run_main(tiny_args(tmp_path, generated_datasets_dir, extra=extra), tmp_path, check=False)
+    assert result.returncode != 0 and '1 of 2 runs diverged' in result.stderr
+    assert 'Diverged at step 10' in result.stdout and 'adjoint_matching_loss' in result.stdout
+    markers = {}
+    for run_dir in run_dirs(tmp_path).values():
+        inv_temp = json.load(open(os.path.join(run_dir, 'flags.json')))['settings']['agent']['inv_temp']
+        markers[inv_temp] = sorted(f for f in os.listdir(run_dir) if f in ('DONE', 'DIVERGED'))
+    assert markers == {1.0: ['DONE'], 1e30: ['DIVERGED']}
+
+
+@pytest.mark.parametrize(
+    'extra, message',
+    [
+        (['--num_seeds=0'], '--num_seeds must be at least 1'),
+        (['--hyper_sweep=num_qs=2,4'], "cannot sweep 'num_qs'"),
+        (['--hyper_sweep=inv_temp=1,x'], 'expected inv_temp=<number>'),
+        (['--hyper_sweep=inv_temp=0,3'], 'distinct and positive'),
+        (['--hyper_sweep=inv_temp=1,3', '--agent.inv_temp=2'], 'do not also set --agent.inv_temp'),
+    ],
+)
+def test_bad_vmapped_run_flags_fail_with_a_clear_message(tmp_path, generated_datasets_dir, extra, message):
+    result = run_main(tiny_args(tmp_path, generated_datasets_dir, extra=extra), tmp_path, check=False)
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr
+    assert not os.path.exists(os.path.join(tmp_path, 'runs'))

@@ -6,7 +6,6 @@ Needs a cluster that answers `sinfo` (CI starts a single-node one with .ci/start
 skipped, unless QAM_REQUIRE_SLURM=1 (set by .ci/run), where a missing cluster is a failure.
 """
 
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -15,6 +14,14 @@ import time
 import pytest
 
 from sweeps import launch
+
+try:
+    # Imported here, at collection, not first inside the test: submitit's import reconfigures logging
+    # (logging.config.dictConfig), which closes every existing handler's stream that is not the current
+    # sys.stderr. Under capsys that would close pytest's own capture file held by absl's handler.
+    import submitit  # noqa: F401
+except ImportError:
+    submitit = None
 from sweeps import runs as run_state
 from test_sweeps import ROOT, check_finished, tiny_sweep
 
@@ -34,7 +41,7 @@ def cluster_problem():
         return f'sinfo fails: {out.stderr.strip()[:200]}'
     if not any(state.rstrip('*') in ('idle', 'mixed', 'allocated', 'completing') for state in out.stdout.split()):
         return f'no node is up (sinfo: {out.stdout.split()})'
-    if importlib.util.find_spec('submitit') is None:
+    if submitit is None:
         return 'submitit is not installed (pip install -r requirements.txt)'
     return None
 

@@ -14,11 +14,30 @@ class ChunkedAgent(flax.struct.PyTreeNode):
 
     Agents act on and criticise flat chunks of H actions (D = H·A, ALGORITHMS §1.2). Subclasses define
     `update(batch)`, `sample_actions(observations, rng)` and `create(...)`.
+
+    `hyper` holds traced values of scalar hyperparameters that one vmapped program sweeps (main.py
+    `--hyper_sweep`); it is empty otherwise. Agents read the keys in `SWEEPABLE` through
+    `hyperparameter(name)`, and only in arithmetic: branches on them read the static config, which holds a
+    value of the same sign as every swept one.
     """
+
+    SWEEPABLE = ()  # config keys read through hyperparameter(); set by each agent
 
     rng: jax.Array
     network: rl.TrainState
     config: Any = flax.struct.field(pytree_node=False)
+    hyper: dict = flax.struct.field(default_factory=dict)
+
+    def hyperparameter(self, name):
+        """config[name], or its traced per-member value when a vmapped run sweeps it."""
+        return self.hyper[name] if name in self.hyper else self.config[name]
+
+    def with_swept(self, name, value, static_config):
+        """This agent with `name` traced at `value` and the shared static config (so members stack)."""
+        if name not in self.SWEEPABLE:
+            raise ValueError(f'{name} cannot be swept in one program for {type(self).__name__}; '
+                             f'sweepable: {", ".join(self.SWEEPABLE)}.')
+        return self.replace(config=static_config, hyper={**self.hyper, name: jnp.asarray(value, jnp.float32)})
 
     @property
     def action_size(self):

@@ -22,6 +22,14 @@ class Checkpointer:
     def latest_step(self):
         return self.manager.latest_step()
 
+    def all_steps(self):
+        return list(self.manager.all_steps())
+
+    def discard_after(self, step):
+        """Delete checkpoints later than `step` (the run restarts from `step` and will save them again)."""
+        for later in [s for s in self.manager.all_steps() if s > step]:
+            self.manager.delete(later)
+
     def restore_meta(self, step):
         return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
 

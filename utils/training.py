@@ -1,0 +1,84 @@
+"""The compiled training steps of main.py, vmapped over the members of a run (seeds, swept values).
+
+Every function takes the members' agents stacked along a leading axis (`stack`) and their PRNG keys (M, 2);
+the dataset is shared, not mapped. Batches are sampled on the device inside the compiled loop, so training
+needs no host round trip per update; agents and replay buffers are donated, so they are updated in place.
+A member gets exactly the keys, batches and updates that it gets as a run on its own.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from utils import datasets
+
+
+def stack(trees):
+    """Members' pytrees stacked along a new leading axis (the axis every vmapped function maps over)."""
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
+
+
+def unstack(tree, index):
+    return jax.tree.map(lambda leaf: leaf[index], tree)
+
+
+def make_train_functions(config, balanced, utd_ratio):
+    """Jitted (offline_updates, online_step, act, act_step, replace_prefix), all vmapped over members.
+
+    offline_updates(agents, data, keys, step, num_updates): `num_updates` updates (a `lax.scan`) per member,
+        keys folded with `step`; returns the agents and each member's metrics of the last update.
+    online_step(agents, buffers, offline_data, transitions, keys, step, update): add one transition to each
+        member's buffer, then (if `update`) `utd_ratio` updates; metrics averaged over them.
+    act(agents, observations, keys) and act_step(agents, observations, keys, step): each member's actions.
+    replace_prefix(buffers, shard): a new offline shard in every member's buffer.
+    `balanced`: half of each batch from `offline_data`, half from the buffer (RLPD).
+    """
+    batch_size, horizon, discount = config.batch_size, config.horizon_length, config.discount
+    fold_in = jax.vmap(jax.random.fold_in, in_axes=(0, None))  # each member's key, folded with one step
+
+    def sample_batch(data, size, offline_data, key):
+        if not balanced:
+            return datasets.sample_chunks(data, key, batch_size, horizon, discount, size=size)
+        offline_key, online_key = jax.random.split(key)
+        halves = (
+            datasets.sample_chunks(offline_data, offline_key, batch_size // 2, horizon, discount),
+            datasets.sample_chunks(data, online_key, batch_size // 2, horizon, discount, size=size),
+        )
+        return jax.tree.map(lambda a, b: jnp.concatenate([a, b]), *halves)
+
+    @functools.partial(jax.jit, static_argnames='num_updates', donate_argnums=(0,))
+    def offline_updates(agents, data, keys, step, num_updates):
+        def member_updates(agent, key):  # the dataset is shared: closed over, not mapped
+            agent, infos = jax.lax.scan(lambda agent, key: agent.update(sample_batch(data, None, None, key)),
+                                        agent, jax.random.split(key, num_updates))
+            return agent, jax.tree.map(lambda x: x[-1], infos)  # the metrics of the last update, as logged
+
+        return jax.vmap(member_updates)(agents, fold_in(keys, step))
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1), static_argnames='update')
+    def online_step(agents, buffers, offline_data, transitions, keys, step, update):
+        def member_step(agent, buffer, transition, key):
+            buffer = buffer.add(transition)
+            if not update:
+                return agent, buffer, {}
+            agent, infos = jax.lax.scan(
+                lambda agent, key: agent.update(sample_batch(buffer.data, buffer.size, offline_data, key)),
+                agent, jax.random.split(key, utd_ratio))
+            return agent, buffer, jax.tree.map(lambda x: x.mean(0), infos)
+
+        return jax.vmap(member_step)(agents, buffers, transitions, fold_in(keys, step))
+
+    @jax.jit
+    def act(agents, observations, keys):
+        """observations (M, O) or (M, N, O), keys (M, 2): each member's actions from its own observations."""
+        return jax.vmap(lambda agent, observations, key: agent.sample_actions(observations, key))(
+            agents, observations, keys)
+
+    @jax.jit
+    def act_step(agents, observations, keys, step):
+        return act(agents, observations, fold_in(keys, step))
+
+    replace_prefix = jax.jit(jax.vmap(lambda buffer, shard: buffer.replace_prefix(shard), in_axes=(0, None)),
+                             donate_argnums=(0,))
+    return offline_updates, online_step, act, act_step, replace_prefix
