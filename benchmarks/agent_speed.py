@@ -9,6 +9,8 @@ For each agent and size it prints, and saves as JSON:
   per_call_updates_per_s    one update per Python call with batches sampled on the host by NumPy and
                             copied over, as the reference code trains
   fused_speedup             fused / per-call, measured in the same run
+  update_ms, per_call_overhead_ms   one update in the fused loop, and what one update per call adds to it
+                            (fused_speedup = 1 + overhead / update: fusing pays most where updates are cheap)
   act_ms_1, act_ms_50       sample_actions latency for 1 and 50 observations
   eval_env_steps_per_s      lockstep evaluation (cube-double, `--eval_envs` episodes) environment steps per second
   memory_mb                 argument + output + temporary bytes of the compiled fused loop (XLA memory analysis);
@@ -128,6 +130,9 @@ def measure(module, size, host_data, device_data):
 
     figures['per_call_updates_per_s'] = timed(run_per_call, FLAGS.min_seconds)
     figures['fused_speedup'] = figures['fused_updates_per_s'] / figures['per_call_updates_per_s']
+    # What one update per call adds to an update (host sampling, transfer, dispatch): the most fusing can save.
+    figures['update_ms'] = 1e3 / figures['fused_updates_per_s']
+    figures['per_call_overhead_ms'] = 1e3 / figures['per_call_updates_per_s'] - figures['update_ms']
 
     act = jax.jit(lambda agent, observations, key: agent.sample_actions(observations, key))
     for n in (1, 50):

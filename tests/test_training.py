@@ -1,0 +1,93 @@
+"""utils/training.py and swept hyperparameters (utils/agent_base.py): a member of the vmapped loop updates exactly
+as a loop written here updates the agent alone, the loop compiles once, and a traced hyperparameter gives the
+update of the same value in the static config."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from agents import fql, qam
+from utils import datasets, training
+
+O, A, H, ROWS = 5, 2, 2, 60
+
+
+def config_of(module, **overrides):
+    config = module.get_config()
+    config.update(dict(actor_hidden_dims=(16, 16), value_hidden_dims=(16, 16), num_qs=2, horizon_length=H,
+                       batch_size=8, flow_steps=3, **overrides))
+    return config
+
+
+def create(module, seed, **overrides):
+    return module.Agent.create(seed, np.zeros(O, np.float32), np.zeros(A, np.float32), config_of(module, **overrides))
+
+
+@pytest.fixture(scope='module')
+def data():
+    rng = np.random.default_rng(0)
+    terminals = np.zeros(ROWS, np.float32)
+    terminals[29::30] = 1.0
+    return datasets.to_device(dict(
+        observations=rng.normal(size=(ROWS, O)), actions=rng.uniform(-1, 1, (ROWS, A)),
+        rewards=rng.normal(size=ROWS), masks=np.ones(ROWS), terminals=terminals,
+        next_observations=rng.normal(size=(ROWS, O))))
+
+
+def assert_same_params(a, b):
+    for x, y in zip(jax.tree.leaves(a.network.params), jax.tree.leaves(b.network.params)):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
+
+
+def test_offline_member_updates_as_the_agent_alone_and_compiles_once(data):
+    config = config_of(qam)
+    offline_updates = training.make_train_functions(config, balanced=False, utd_ratio=1)[0]
+    members = [create(qam, seed) for seed in (0, 1)]
+    keys = jnp.stack([jax.random.PRNGKey(10), jax.random.PRNGKey(11)])
+    agents, info = offline_updates(training.stack(members), data, keys, 20, num_updates=3)
+    agents, info = offline_updates(agents, data, keys, 40, num_updates=3)
+    assert offline_updates._cache_size() == 1  # a new step value does not retrace
+    # Member 1 alone: keys fold_in(key, step), split into one key per update, batches drawn on the device.
+    alone = members[1]
+    update = jax.jit(lambda agent, batch: agent.update(batch))
+    for step in (20, 40):
+        for key in jax.random.split(jax.random.fold_in(keys[1], step), 3):
+            alone, last_info = update(alone, datasets.sample_chunks(data, key, 8, H, config.discount))
+    assert_same_params(training.unstack(agents, 1), alone)
+    for name, value in last_info.items():  # the logged metrics are those of the last update
+        np.testing.assert_allclose(info[name][1], value, rtol=1e-4, atol=1e-6)
+
+
+def test_online_step_adds_each_members_transition_then_updates(data):
+    config = config_of(fql)
+    online_step = training.make_train_functions(config, balanced=False, utd_ratio=2)[1]
+    members = [create(fql, seed) for seed in (0, 1)]
+    buffer = datasets.ReplayBuffer.create_from_dataset({k: np.asarray(v) for k, v in data.items()}, extra_capacity=4)
+    buffers = training.stack([buffer, buffer])
+    transitions = {k: jnp.stack([jnp.full(v.shape[1:], m + 1.0) for m in range(2)]) for k, v in data.items()}
+    keys = jnp.stack([jax.random.PRNGKey(3), jax.random.PRNGKey(4)])
+    agents, buffers, info = online_step(training.stack(members), buffers, {}, transitions, keys, 7, update=True)
+    np.testing.assert_array_equal(buffers.size, [ROWS + 1, ROWS + 1])
+    np.testing.assert_array_equal(buffers.data['rewards'][:, ROWS], [1.0, 2.0])
+    alone, grown = members[0], buffer.add({k: v[0] for k, v in transitions.items()})
+    for key in jax.random.split(jax.random.fold_in(keys[0], 7), 2):
+        alone, _ = alone.update(datasets.sample_chunks(grown.data, key, 8, H, config.discount, size=grown.size))
+    assert_same_params(training.unstack(agents, 0), alone)
+
+
+@pytest.mark.parametrize('module, name, static_value, value', [
+    (qam, 'inv_temp', 1.0, 3.0), (qam, 'edit_scale', 0.5, 0.1), (fql, 'alpha', 10.0, 3.0)])
+def test_a_swept_value_updates_as_that_value_in_the_config(data, module, name, static_value, value):
+    reference = create(module, 0, **{name: value})
+    static = create(module, 0, **{name: static_value})
+    swept = create(module, 0, **{name: value}).with_swept(name, value, static.config)
+    assert swept.config[name] == static_value and swept.hyperparameter(name).dtype == jnp.float32
+    batch = datasets.sample_chunks(data, jax.random.PRNGKey(5), 8, H, 0.99)
+    update = jax.jit(lambda agent: agent.update(batch))
+    assert_same_params(update(swept)[0], update(reference)[0])
+    different = update(static)[0]  # the static value alone gives another update: the traced one is used
+    assert any(not np.allclose(x, y) for x, y in zip(jax.tree.leaves(different.network.params),
+                                                    jax.tree.leaves(update(reference)[0].network.params)))
+    with pytest.raises(ValueError, match='cannot be swept'):
+        static.with_swept('num_qs', 4, static.config)
