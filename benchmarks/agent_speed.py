@@ -1,6 +1,8 @@
 """Training and acting speed of every agent, at the quick-start and at the paper's network size.
 
-    python -m benchmarks.agent_speed --agents=qam,fql --sizes=quickstart,paper --out=benchmarks/results/cpu.json
+    python -m benchmarks.agent_speed --agents=qam,fql --sizes=quickstart,paper --out=/tmp/speed.json
+
+The figures measured on the CPU machines of this project are in benchmarks/results/ and the README.
 
 For each agent and size it prints, and saves as JSON:
   compile_s                 compiling main.py's fused loop (utils/training.py: a scan of `--scan_length` updates,
