@@ -67,15 +67,7 @@ class IFQLAgent(ChunkedAgent):
         actor_loss, actor_info = self.actor_loss(batch, grad_params, rng)
         return value_loss + critic_loss + actor_loss, {**value_info, **critic_info, **actor_info}
 
-    # ------------------------------------------------------------------------------ update
-    def update(self, batch):
-        """One gradient step on the total loss, then the EMA of `critic`. Pure."""
-        rng, loss_key = jax.random.split(self.rng)
-        grads, info = jax.grad(self.total_loss, argnums=1, has_aux=True)(batch, self.network.trainable_params,
-                                                                         loss_key)
-        network, info['grad/norm'] = self.network.apply_gradients(grads)
-        network = network.update_targets(self.config.tau)  # post-update online parameters
-        return self.replace(rng=rng, network=network), info
+    # update(batch) is ChunkedAgent's: one gradient step on total_loss, then the targets' EMA.
 
     # ---------------------------------------------------------------------------- acting
     def select_best(self, observations, noises):

@@ -143,22 +143,7 @@ class QAMAgent(ChunkedAgent):
             loss, info = loss + extra_loss, {**info, **extra_info}
         return loss, {**info, 'actor/actor_loss': loss}
 
-    def total_loss(self, batch, grad_params, rng):
-        """L_critic + L_actor: one scalar, differentiated once w.r.t. every trainable network."""
-        critic_key, actor_key = jax.random.split(rng)
-        critic_loss, critic_info = self.critic_loss(batch, grad_params, critic_key)
-        actor_loss, actor_info = self.actor_loss(batch, grad_params, actor_key)
-        return critic_loss + actor_loss, {**critic_info, **actor_info}
-
-    # ------------------------------------------------------------------------------ update
-    def update(self, batch):
-        """One gradient step on the total loss, then the EMA of `critic` and `behavior_flow`. Pure."""
-        rng, loss_key = jax.random.split(self.rng)
-        grads, info = jax.grad(self.total_loss, argnums=1, has_aux=True)(batch, self.network.trainable_params,
-                                                                         loss_key)
-        network, info['grad/norm'] = self.network.apply_gradients(grads)
-        network = network.update_targets(self.config.tau)  # post-update online parameters
-        return self.replace(rng=rng, network=network), info
+    # update(batch) is ChunkedAgent's: one gradient step on total_loss, then the targets' EMA.
 
     # ---------------------------------------------------------------------------- acting
     def sample_actions(self, observations, rng):

@@ -88,10 +88,7 @@ class ReBRACAgent(ChunkedAgent):
     # ------------------------------------------------------------------------------ update
     def update(self, batch):
         """One Adam step on the total loss; the targets' EMA runs only on steps with step % actor_freq == 0. Pure."""
-        rng, loss_key = jax.random.split(self.rng)
-        grads, info = jax.grad(self.total_loss, argnums=1, has_aux=True)(batch, self.network.trainable_params,
-                                                                         loss_key)
-        network, info['grad/norm'] = self.network.apply_gradients(grads)
+        rng, network, info = self.gradient_step(batch)
         is_target_step = network.step % self.config.actor_freq == 0  # network.step: this update's index from 1
         if self.config.delayed_actor:  # keep the actor's parameters and Adam moments on the other steps
             skip = jnp.logical_not(is_target_step)
