@@ -20,6 +20,10 @@ os.environ.setdefault('MUJOCO_GL', 'egl')
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.expanduser('~/.cache/qam_suite/jax'))
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '1')
 
+from utils import host_memory  # noqa: E402
+
+host_memory.keep_freed_memory()  # XLA:CPU's per-call temporaries stay mapped (see utils/host_memory.py)
+
 import dataclasses  # noqa: E402
 import math  # noqa: E402
 import shutil  # noqa: E402

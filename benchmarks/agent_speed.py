@@ -40,7 +40,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 import agents  # noqa: E402
-from utils import datasets, evaluation, training  # noqa: E402
+from utils import datasets, evaluation, host_memory, training  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list('agents', None, 'Agents to measure (default: all).')
@@ -50,6 +50,8 @@ flags.DEFINE_integer('scan_length', 50, 'Updates per call of the fused loop.')
 flags.DEFINE_float('min_seconds', 3.0, 'Measure each figure for at least this long.')
 flags.DEFINE_integer('eval_envs', 4, 'Episodes of the evaluation measurement (0 skips it).')
 flags.DEFINE_float('peak_tflops', None, 'Device peak in TFLOP/s for the peak fraction (GPU only).')
+flags.DEFINE_bool('keep_freed_memory', False, 'Use main.py\'s host allocator setting (utils/host_memory.py); off: '
+                  'glibc\'s defaults, as the reference code runs. It changes the per-call figures, not the fused ones.')
 flags.DEFINE_string('out', None, 'Write the figures to this JSON file.')
 
 SIZES = {
@@ -174,13 +176,16 @@ def measure(module, size, host_data, device_data):
 
 
 def main(_):
+    if FLAGS.keep_freed_memory and not host_memory.keep_freed_memory():  # before JAX starts its threads
+        raise app.UsageError('--keep_freed_memory needs glibc (mallopt).')
     names = FLAGS.agents or agents.available_agents()
     host_data = random_dataset(np.random.default_rng(0))
     device_data = datasets.to_device(host_data)
     results = dict(
         machine=dict(platform=platform.platform(), processor=platform.processor(), cpus=os.cpu_count(),
                      devices=[str(d) for d in jax.devices()], backend=jax.default_backend()),
-        settings=dict(scan_length=FLAGS.scan_length, obs_dim=OBS_DIM, action_dim=ACTION_DIM, horizon=HORIZON),
+        settings=dict(scan_length=FLAGS.scan_length, keep_freed_memory=FLAGS.keep_freed_memory, obs_dim=OBS_DIM,
+                      action_dim=ACTION_DIM, horizon=HORIZON),
         figures={},
     )
     for name in names:
