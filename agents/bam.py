@@ -52,18 +52,7 @@ class BAMAgent(ChunkedAgent):
         return jnp.mean(self.network.apply('critic', observations, actions), axis=0)
 
     # ------------------------------------------------------------------------------ losses
-    def critic_loss(self, batch, grad_params, rng):
-        """Common TD loss (§1.4) with a' = clip(sample_actions(s')), the acting ODE of f_θ."""
-        observations, actions = batch['observations'], self.flat_actions(batch['actions'])
-        next_observations = batch['next_observations'][:, -1]
-        next_actions = jax.lax.stop_gradient(jnp.clip(self.sample_actions(next_observations, rng), -1.0, 1.0))
-        next_q = self.network.apply('target_critic', next_observations, next_actions)  # target: fixed call
-        targets = rl.td_target(next_q, batch['rewards'][:, -1], batch['masks'][:, -1], self.config.discount,
-                               self.config.horizon_length, self.config.rho)
-        q = self.network.apply('critic', observations, actions, params=grad_params['critic'])
-        loss = rl.critic_loss(q, jax.lax.stop_gradient(targets), batch['valid'][:, -1])
-        return loss, {'critic/critic_loss': loss, 'critic/q_mean': q.mean(), 'critic/q_max': q.max(),
-                      'critic/q_min': q.min()}
+    # critic_loss is ChunkedAgent's common TD loss (§1.4) with a' = the acting ODE of f_θ.
 
     def sde_objective(self, observations, grad_params, rng):
         """L_BAM = −inv_temp·(1/B)Σ_b q_b + (1/B)Σ_b C_b (§3), backpropagated through the whole SDE chain.
@@ -108,16 +97,12 @@ class BAMAgent(ChunkedAgent):
     @classmethod
     def create(cls, seed, ex_observations, ex_actions, config):
         """A fresh agent; ex_observations (O,) or (1, O), ex_actions (A,) or (1, A)."""
-        config = ml_collections.ConfigDict(config.to_dict() if hasattr(config, 'to_dict') else dict(config))
+        config, ex_observations, ex_chunks, ex_times = cls.prepare(config, ex_observations, ex_actions)
         if config.inv_temp < 0:
             raise ValueError(f'inv_temp must be >= 0, got {config.inv_temp}.')
         if config.flow_steps < 1 or config.horizon_length < 1 or config.best_of_n < 1:
             raise ValueError('flow_steps, horizon_length and best_of_n must be >= 1.')
-        ex_observations = jnp.asarray(ex_observations, jnp.float32).reshape(1, -1)
-        config.ob_dims, config.action_dim = ex_observations.shape[-1], int(jnp.shape(ex_actions)[-1])
-        config = ml_collections.FrozenConfigDict(config)
-        action_size = (config.horizon_length if config.action_chunking else 1) * config.action_dim
-        ex_chunks, ex_times = jnp.zeros((1, action_size)), jnp.zeros((1, 1))
+        action_size = ex_chunks.shape[-1]
 
         actor_dims = tuple(config.actor_hidden_dims)
         modules = {
@@ -127,12 +112,9 @@ class BAMAgent(ChunkedAgent):
         }
         inputs = {'critic': (ex_observations, ex_chunks), 'behavior_flow': (ex_observations, ex_chunks, ex_times),
                   'finetuned_flow': (ex_observations, ex_chunks, ex_times)}
-        rng, *init_keys = jax.random.split(jax.random.PRNGKey(seed), len(modules) + 1)
-        params = {name: rl.init_params(modules[name], key, *inputs[name]) for name, key in zip(modules, init_keys)}
         optimizer = rl.make_optimizer(config.lr, 1.0)  # always global-norm clipping at 1.0 (§1.9)
-        network = rl.TrainState.create(modules, params, optimizer,
-                                       targets={'target_critic': 'critic', 'target_behavior_flow': 'behavior_flow'})
-        return cls(rng=rng, network=network, config=config)
+        return cls.from_modules(seed, config, modules, inputs, optimizer,
+                                targets={'target_critic': 'critic', 'target_behavior_flow': 'behavior_flow'})
 
 
 def get_config():

@@ -41,14 +41,11 @@ class CGQLAgent(ChunkedAgent):
     SWEEPABLE = ('inv_temp', 'guidance_coef', 'noisy_coef')  # main.py --hyper_sweep can vmap these
 
     # ----------------------------------------------------------------------------- helpers
-    def critic_at_one(self, name, observations, actions, params=None):
-        """Q(s, a) := Q(s, a, t = 1), shape (K, *batch), of the critic `name` (stored parameters unless given)."""
+    def critic_values(self, name, observations, actions, params=None):
+        """Q(s, a) := Q(s, a, t = 1), shape (K, *batch), of the critic `name` (stored parameters unless given);
+        the TD loss, the noisy-critic target and best-of-n scores all read the critic at t = 1."""
         ones = jnp.ones((*actions.shape[:-1], 1), actions.dtype)
         return self.network.apply(name, observations, actions, ones, params=params)
-
-    def q_mean(self, observations, actions):
-        """Online critic ensemble mean at t = 1, fixed call (best-of-n scores)."""
-        return jnp.mean(self.critic_at_one('critic', observations, actions), axis=0)
 
     # ------------------------------------------------------------------------------ losses
     def noisy_critic_loss(self, observations, actions, valid, critic_params, rng):
@@ -59,7 +56,7 @@ class CGQLAgent(ChunkedAgent):
         time_key, noise_key = jax.random.split(rng)
         times = jax.random.uniform(time_key, (*actions.shape[:-1], 1), actions.dtype)
         noisy_actions = (1.0 - times) * jax.random.normal(noise_key, actions.shape, actions.dtype) + times * actions
-        target_q = jax.lax.stop_gradient(self.critic_at_one('target_critic', observations, actions))  # (K, B)
+        target_q = jax.lax.stop_gradient(self.critic_values('target_critic', observations, actions))  # (K, B)
         noisy_q = self.network.apply('critic', observations, noisy_actions, times, params=critic_params)
         if self.config.mode == 'mse':
             per_entry = (noisy_q - target_q) ** 2
@@ -73,21 +70,13 @@ class CGQLAgent(ChunkedAgent):
         """Common TD loss (§1.4) at t = 1 with a' = clip(sample_actions(s')) (the guided sampler), plus
         noisy_coef·L_noisy in modes mse / linex. Keys: rng → (next actions, noisy loss)."""
         next_key, noisy_key = jax.random.split(rng)
-        observations, actions = batch['observations'], self.flat_actions(batch['actions'])
-        next_observations = batch['next_observations'][:, -1]
-        next_actions = jax.lax.stop_gradient(jnp.clip(self.sample_actions(next_observations, next_key), -1.0, 1.0))
-        next_q = self.critic_at_one('target_critic', next_observations, next_actions)  # target: fixed call
-        targets = rl.td_target(next_q, batch['rewards'][:, -1], batch['masks'][:, -1], self.config.discount,
-                               self.config.horizon_length, self.config.rho)
-        q = self.critic_at_one('critic', observations, actions, params=grad_params['critic'])
-        td_loss = rl.critic_loss(q, jax.lax.stop_gradient(targets), batch['valid'][:, -1])
+        td_loss, q = self.td_loss(batch, grad_params, next_key)
         loss, info = td_loss, {'critic/td_loss': td_loss}
         if self.config.mode != 'simple':
-            noisy_loss = self.noisy_critic_loss(observations, actions, batch['valid'][:, -1], grad_params['critic'],
-                                                noisy_key)
+            noisy_loss = self.noisy_critic_loss(batch['observations'], self.flat_actions(batch['actions']),
+                                                batch['valid'][:, -1], grad_params['critic'], noisy_key)
             loss, info['critic/noisy_loss'] = td_loss + self.hyperparameter('noisy_coef') * noisy_loss, noisy_loss
-        return loss, {**info, 'critic/critic_loss': loss, 'critic/q_mean': q.mean(), 'critic/q_max': q.max(),
-                      'critic/q_min': q.min()}
+        return loss, {**info, **self.critic_info(loss, q)}
 
     def actor_loss(self, batch, grad_params, rng):
         """Plain BC flow loss on f_β (valid-weighted); the policy is improved only by guidance when sampling."""
@@ -137,18 +126,14 @@ class CGQLAgent(ChunkedAgent):
     @classmethod
     def create(cls, seed, ex_observations, ex_actions, config):
         """A fresh agent; ex_observations (O,) or (1, O), ex_actions (A,) or (1, A)."""
-        config = ml_collections.ConfigDict(config.to_dict() if hasattr(config, 'to_dict') else dict(config))
+        config, ex_observations, ex_chunks, ex_times = cls.prepare(config, ex_observations, ex_actions)
         if config.mode not in MODES:
             raise ValueError(f'mode must be one of {MODES}, got {config.mode!r}.')
         if config.num_qs < 2:
             raise ValueError(f'CGQL needs an ensemble of at least 2 critics, got num_qs = {config.num_qs}.')
         if config.flow_steps < 1 or config.horizon_length < 1 or config.best_of_n < 1:
             raise ValueError('flow_steps, horizon_length and best_of_n must be >= 1.')
-        ex_observations = jnp.asarray(ex_observations, jnp.float32).reshape(1, -1)
-        config.ob_dims, config.action_dim = ex_observations.shape[-1], int(jnp.shape(ex_actions)[-1])
-        config = ml_collections.FrozenConfigDict(config)
-        action_size = (config.horizon_length if config.action_chunking else 1) * config.action_dim
-        ex_chunks, ex_times = jnp.zeros((1, action_size)), jnp.zeros((1, 1))
+        action_size = ex_chunks.shape[-1]
 
         actor_dims, value_dims = tuple(config.actor_hidden_dims), tuple(config.value_hidden_dims)
         modules = {
@@ -157,11 +142,8 @@ class CGQLAgent(ChunkedAgent):
         }
         inputs = {'critic': (ex_observations, ex_chunks, ex_times),
                   'behavior_flow': (ex_observations, ex_chunks, ex_times)}
-        rng, *init_keys = jax.random.split(jax.random.PRNGKey(seed), len(modules) + 1)
-        params = {name: rl.init_params(modules[name], key, *inputs[name]) for name, key in zip(modules, init_keys)}
-        network = rl.TrainState.create(modules, params, rl.make_optimizer(config.lr),
-                                       targets={'target_critic': 'critic', 'target_behavior_flow': 'behavior_flow'})
-        return cls(rng=rng, network=network, config=config)
+        return cls.from_modules(seed, config, modules, inputs, rl.make_optimizer(config.lr),
+                                targets={'target_critic': 'critic', 'target_behavior_flow': 'behavior_flow'})
 
 
 def get_config():

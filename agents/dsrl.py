@@ -41,10 +41,6 @@ class DSRLAgent(ChunkedAgent):
         name = 'target_behavior_flow' if self.config.use_target_latent else 'behavior_flow'
         return flow.euler_ode(self.network.select(name), observations, noises, self.config.flow_steps)
 
-    def q_mean(self, observations, actions):
-        """Online action-critic ensemble mean, fixed call (best-of-n scores)."""
-        return jnp.mean(self.network.apply('critic', observations, actions), axis=0)
-
     # ------------------------------------------------------------------------------ losses
     def distill_loss(self, observations, grad_params, rng):
         """(1/(K·B)) Σ_k Σ_b (Q_z,k(s, z) − Q_k(s, dec(s, z)))², z ~ N(0, I): member k regresses member k of the
@@ -57,18 +53,10 @@ class DSRLAgent(ChunkedAgent):
     def critic_loss(self, batch, grad_params, rng):
         """L_TD (§1.4, a' = clip(sample_actions(s'))) + L_distill (the noise critic)."""
         target_key, distill_key = jax.random.split(rng)
-        observations, actions = batch['observations'], self.flat_actions(batch['actions'])
-        next_observations = batch['next_observations'][:, -1]
-        next_actions = jax.lax.stop_gradient(jnp.clip(self.sample_actions(next_observations, target_key), -1, 1))
-        next_q = self.network.apply('target_critic', next_observations, next_actions)  # target: fixed call
-        targets = rl.td_target(next_q, batch['rewards'][:, -1], batch['masks'][:, -1], self.config.discount,
-                               self.config.horizon_length, self.config.rho)
-        q = self.network.apply('critic', observations, actions, params=grad_params['critic'])
-        td_loss = rl.critic_loss(q, jax.lax.stop_gradient(targets), batch['valid'][:, -1])
-        distill_loss, z_q = self.distill_loss(observations, grad_params, distill_key)
+        td_loss, q = self.td_loss(batch, grad_params, target_key)
+        distill_loss, z_q = self.distill_loss(batch['observations'], grad_params, distill_key)
         loss = td_loss + distill_loss
-        return loss, {'critic/critic_loss': loss, 'critic/td_loss': td_loss, 'critic/distill_loss': distill_loss,
-                      'critic/q_mean': q.mean(), 'critic/q_max': q.max(), 'critic/q_min': q.min(),
+        return loss, {**self.critic_info(loss, q), 'critic/td_loss': td_loss, 'critic/distill_loss': distill_loss,
                       'critic/z_q_mean': z_q.mean()}
 
     def actor_loss(self, batch, grad_params, rng):
@@ -109,16 +97,12 @@ class DSRLAgent(ChunkedAgent):
     @classmethod
     def create(cls, seed, ex_observations, ex_actions, config):
         """A fresh agent; ex_observations (O,) or (1, O), ex_actions (A,) or (1, A)."""
-        config = ml_collections.ConfigDict(config.to_dict() if hasattr(config, 'to_dict') else dict(config))
+        config, ex_observations, ex_chunks, ex_times = cls.prepare(config, ex_observations, ex_actions)
         if config.flow_steps < 1 or config.horizon_length < 1 or config.best_of_n < 1:
             raise ValueError('flow_steps, horizon_length and best_of_n must be >= 1.')
         if config.noise_scale <= 0:
             raise ValueError(f'noise_scale must be > 0, got {config.noise_scale}.')
-        ex_observations = jnp.asarray(ex_observations, jnp.float32).reshape(1, -1)
-        config.ob_dims, config.action_dim = ex_observations.shape[-1], int(jnp.shape(ex_actions)[-1])
-        config = ml_collections.FrozenConfigDict(config)
-        action_size = (config.horizon_length if config.action_chunking else 1) * config.action_dim
-        ex_chunks, ex_times = jnp.zeros((1, action_size)), jnp.zeros((1, 1))
+        action_size = ex_chunks.shape[-1]
 
         actor_dims, value_dims = tuple(config.actor_hidden_dims), tuple(config.value_hidden_dims)
         modules = {
@@ -131,11 +115,8 @@ class DSRLAgent(ChunkedAgent):
         inputs = {'critic': (ex_observations, ex_chunks), 'noise_critic': (ex_observations, ex_chunks),
                   'behavior_flow': (ex_observations, ex_chunks, ex_times), 'noise_policy': (ex_observations,),
                   'alpha': ()}
-        rng, *init_keys = jax.random.split(jax.random.PRNGKey(seed), len(modules) + 1)
-        params = {name: rl.init_params(modules[name], key, *inputs[name]) for name, key in zip(modules, init_keys)}
-        network = rl.TrainState.create(modules, params, rl.make_optimizer(config.lr),
-                                       targets={'target_critic': 'critic', 'target_behavior_flow': 'behavior_flow'})
-        return cls(rng=rng, network=network, config=config)
+        return cls.from_modules(seed, config, modules, inputs, rl.make_optimizer(config.lr),
+                                targets={'target_critic': 'critic', 'target_behavior_flow': 'behavior_flow'})
 
 
 def get_config():

@@ -28,18 +28,7 @@ class FBRACAgent(ChunkedAgent):
     SWEEPABLE = ('alpha',)  # main.py --hyper_sweep can vmap these
 
     # ------------------------------------------------------------------------------ losses
-    def critic_loss(self, batch, grad_params, rng):
-        """Common TD loss (§1.4) with a' = sample_actions(s') (the flow's ODE, already clipped)."""
-        observations, actions = batch['observations'], self.flat_actions(batch['actions'])
-        next_observations = batch['next_observations'][:, -1]
-        next_actions = jax.lax.stop_gradient(self.sample_actions(next_observations, rng))
-        next_q = self.network.apply('target_critic', next_observations, next_actions)  # target: fixed call
-        targets = rl.td_target(next_q, batch['rewards'][:, -1], batch['masks'][:, -1], self.config.discount,
-                               self.config.horizon_length, self.config.rho)
-        q = self.network.apply('critic', observations, actions, params=grad_params['critic'])
-        loss = rl.critic_loss(q, jax.lax.stop_gradient(targets), batch['valid'][:, -1])
-        return loss, {'critic/critic_loss': loss, 'critic/q_mean': q.mean(), 'critic/q_max': q.max(),
-                      'critic/q_min': q.min()}
+    # critic_loss is ChunkedAgent's common TD loss (§1.4) with a' = the flow's ODE action.
 
     def actor_loss(self, batch, grad_params, rng):
         """L_BC(f_φ) − (1/alpha)·(1/B)Σ Q̄(s, EulerODE(f_φ, s, z)) (§5), the ODE differentiated end to end.
@@ -76,27 +65,20 @@ class FBRACAgent(ChunkedAgent):
     @classmethod
     def create(cls, seed, ex_observations, ex_actions, config):
         """A fresh agent; ex_observations (O,) or (1, O), ex_actions (A,) or (1, A)."""
-        config = ml_collections.ConfigDict(config.to_dict() if hasattr(config, 'to_dict') else dict(config))
+        config, ex_observations, ex_chunks, ex_times = cls.prepare(config, ex_observations, ex_actions)
         if not config.alpha > 0:
             raise ValueError(f'alpha divides the Q term and must be > 0, got {config.alpha}.')
         if config.flow_steps < 1 or config.horizon_length < 1 or config.best_of_n < 1:
             raise ValueError('flow_steps, horizon_length and best_of_n must be >= 1.')
-        ex_observations = jnp.asarray(ex_observations, jnp.float32).reshape(1, -1)
-        config.ob_dims, config.action_dim = ex_observations.shape[-1], int(jnp.shape(ex_actions)[-1])
-        config = ml_collections.FrozenConfigDict(config)
-        action_size = (config.horizon_length if config.action_chunking else 1) * config.action_dim
-        ex_chunks, ex_times = jnp.zeros((1, action_size)), jnp.zeros((1, 1))
+        action_size = ex_chunks.shape[-1]
 
         modules = {
             'critic': CriticEnsemble(tuple(config.value_hidden_dims), config.num_qs, config.value_layer_norm),
             'actor_flow': VelocityField(tuple(config.actor_hidden_dims), action_size, config.actor_layer_norm),
         }
         inputs = {'critic': (ex_observations, ex_chunks), 'actor_flow': (ex_observations, ex_chunks, ex_times)}
-        rng, *init_keys = jax.random.split(jax.random.PRNGKey(seed), len(modules) + 1)
-        params = {name: rl.init_params(modules[name], key, *inputs[name]) for name, key in zip(modules, init_keys)}
-        network = rl.TrainState.create(modules, params, rl.make_optimizer(config.lr),
-                                       targets={'target_critic': 'critic'})
-        return cls(rng=rng, network=network, config=config)
+        return cls.from_modules(seed, config, modules, inputs, rl.make_optimizer(config.lr),
+                                targets={'target_critic': 'critic'})
 
 
 def get_config():

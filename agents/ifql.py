@@ -51,8 +51,7 @@ class IFQLAgent(ChunkedAgent):
         targets = batch['rewards'][:, -1] + bootstrap * next_v
         q = self.network.apply('critic', observations, actions, params=grad_params['critic'])
         loss = rl.critic_loss(q, jax.lax.stop_gradient(targets), batch['valid'][:, -1])
-        return loss, {'critic/critic_loss': loss, 'critic/q_mean': q.mean(), 'critic/q_max': q.max(),
-                      'critic/q_min': q.min()}
+        return loss, self.critic_info(loss, q)
 
     def actor_loss(self, batch, grad_params, rng):
         """Plain BC flow loss on f_β (valid-weighted)."""
@@ -88,16 +87,12 @@ class IFQLAgent(ChunkedAgent):
     @classmethod
     def create(cls, seed, ex_observations, ex_actions, config):
         """A fresh agent; ex_observations (O,) or (1, O), ex_actions (A,) or (1, A)."""
-        config = ml_collections.ConfigDict(config.to_dict() if hasattr(config, 'to_dict') else dict(config))
+        config, ex_observations, ex_chunks, ex_times = cls.prepare(config, ex_observations, ex_actions)
         if not 0.0 <= config.kappa <= 1.0:
             raise ValueError(f'kappa (the expectile) must lie in [0, 1], got {config.kappa}.')
         if config.flow_steps < 1 or config.horizon_length < 1 or config.num_samples < 1:
             raise ValueError('flow_steps, horizon_length and num_samples must be >= 1.')
-        ex_observations = jnp.asarray(ex_observations, jnp.float32).reshape(1, -1)
-        config.ob_dims, config.action_dim = ex_observations.shape[-1], int(jnp.shape(ex_actions)[-1])
-        config = ml_collections.FrozenConfigDict(config)
-        action_size = (config.horizon_length if config.action_chunking else 1) * config.action_dim
-        ex_chunks, ex_times = jnp.zeros((1, action_size)), jnp.zeros((1, 1))
+        action_size = ex_chunks.shape[-1]
 
         actor_dims, value_dims = tuple(config.actor_hidden_dims), tuple(config.value_hidden_dims)
         modules = {
@@ -107,11 +102,8 @@ class IFQLAgent(ChunkedAgent):
         }
         inputs = {'value': (ex_observations,), 'critic': (ex_observations, ex_chunks),
                   'behavior_flow': (ex_observations, ex_chunks, ex_times)}
-        rng, *init_keys = jax.random.split(jax.random.PRNGKey(seed), len(modules) + 1)
-        params = {name: rl.init_params(modules[name], key, *inputs[name]) for name, key in zip(modules, init_keys)}
-        network = rl.TrainState.create(modules, params, rl.make_optimizer(config.lr),
-                                       targets={'target_critic': 'critic'})
-        return cls(rng=rng, network=network, config=config)
+        return cls.from_modules(seed, config, modules, inputs, rl.make_optimizer(config.lr),
+                                targets={'target_critic': 'critic'})
 
 
 def get_config():

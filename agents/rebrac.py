@@ -52,18 +52,10 @@ class ReBRACAgent(ChunkedAgent):
         return jnp.clip(actions + noise, -1.0, 1.0)
 
     # ------------------------------------------------------------------------------ losses
-    def critic_loss(self, batch, grad_params, rng):
-        """Common TD loss (§1.4) with target-policy smoothing: a' = noisy action of the *target* actor at s'."""
-        observations, actions = batch['observations'], self.flat_actions(batch['actions'])
-        next_observations = batch['next_observations'][:, -1]
-        next_actions = self.noisy_actions('target_actor', next_observations, rng)  # target: fixed call
-        next_q = self.network.apply('target_critic', next_observations, next_actions)  # target: fixed call
-        targets = rl.td_target(next_q, batch['rewards'][:, -1], batch['masks'][:, -1], self.config.discount,
-                               self.config.horizon_length, self.config.rho)
-        q = self.network.apply('critic', observations, actions, params=grad_params['critic'])
-        loss = rl.critic_loss(q, jax.lax.stop_gradient(targets), batch['valid'][:, -1])
-        return loss, {'critic/critic_loss': loss, 'critic/q_mean': q.mean(), 'critic/q_max': q.max(),
-                      'critic/q_min': q.min()}
+    def bootstrap_actions(self, next_observations, rng):
+        """Target-policy smoothing: a' = the noisy action of the *target* actor at s' (fixed call). The critic
+        loss is ChunkedAgent's common TD loss (§1.4) with this a'."""
+        return self.noisy_actions('target_actor', next_observations, rng)
 
     def actor_loss(self, batch, grad_params):
         """−mean(λ_q·q) + alpha_actor·mean_b(w_b·‖a_π − a‖²); q pessimistic, λ_q = sg(1/mean|q|) (§12)."""
@@ -107,28 +99,22 @@ class ReBRACAgent(ChunkedAgent):
     @classmethod
     def create(cls, seed, ex_observations, ex_actions, config):
         """A fresh agent; ex_observations (O,) or (1, O), ex_actions (A,) or (1, A)."""
-        config = ml_collections.ConfigDict(config.to_dict() if hasattr(config, 'to_dict') else dict(config))
+        config, ex_observations, ex_chunks, _ = cls.prepare(config, ex_observations, ex_actions)
         if config.actor_freq < 1 or config.horizon_length < 1:
             raise ValueError(f'actor_freq and horizon_length must be >= 1, got {config.actor_freq}, '
                              f'{config.horizon_length}.')
         if config.actor_noise < 0 or config.actor_noise_clip < 0 or config.alpha_actor < 0:
             raise ValueError('actor_noise, actor_noise_clip and alpha_actor must be >= 0.')
-        ex_observations = jnp.asarray(ex_observations, jnp.float32).reshape(1, -1)
-        config.ob_dims, config.action_dim = ex_observations.shape[-1], int(jnp.shape(ex_actions)[-1])
-        config = ml_collections.FrozenConfigDict(config)
-        action_size = (config.horizon_length if config.action_chunking else 1) * config.action_dim
+        action_size = ex_chunks.shape[-1]
 
         modules = {
             'critic': CriticEnsemble(tuple(config.value_hidden_dims), config.num_qs, config.value_layer_norm),
             'actor': DeterministicTanhActor(tuple(config.actor_hidden_dims), action_size, config.actor_layer_norm,
                                             config.actor_fc_scale),
         }
-        inputs = {'critic': (ex_observations, jnp.zeros((1, action_size))), 'actor': (ex_observations,)}
-        rng, *init_keys = jax.random.split(jax.random.PRNGKey(seed), len(modules) + 1)
-        params = {name: rl.init_params(modules[name], key, *inputs[name]) for name, key in zip(modules, init_keys)}
-        network = rl.TrainState.create(modules, params, rl.make_optimizer(config.lr),
-                                       targets={'target_critic': 'critic', 'target_actor': 'actor'})
-        return cls(rng=rng, network=network, config=config)
+        inputs = {'critic': (ex_observations, ex_chunks), 'actor': (ex_observations,)}
+        return cls.from_modules(seed, config, modules, inputs, rl.make_optimizer(config.lr),
+                                targets={'target_critic': 'critic', 'target_actor': 'actor'})
 
 
 def get_config():

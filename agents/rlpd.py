@@ -16,7 +16,6 @@ the actor maximises the pessimistic value mean_k Q − ρ·std_k Q. Fixed: the t
 global norm.
 """
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 
@@ -37,18 +36,8 @@ class RLPDAgent(ChunkedAgent):
         return rl.target_entropy(self.config.target_entropy, self.config.target_entropy_multiplier, self.action_size)
 
     # ------------------------------------------------------------------------------ losses
-    def critic_loss(self, batch, grad_params, rng):
-        """Common TD loss (§1.4) with a' ~ π(·|s') from the online actor; no entropy term in the backup (KEEP)."""
-        observations, actions = batch['observations'], self.flat_actions(batch['actions'])
-        next_observations = batch['next_observations'][:, -1]
-        next_actions = jax.lax.stop_gradient(self.sample_actions(next_observations, rng))  # stored params
-        next_q = self.network.apply('target_critic', next_observations, next_actions)  # target: fixed call
-        targets = rl.td_target(next_q, batch['rewards'][:, -1], batch['masks'][:, -1], self.config.discount,
-                               self.config.horizon_length, self.config.rho)
-        q = self.network.apply('critic', observations, actions, params=grad_params['critic'])
-        loss = rl.critic_loss(q, jax.lax.stop_gradient(targets), batch['valid'][:, -1])
-        return loss, {'critic/critic_loss': loss, 'critic/q_mean': q.mean(), 'critic/q_max': q.max(),
-                      'critic/q_min': q.min()}
+    # critic_loss is ChunkedAgent's common TD loss (§1.4) with a' ~ π(·|s') from the online actor; no entropy term
+    # in the backup (KEEP).
 
     def actor_loss(self, batch, grad_params, rng):
         """L_pi + L_alpha + L_bc (§13): SAC policy loss on the pessimistic Q, temperature loss, BC log-likelihood."""
@@ -82,16 +71,12 @@ class RLPDAgent(ChunkedAgent):
     @classmethod
     def create(cls, seed, ex_observations, ex_actions, config):
         """A fresh agent; ex_observations (O,) or (1, O), ex_actions (A,) or (1, A)."""
-        config = ml_collections.ConfigDict(config.to_dict() if hasattr(config, 'to_dict') else dict(config))
+        config, ex_observations, ex_chunks, _ = cls.prepare(config, ex_observations, ex_actions)
         if config.bc_alpha < 0 or config.init_temp <= 0:
             raise ValueError(f'bc_alpha must be >= 0 and init_temp > 0, got {config.bc_alpha}, {config.init_temp}.')
         if config.horizon_length < 1:
             raise ValueError(f'horizon_length must be >= 1, got {config.horizon_length}.')
-        ex_observations = jnp.asarray(ex_observations, jnp.float32).reshape(1, -1)
-        config.ob_dims, config.action_dim = ex_observations.shape[-1], int(jnp.shape(ex_actions)[-1])
-        config = ml_collections.FrozenConfigDict(config)
-        action_size = (config.horizon_length if config.action_chunking else 1) * config.action_dim
-        ex_chunks = jnp.zeros((1, action_size))
+        action_size = ex_chunks.shape[-1]
 
         modules = {
             'critic': CriticEnsemble(tuple(config.value_hidden_dims), config.num_qs, config.value_layer_norm),
@@ -99,11 +84,8 @@ class RLPDAgent(ChunkedAgent):
             'alpha': LogParam(config.init_temp),
         }
         inputs = {'critic': (ex_observations, ex_chunks), 'actor': (ex_observations,), 'alpha': ()}
-        rng, *init_keys = jax.random.split(jax.random.PRNGKey(seed), len(modules) + 1)
-        params = {name: rl.init_params(modules[name], key, *inputs[name]) for name, key in zip(modules, init_keys)}
-        network = rl.TrainState.create(modules, params, rl.make_optimizer(config.lr),
-                                       targets={'target_critic': 'critic'})
-        return cls(rng=rng, network=network, config=config)
+        return cls.from_modules(seed, config, modules, inputs, rl.make_optimizer(config.lr),
+                                targets={'target_critic': 'critic'})
 
 
 def get_config():

@@ -1,10 +1,12 @@
-"""What every agent shares: its state fields, flat action chunks, and the scan over update-to-data batches."""
+"""What every agent shares: its state fields, flat action chunks, the common TD critic loss, the gradient step
+and the scan over update-to-data batches."""
 
 from typing import Any
 
 import flax
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 from utils import rl
 
@@ -13,8 +15,9 @@ class ChunkedAgent(flax.struct.PyTreeNode):
     """Base of every agent: a PRNG key, every network in one `rl.TrainState`, and the (static) config.
 
     Agents act on and criticise flat chunks of H actions (D = H·A, ALGORITHMS §1.2). Subclasses define
-    `critic_loss` and `actor_loss` (or `total_loss`), `sample_actions(observations, rng)` and `create(...)`;
-    `update` is one gradient step on `total_loss` unless an agent needs another schedule (ReBRAC).
+    `actor_loss` (or `total_loss`), `sample_actions(observations, rng)` and `create(...)`; `critic_loss` is the
+    common TD loss bootstrapped with the acting policy unless an agent overrides it (or `bootstrap_actions`),
+    and `update` is one gradient step on `total_loss` unless an agent needs another schedule (ReBRAC).
 
     `hyper` holds traced values of scalar hyperparameters that one vmapped program sweeps (main.py
     `--hyper_sweep`); it is empty otherwise. Agents read the keys in `SWEEPABLE` through
@@ -40,6 +43,28 @@ class ChunkedAgent(flax.struct.PyTreeNode):
                              f'sweepable: {", ".join(self.SWEEPABLE)}.')
         return self.replace(config=static_config, hyper={**self.hyper, name: jnp.asarray(value, jnp.float32)})
 
+    # --------------------------------------------------------------------------------- creation
+    @staticmethod
+    def prepare(config, ex_observations, ex_actions):
+        """create()'s first step: a frozen copy of `config` (a ConfigDict or a dict) with `ob_dims` and `action_dim`
+        set from the examples (observations (O,) or (1, O), actions (A,) or (1, A)), and the example inputs the
+        networks are initialised on: observations (1, O), flat chunks (1, D) and flow times (1, 1)."""
+        config = ml_collections.ConfigDict(config.to_dict() if hasattr(config, 'to_dict') else dict(config))
+        if config.horizon_length < 1:
+            raise ValueError(f'horizon_length must be >= 1, got {config.horizon_length}.')
+        ex_observations = jnp.asarray(ex_observations, jnp.float32).reshape(1, -1)
+        config.ob_dims, config.action_dim = ex_observations.shape[-1], int(jnp.shape(ex_actions)[-1])
+        action_size = (config.horizon_length if config.action_chunking else 1) * config.action_dim
+        return ml_collections.FrozenConfigDict(config), ex_observations, jnp.zeros((1, action_size)), jnp.zeros((1, 1))
+
+    @classmethod
+    def from_modules(cls, seed, config, modules, inputs, optimizer, targets):
+        """A fresh agent: each module initialised on its example `inputs[name]` with its own split of
+        PRNGKey(seed), all in one `rl.TrainState` with `optimizer` and the EMA `targets` {target: online name}."""
+        rng, *init_keys = jax.random.split(jax.random.PRNGKey(seed), len(modules) + 1)
+        params = {name: rl.init_params(modules[name], key, *inputs[name]) for name, key in zip(modules, init_keys)}
+        return cls(rng=rng, network=rl.TrainState.create(modules, params, optimizer, targets=targets), config=config)
+
     @property
     def action_size(self):
         """D: the flat action dimension every network sees (H·A with action chunking, else A)."""
@@ -52,9 +77,42 @@ class ChunkedAgent(flax.struct.PyTreeNode):
             return actions.reshape(actions.shape[0], -1)
         return actions[:, 0, :]
 
+    def critic_values(self, name, observations, actions, params=None):
+        """Q_k(s, a) of every member, shape (K, *batch), of the critic `name` ('critic' or 'target_critic');
+        stored parameters unless `params` are given."""
+        return self.network.apply(name, observations, actions, params=params)
+
     def q_mean(self, observations, actions):
         """Online critic ensemble mean (no pessimism), fixed call: gradients reach only the inputs."""
-        return jnp.mean(self.network.apply('critic', observations, actions), axis=0)
+        return jnp.mean(self.critic_values('critic', observations, actions), axis=0)
+
+    # ---------------------------------------------------------------- the common TD critic (§1.4)
+    def bootstrap_actions(self, next_observations, rng):
+        """a' of the TD target: the acting policy's clip(sample_actions(s')), a constant."""
+        return jax.lax.stop_gradient(jnp.clip(self.sample_actions(next_observations, rng), -1.0, 1.0))
+
+    def td_loss(self, batch, grad_params, rng):
+        """The common TD loss (§1.4) of the online critic against the target critic at (s', a'), and the online
+        Q of shape (K, B). The chunk's last step carries the H-step reward sum, mask and s' (PROTOCOL batches)."""
+        observations, actions = batch['observations'], self.flat_actions(batch['actions'])
+        next_observations = batch['next_observations'][:, -1]
+        next_actions = self.bootstrap_actions(next_observations, rng)
+        next_q = self.critic_values('target_critic', next_observations, next_actions)  # target: fixed call
+        targets = rl.td_target(next_q, batch['rewards'][:, -1], batch['masks'][:, -1], self.config.discount,
+                               self.config.horizon_length, self.config.rho)
+        q = self.critic_values('critic', observations, actions, params=grad_params['critic'])
+        return rl.critic_loss(q, jax.lax.stop_gradient(targets), batch['valid'][:, -1]), q
+
+    @staticmethod
+    def critic_info(loss, q):
+        """The critic metrics every agent logs."""
+        return {'critic/critic_loss': loss, 'critic/q_mean': q.mean(), 'critic/q_max': q.max(),
+                'critic/q_min': q.min()}
+
+    def critic_loss(self, batch, grad_params, rng):
+        """The common TD loss; agents with more critic terms (DSRL, CGQL) or another loss (IFQL) override it."""
+        loss, q = self.td_loss(batch, grad_params, rng)
+        return loss, self.critic_info(loss, q)
 
     def total_loss(self, batch, grad_params, rng):
         """L_critic + L_actor: one scalar, differentiated once w.r.t. every trainable network."""

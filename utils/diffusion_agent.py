@@ -5,9 +5,7 @@ ensemble bootstrapped with the DDPM sampler, and one gradient step on critic + a
 `LOSS_TYPE` (the reference code's `actor_loss_type`) and defines `actor_loss`, usually from `actor_inputs`.
 """
 
-import jax
 import jax.numpy as jnp
-import ml_collections
 
 from utils import diffusion, rl
 from utils.agent_base import ChunkedAgent
@@ -22,18 +20,7 @@ class DiffusionAgent(ChunkedAgent):
     LOSS_TYPE = None  # the actor_loss_type the subclass implements
 
     # ------------------------------------------------------------------------------ losses
-    def critic_loss(self, batch, grad_params, rng):
-        """Common TD loss (§1.4) with a' = clip(sample_actions(s')), the DDPM sampler."""
-        observations, actions = batch['observations'], self.flat_actions(batch['actions'])
-        next_observations = batch['next_observations'][:, -1]
-        next_actions = jax.lax.stop_gradient(jnp.clip(self.sample_actions(next_observations, rng), -1.0, 1.0))
-        next_q = self.network.apply('target_critic', next_observations, next_actions)  # target: fixed call
-        targets = rl.td_target(next_q, batch['rewards'][:, -1], batch['masks'][:, -1], self.config.discount,
-                               self.config.horizon_length, self.config.rho)
-        q = self.network.apply('critic', observations, actions, params=grad_params['critic'])
-        loss = rl.critic_loss(q, jax.lax.stop_gradient(targets), batch['valid'][:, -1])
-        return loss, {'critic/critic_loss': loss, 'critic/q_mean': q.mean(), 'critic/q_max': q.max(),
-                      'critic/q_min': q.min()}
+    # critic_loss is ChunkedAgent's common TD loss (§1.4) with a' = the DDPM sampler's action.
 
     def actor_inputs(self, batch, grad_params, rng):
         """What both actor losses read, at noisy dataset actions x_t = sqrt(ᾱ_t)·a + sqrt(1 − ᾱ_t)·ε:
@@ -62,7 +49,7 @@ class DiffusionAgent(ChunkedAgent):
     @classmethod
     def create(cls, seed, ex_observations, ex_actions, config):
         """A fresh agent; ex_observations (O,) or (1, O), ex_actions (A,) or (1, A)."""
-        config = ml_collections.ConfigDict(config.to_dict() if hasattr(config, 'to_dict') else dict(config))
+        config, ex_observations, ex_chunks, ex_times = cls.prepare(config, ex_observations, ex_actions)
         if config.actor_loss_type != cls.LOSS_TYPE:
             other = AGENT_OF_LOSS.get(config.actor_loss_type)
             raise ValueError(f'The {config.agent_name} agent implements actor_loss_type "{cls.LOSS_TYPE}" only (got '
@@ -73,11 +60,7 @@ class DiffusionAgent(ChunkedAgent):
             raise ValueError('diffusion_steps and horizon_length must be >= 1 and time_dim a positive even number.')
         if config.alpha < 0:
             raise ValueError(f'alpha must be >= 0, got {config.alpha}.')
-        ex_observations = jnp.asarray(ex_observations, jnp.float32).reshape(1, -1)
-        config.ob_dims, config.action_dim = ex_observations.shape[-1], int(jnp.shape(ex_actions)[-1])
-        config = ml_collections.FrozenConfigDict(config)
-        action_size = (config.horizon_length if config.action_chunking else 1) * config.action_dim
-        ex_chunks, ex_times = jnp.zeros((1, action_size)), jnp.zeros((1, 1))
+        action_size = ex_chunks.shape[-1]
 
         modules = {
             'critic': CriticEnsemble(tuple(config.value_hidden_dims), config.num_qs, config.value_layer_norm),
@@ -85,8 +68,6 @@ class DiffusionAgent(ChunkedAgent):
                                               config.actor_layer_norm),
         }
         inputs = {'critic': (ex_observations, ex_chunks), 'actor': (ex_observations, ex_chunks, ex_times)}
-        rng, *init_keys = jax.random.split(jax.random.PRNGKey(seed), len(modules) + 1)
-        params = {name: rl.init_params(modules[name], key, *inputs[name]) for name, key in zip(modules, init_keys)}
         optimizer = rl.make_optimizer(config.lr, float(config.clip_grad_norm) if config.clip_grad_norm else None)
-        network = rl.TrainState.create(modules, params, optimizer, targets={'target_critic': 'critic'})
-        return cls(rng=rng, network=network, config=config)
+        return cls.from_modules(seed, config, modules, inputs, optimizer,
+                                targets={'target_critic': 'critic'})
