@@ -181,6 +181,17 @@ def test_memoryless_sde_forgets_initial_noise_when_control_is_zero():
     np.testing.assert_allclose(final_a, states_a[-1] + h * (T - 1) / T, atol=1e-6)
 
 
+def test_sde_noises_are_the_draws_of_one_key_per_step():
+    """Drawn together, the step noises are exactly those of one split key per step, drawn one at a time."""
+    initial_noise = jnp.zeros((3, 4, 5))
+    key = jax.random.PRNGKey(11)
+    noises = jax.jit(flow.sde_noises, static_argnums=2)(key, initial_noise, 6)
+    expected = [jax.random.normal(step_key, (3, 4, 5)) for step_key in jax.random.split(key, 5)]
+    assert noises.shape == (5, 3, 4, 5)
+    np.testing.assert_array_equal(noises, np.stack(expected))
+    assert len({float(n[0, 0, 0]) for n in noises}) == 5  # a different draw per step
+
+
 def test_agent_adjoint_equals_unrolled_loop(agent):
     """Forward SDE with f_θ, deterministic last step and lean adjoint with the EMA target flow, unrolled here."""
     agent = with_params(agent, 'target_behavior_flow',

@@ -8,7 +8,8 @@ e.g. `functools.partial(train_state.apply, 'behavior_flow')`.
 * `bc_flow_loss`: the valid-weighted behaviour-cloning flow-matching loss.
 * `best_of_n`: draw N candidate actions per observation and keep the critic's favourite.
 * Memoryless SDE and lean adjoint (QAM; the σ schedule and SDE step are shared with BAM):
-  `memoryless_sigmas`, `memoryless_sde_step`, `memoryless_sde`, `lean_adjoint`, `adjoint_matching_loss`.
+  `memoryless_sigmas`, `memoryless_sde_step`, `sde_noises`, `memoryless_sde`, `lean_adjoint`,
+  `adjoint_matching_loss`.
 * `memoryless_sde_rollout` (BAM): the same SDE, differentiable end to end, with its running control cost.
 """
 
@@ -74,6 +75,14 @@ def memoryless_sde_step(x, velocity, t, sigma, noise, num_steps):
     return x + h * (2.0 * velocity - x / (t + h)) + jnp.sqrt(h) * sigma * noise
 
 
+def sde_noises(rng, initial_noise, num_steps):
+    """ε_i ~ N(0, I) shaped like x[0] for the SDE steps i = 0 … T−2, each drawn from its own split of `rng` (the
+    split the steps would make one at a time). Drawn together before the scan: XLA:CPU runs threefry as a rolled
+    loop, whose fixed cost per draw made a draw per step a large share of a small network's SDE."""
+    keys = jax.random.split(rng, num_steps - 1)
+    return jax.vmap(lambda key: jax.random.normal(key, initial_noise.shape, initial_noise.dtype))(keys)
+
+
 def memoryless_sde(velocity_fn, base_velocity_fn, observations, initial_noise, rng, num_steps):
     """Forward memoryless SDE (§2.3): T − 1 stochastic steps driven by `velocity_fn`, then one deterministic
     Euler step of the base flow.
@@ -82,16 +91,15 @@ def memoryless_sde(velocity_fn, base_velocity_fn, observations, initial_noise, r
     Returns (states x[0 … T−1] of shape (T, *batch, D), final state x[T] of shape (*batch, D))."""
     h = 1.0 / num_steps
     sigmas = memoryless_sigmas(num_steps)
-    keys = jax.random.split(rng, num_steps - 1)
 
     def step(x, inputs):
-        i, key = inputs
+        i, noise = inputs
         t = i.astype(x.dtype) * h
-        noise = jax.random.normal(key, x.shape, x.dtype)
         x_next = memoryless_sde_step(x, velocity_fn(observations, x, _times(x, t)), t, sigmas[i], noise, num_steps)
         return x_next, x
 
-    x_last, states = jax.lax.scan(step, initial_noise, (jnp.arange(num_steps - 1), keys))
+    noises = sde_noises(rng, initial_noise, num_steps)
+    x_last, states = jax.lax.scan(step, initial_noise, (jnp.arange(num_steps - 1), noises))
     states = jnp.concatenate([states, x_last[None]], axis=0)
     t_last = (num_steps - 1) * h
     x_final = x_last + h * base_velocity_fn(observations, x_last, _times(x_last, t_last))
@@ -144,21 +152,20 @@ def memoryless_sde_rollout(velocity_fn, base_velocity_fn, observations, initial_
     Returns (x[T] of shape (*batch, D), C of shape (*batch,))."""
     h = 1.0 / num_steps
     sigmas = memoryless_sigmas(num_steps)
-    keys = jax.random.split(rng, num_steps - 1)
 
     def step(carry, inputs):
         x, cost = carry
-        i, key = inputs
+        i, noise = inputs
         t = i.astype(x.dtype) * h
         base = base_velocity_fn(observations, x, _times(x, t))
         velocity = velocity_fn(observations, x, _times(x, t))
         control = velocity if residual else velocity - base
         velocity = velocity + base if residual else velocity
         cost = cost + (2.0 / sigmas[i] ** 2) * jnp.sum(control**2, axis=-1)
-        noise = jax.random.normal(key, x.shape, x.dtype)
         return (memoryless_sde_step(x, velocity, t, sigmas[i], noise, num_steps), cost), None
 
     initial_cost = jnp.zeros(initial_noise.shape[:-1], initial_noise.dtype)
-    (x_last, cost), _ = jax.lax.scan(step, (initial_noise, initial_cost), (jnp.arange(num_steps - 1), keys))
+    noises = sde_noises(rng, initial_noise, num_steps)
+    (x_last, cost), _ = jax.lax.scan(step, (initial_noise, initial_cost), (jnp.arange(num_steps - 1), noises))
     t_last = (num_steps - 1) * h
     return x_last + h * base_velocity_fn(observations, x_last, _times(x_last, t_last)), cost
