@@ -3,6 +3,7 @@
     python -m sweeps.launch paper --methods=QAM,FQL --domains=c2 --tasks=2     # print the commands (a dry run)
     python -m sweeps.launch paper --backend=local --slots=4 --methods=QAM       # run them here, 4 at a time
     python -m sweeps.launch paper --backend=slurm --partition=gpu --time=1440   # submit Slurm job arrays
+    python -m sweeps.launch paper --backend=slurm --seeds_per_process=12 ...    # a task's 12 seeds in one process
     python -m sweeps.launch status paper                                        # done / running / failed / ...
 
 <sweep> is `paper` (the main comparison), `rlpd`, `quality`, `sensitivity`, or a path to a .py file that defines
@@ -15,6 +16,7 @@ with --retry_diverged). Give `status` the same --save_dir, --tiny and --extra_ar
 import argparse
 import math
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -65,11 +67,18 @@ def build_parser():
                         help='ask before launching more than this many runs (default 100)')
     common.add_argument('--yes', action='store_true', help='launch without asking')
     common.add_argument('--retry_diverged', action='store_true', help='launch diverged runs again too')
+    common.add_argument('--seeds_per_process', type=int, default=1,
+                        help='train up to this many seeds of one configuration in one process, vmapped as one program '
+                             '(main.py --num_seeds; each seed keeps its own run directory and results): for GPUs, '
+                             'which one small-network run leaves mostly idle. Packed together: consecutive seeds s, '
+                             's + 10001, ... whose latest checkpoints are at the same step (default 1: a process per '
+                             'run)')
     common.add_argument('--only', type=comma_list,
                         help=f'status: list only runs in these states ({", ".join(LOCAL_STATES)}); counts cover all')
     common.add_argument('--tail', type=int, default=10, help='status: last log lines shown per failed run')
     local = parser.add_argument_group('local backend')
-    local.add_argument('--slots', type=int, help='runs at a time (default: one per GPU, 1 without GPUs)')
+    local.add_argument('--slots', type=int, help='processes (runs, or packs of --seeds_per_process seeds) at a time '
+                                                 '(default: one per GPU, 1 without GPUs)')
     local.add_argument('--gpus', type=comma_list,
                        help='GPU ids the slots cycle through (default: CUDA_VISIBLE_DEVICES, else nvidia-smi; '
                             'none on CPU)')
@@ -82,8 +91,9 @@ def build_parser():
     slurm.add_argument('--cpus_per_task', type=int, default=4, help='CPUs per array task')
     slurm.add_argument('--mem_gb', type=float, help='memory per array task in GB (default: the partition default)')
     slurm.add_argument('--runs_per_task', type=int, default=1,
-                       help='runs packed in one array task, run concurrently on its GPU(s), each with a 1/k share '
-                            'of the GPU memory (XLA_PYTHON_CLIENT_MEM_FRACTION)')
+                       help='processes packed in one array task (each training --seeds_per_process runs), run '
+                            'concurrently on its GPU(s), each with a 1/k share of the GPU memory '
+                            '(XLA_PYTHON_CLIENT_MEM_FRACTION)')
     slurm.add_argument('--max_concurrent', type=int, default=64, help='array tasks running at a time (throttle)')
     slurm.add_argument('--account', help='Slurm account')
     slurm.add_argument('--qos', help='Slurm QOS')
@@ -165,13 +175,14 @@ def detect_gpus():
     return out.stdout.split() if out.returncode == 0 else []
 
 
-def launch_local(runs, root, args):
+def launch_local(packs, root, args):
     devices = args.gpus if args.gpus is not None else detect_gpus()
     slots = args.slots or max(1, len(devices))
     per_device = math.ceil(slots / len(devices)) if devices else 1
-    print(f'Running {len(runs)} runs, {slots} at a time'
+    total = sum(map(len, packs))
+    print(f'Running {total} runs{f" as {len(packs)} processes" if len(packs) < total else ""}, {slots} at a time'
           + (f' on GPUs {",".join(devices)} ({per_device} per GPU)' if devices else ' (no GPUs)') + '.', flush=True)
-    pending, lock, results, processes = list(runs), threading.Lock(), {}, {}
+    pending, lock, results, processes = list(packs), threading.Lock(), {}, {}
     stopping = threading.Event()
 
     def announce(run, pid):
@@ -182,17 +193,19 @@ def launch_local(runs, root, args):
             with lock:
                 if not pending:
                     return
-                run = pending.pop(0)
+                pack = pending.pop(0)
             start = time.time()
             try:
-                result = run_state.execute(run, root, args.python, run_state.device_env(slot, devices, per_device),
-                                           announce)
+                pack_results = run_state.execute(pack, root, args.python,
+                                                 run_state.device_env(slot, devices, per_device), announce)
             except Exception as e:  # noqa: BLE001 - reported like a failed run
-                result = f'error ({type(e).__name__}: {e})'
-            processes.pop(run.key, None)
+                pack_results = {run.key: f'error ({type(e).__name__}: {e})' for run in pack}
             with lock:
-                results[run.key] = result
-                print(f'[{len(results)}/{len(runs)}] {result:<11} {run.key} ({time.time() - start:.0f} s)', flush=True)
+                for run in pack:
+                    processes.pop(run.key, None)
+                    results[run.key] = pack_results[run.key]
+                    print(f'[{len(results)}/{total}] {results[run.key]:<11} {run.key} ({time.time() - start:.0f} s)',
+                          flush=True)
 
     threads = [threading.Thread(target=worker, args=(slot,), daemon=True) for slot in range(slots)]
     for thread in threads:
@@ -204,7 +217,7 @@ def launch_local(runs, root, args):
         stopping.set()
         print('\nInterrupted: stopping the running runs (they resume from their checkpoints when launched again).',
               flush=True)
-        for pid in list(processes.values()):
+        for pid in set(processes.values()):
             try:
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
@@ -216,7 +229,7 @@ def launch_local(runs, root, args):
 
 
 # -------------------------------------------------------------------------------------------------- slurm
-def launch_slurm(runs, root, sweep, args):
+def launch_slurm(packs, root, sweep, args):
     import submitit
 
     from sweeps.slurm_job import RunGroup
@@ -241,16 +254,18 @@ def launch_slurm(runs, root, sweep, args):
     params.update({k: v for k, v in optional.items() if v is not None})
     executor.update_parameters(**params)
     k = args.runs_per_task
-    groups = [runs[i : i + k] for i in range(0, len(runs), k)]
+    groups = [packs[i : i + k] for i in range(0, len(packs), k)]
     with executor.batch():
         jobs = [executor.submit(RunGroup(group, root, args.python)) for group in groups]
     submitted = time.strftime('%Y-%m-%d %H:%M:%S')
     for job, group in zip(jobs, groups):
-        for run in group:
+        for run in (run for pack in group for run in pack):
             run_state.write_json(run_state.launch_paths(run, root)['job'],
                                  dict(job_id=job.job_id, submitted=submitted, submitit_folder=folder))
     array_ids = sorted({job.job_id.split('_')[0] for job in jobs})
-    print(f'Submitted {len(runs)} runs as {len(groups)} array tasks ({k} per task) in job(s) {", ".join(array_ids)}; '
+    total = sum(map(len, packs))
+    print(f'Submitted {total} runs as {len(groups)} array tasks ({k} process{"es" if k > 1 else ""} per task'
+          f'{f", {len(packs)} processes in all" if len(packs) < total else ""}) in job(s) {", ".join(array_ids)}; '
           f'job logs in {folder}. Follow with: squeue; python -m sweeps.launch status {sweep.name} ...', flush=True)
     if args.wait:
         ids = {job.job_id for job in jobs}
@@ -283,18 +298,24 @@ def main(argv=None):
         if show_status:
             print_status(sweep, collect_status(runs, root, args.tail), root, args.only)
             return 0
+        if args.seeds_per_process < 1:
+            raise sweeps.SweepError(f'--seeds_per_process must be at least 1, got {args.seeds_per_process}.')
+        if args.seeds_per_process > 1 and any(run_state.same_value(run.flag_dict.get('wandb', False), True)
+                                              for run in runs):
+            raise sweeps.SweepError('--wandb logs one run per process: use it with --seeds_per_process=1.')
         for warning in sweeps.check_agents(runs, require_agents=args.backend != 'print'):
             print(f'# warning: {warning}', file=sys.stderr)
         statuses = collect_status(runs, root, args.tail)
         chosen = to_launch(statuses, args.retry_diverged)
+        packs = run_state.pack_runs(chosen, args.seeds_per_process, root)
         c = counts(statuses)
         header = (f'{sweep.name}: {len(runs)} runs selected ({c["done"]} done, {c["running"] + c["queued"]} running or '
                   f'queued, {len(runs) - c["done"] - c["running"] - c["queued"] - len(chosen)} diverged): '
-                  f'{len(chosen)} to launch.')
+                  f'{len(chosen)} to launch{f" in {len(packs)} processes" if len(packs) < len(chosen) else ""}.')
         if args.backend == 'print':
             print(f'# {header}')
-            for run in chosen:
-                print(run.command(root, args.python))
+            for pack in packs:
+                print(shlex.join(run_state.pack_argv(pack, root, args.python)))
             return 0
         print(header, flush=True)
         if not chosen:
@@ -302,11 +323,11 @@ def main(argv=None):
         if not confirm(len(chosen), args):
             return 3
         if args.backend == 'local':
-            code = launch_local(chosen, root, args)
+            code = launch_local(packs, root, args)
             statuses = collect_status(runs, root, args.tail)
             print(f'{sweep.name}: {summary_line(statuses)}')
             return code
-        return launch_slurm(chosen, root, sweep, args)
+        return launch_slurm(packs, root, sweep, args)
     except sweeps.SweepError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2

@@ -16,12 +16,14 @@ resumes from its last checkpoint, and a DONE run is skipped.
 """
 
 import ast
+import contextlib
 import dataclasses
 import fcntl
 import glob
 import json
 import math
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -29,6 +31,7 @@ import time
 
 DONE, DIVERGED = 'DONE', 'DIVERGED'  # main.py's markers (utils/experiment.py)
 STATES = ('done', 'running', 'queued', 'failed', 'interrupted', 'not started')
+SEED_STRIDE = 10001  # main.py --num_seeds=N trains the seeds s + 10001·k, k < N
 LOCK_WAIT_S = 10  # a status check holds the lock for microseconds; a starting run waits this long for it
 
 
@@ -230,57 +233,130 @@ def current_job():
     return os.environ.get('SLURM_JOB_ID')
 
 
-def execute(run, root, python=None, env=None, announce=None):
-    """Run one run's command to its end with the lock held; returns its final state: 'done', 'failed',
-    'interrupted', 'stopped' or 'skipped' (already done, or executing elsewhere).
+def pack_runs(runs, size, root=None):
+    """The runs as processes: lists of at most `size` runs that main.py trains as one vmapped program
+    (`--seed=s --num_seeds=n` trains the seeds s + 10001·k, k < n, each in its own run directory). Runs share a
+    process when they differ only in their seed, their seeds are s, s + 10001, s + 20002, ... (the paper's seeds are),
+    and, under `root`, their latest checkpoints are at the same step: main.py resumes a process's runs from a step
+    that all of them saved, so runs interrupted at different steps stay apart. Processes keep the order of `runs`."""
+    if size < 1:
+        raise ValueError(f'A process trains at least one run, got {size}.')
 
-    The command's output is appended to the run's log. `env`: extra environment variables (GPU assignment).
+    def configuration(run):
+        step = latest_checkpoint(find_run_dir(run, root)) if root else None
+        return run.method, tuple(flag for flag in run.flags if flag[0] != 'seed'), step
+
+    groups = {}
+    for run in runs:
+        groups.setdefault(configuration(run), []).append(run)
+    packs = []
+    for group in groups.values():
+        pack = []
+        for run in sorted(group, key=lambda run: run.seed):
+            if pack and (len(pack) == size or run.seed != pack[-1].seed + SEED_STRIDE):
+                packs.append(pack)
+                pack = []
+            pack.append(run)
+        packs.append(pack)
+    position = {id(run): index for index, run in enumerate(runs)}
+    return sorted(packs, key=lambda pack: min(position[id(run)] for run in pack))
+
+
+def pack_argv(pack, root, python=None):
+    """The main.py command line of a process (see `pack_runs`): its first run's, with --num_seeds for the others."""
+    argv = pack[0].argv(root, python)
+    return argv if len(pack) == 1 else argv + [f'--num_seeds={len(pack)}']
+
+
+def execute(pack, root, python=None, env=None, announce=None):
+    """Run a process of runs (see `pack_runs`; one run is a process of one) to its end, with every run's lock held.
+    Returns {run key: final state}: 'done', 'failed', 'interrupted', 'stopped' or 'skipped' (already done, or
+    executing elsewhere). A run found done or locked elsewhere is left out; if the rest are no longer consecutive
+    seeds, they run as several processes, one after the other.
+
+    The output of the process is appended to the log of each of its runs. `env`: extra environment variables (GPU
+    assignment). `announce(run, pid)` is called for every run once its process has started.
     """
-    paths = launch_paths(run, root)
-    os.makedirs(os.path.dirname(paths['lock']), exist_ok=True)
-    with open(paths['lock'], 'a') as lock:
-        if not _acquire(lock):
-            return 'skipped'
-        run_dir = find_run_dir(run, root)
-        if run_dir and os.path.exists(os.path.join(run_dir, DONE)):
-            return 'skipped'
-        argv = run.argv(root, python)
-        record = dict(state='running', host=socket.gethostname(), job=current_job(), command=argv,
-                      started=time.strftime('%Y-%m-%d %H:%M:%S'))
-        with open(paths['log'], 'a') as log:
-            log.write(f'\n=== {record["started"]} start on {record["host"]}'
-                      f'{" (Slurm job " + record["job"] + ")" if record["job"] else ""}: {run.command(root, python)}\n')
-            log.flush()
-            process = subprocess.Popen(argv, cwd=os.path.dirname(argv[1]), stdout=log, stderr=subprocess.STDOUT,
-                                       env={**os.environ, **(env or {})}, pass_fds=(lock.fileno(),))
-            write_json(paths['json'], dict(record, pid=process.pid))
+    results = {}
+    with contextlib.ExitStack() as stack:
+        locks = {}
+        for run in pack:
+            path = launch_paths(run, root)['lock']
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            lock = stack.enter_context(open(path, 'a'))
+            if not _acquire(lock):
+                results[run.key] = 'skipped'  # executing elsewhere
+                continue
+            run_dir = find_run_dir(run, root)
+            if run_dir and os.path.exists(os.path.join(run_dir, DONE)):
+                results[run.key] = 'skipped'
+                continue
+            locks[run.key] = lock
+        for process_runs in pack_runs([run for run in pack if run.key in locks], max(1, len(locks)), root):
+            results.update(_execute_process(process_runs, [locks[run.key] for run in process_runs], root, python, env,
+                                            announce))
+    return results
+
+
+def _execute_process(pack, locks, root, python, env, announce):
+    """One main.py process for the runs of `pack`, whose `locks` this process holds (see `execute`)."""
+    paths = [launch_paths(run, root) for run in pack]
+    argv = pack_argv(pack, root, python)
+    record = dict(state='running', host=socket.gethostname(), job=current_job(), command=argv,
+                  started=time.strftime('%Y-%m-%d %H:%M:%S'))
+    seeds = f' (one process for the seeds {", ".join(str(run.seed) for run in pack)})' if len(pack) > 1 else ''
+    header = (f'\n=== {record["started"]} start on {record["host"]}'
+              f'{" (Slurm job " + record["job"] + ")" if record["job"] else ""}: {shlex.join(argv)}{seeds}\n')
+    with contextlib.ExitStack() as stack:
+        logs = [stack.enter_context(open(p['log'], 'ab')) for p in paths]
+        _write_all(logs, header.encode())
+        # The locks pass to main.py too: they stay held while it runs, even if this process is killed first.
+        process = subprocess.Popen(argv, cwd=os.path.dirname(argv[1]), stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+                                   pass_fds=[lock.fileno() for lock in locks])
+        for run, p in zip(pack, paths):
+            write_json(p['json'], dict(record, pid=process.pid))
             if announce:
                 announce(run, process.pid)
+        try:
+            while chunk := os.read(process.stdout.fileno(), 1 << 16):  # the output, into every run's log
+                _write_all(logs, chunk)
+            returncode = process.wait()
+        except BaseException:  # Ctrl-C or the job being killed: stop the process too (its runs resume later)
+            process.send_signal(signal.SIGTERM)
             try:
-                returncode = process.wait()
-            except BaseException:  # Ctrl-C or the job being killed: stop the run too (it resumes later)
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                write_json(paths['json'], dict(record, pid=process.pid, state='interrupted',
-                                               ended=time.strftime('%Y-%m-%d %H:%M:%S')))
-                raise
-        run_dir = find_run_dir(run, root)
-        if run_dir and os.path.exists(os.path.join(run_dir, DONE)):
-            final = 'done'
-        elif returncode < 0:
-            final = 'interrupted'  # killed by a signal (preemption, requeue, time limit)
-        elif returncode == 0:
-            final = 'stopped'  # --stop_at_step
-        else:
-            final = 'failed'
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+            for p in paths:
+                write_json(p['json'], dict(record, pid=process.pid, state='interrupted',
+                                           ended=time.strftime('%Y-%m-%d %H:%M:%S')))
+            raise
+        finally:
+            process.stdout.close()
         ended = time.strftime('%Y-%m-%d %H:%M:%S')
-        write_json(paths['json'], dict(record, pid=process.pid, state=final, returncode=returncode, ended=ended))
-        with open(paths['log'], 'a') as log:
-            log.write(f'=== {ended} {final} (exit code {returncode})\n')
-        return final
+        results = {}
+        for run, p in zip(pack, paths):
+            run_dir = find_run_dir(run, root)
+            if run_dir and os.path.exists(os.path.join(run_dir, DONE)):
+                final = 'done'
+            elif returncode < 0:
+                final = 'interrupted'  # killed by a signal (preemption, requeue, time limit)
+            elif returncode == 0:
+                final = 'stopped'  # --stop_at_step
+            else:
+                final = 'failed'  # an error, or this run diverged while the others of its process finished
+            write_json(p['json'], dict(record, pid=process.pid, state=final, returncode=returncode, ended=ended))
+            results[run.key] = final
+        for log, run in zip(logs, pack):
+            log.write(f'=== {ended} {results[run.key]} (exit code {returncode})\n'.encode())
+    return results
+
+
+def _write_all(files, data):
+    for f in files:
+        f.write(data)
+        f.flush()
 
 
 def device_env(index, devices, runs_on_device):

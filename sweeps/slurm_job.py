@@ -1,4 +1,5 @@
-"""What one Slurm array task executes: a group of runs, concurrently, sharing the task's GPUs.
+"""What one Slurm array task executes: a group of processes (each one run, or several seeds packed by
+`--seeds_per_process`), concurrently, sharing the task's GPUs.
 
 submitit pickles a `RunGroup` and calls it inside the job. It is Checkpointable: on a time limit or preemption
 submitit asks it for a checkpoint and requeues the job, which then calls it again; so does a job requeued by Slurm
@@ -16,24 +17,24 @@ from sweeps import runs as run_state
 
 
 class RunGroup(submitit.helpers.Checkpointable):
-    def __init__(self, runs, root, python=None):
-        self.runs = list(runs)  # sweeps.Run
+    def __init__(self, packs, root, python=None):
+        self.packs = [list(pack) for pack in packs]  # processes: lists of sweeps.Run (runs.pack_runs)
         self.root = root
         self.python = python
 
     def __call__(self):
         devices = [d for d in os.environ.get('CUDA_VISIBLE_DEVICES', '').split(',') if d.strip()]
-        per_device = math.ceil(len(self.runs) / len(devices)) if devices else 1
+        per_device = math.ceil(len(self.packs) / len(devices)) if devices else 1
         results = {}
 
-        def work(index, run):
+        def work(index, pack):
             try:
-                results[run.key] = run_state.execute(
-                    run, self.root, self.python, env=run_state.device_env(index, devices, per_device))
-            except Exception as e:  # noqa: BLE001 - one broken run must not stop the others of the group
-                results[run.key] = f'error: {type(e).__name__}: {e}'
+                results.update(run_state.execute(
+                    pack, self.root, self.python, env=run_state.device_env(index, devices, per_device)))
+            except Exception as e:  # noqa: BLE001 - one broken process must not stop the others of the group
+                results.update({run.key: f'error: {type(e).__name__}: {e}' for run in pack})
 
-        threads = [threading.Thread(target=work, args=(i, run), daemon=True) for i, run in enumerate(self.runs)]
+        threads = [threading.Thread(target=work, args=(i, pack), daemon=True) for i, pack in enumerate(self.packs)]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -43,6 +44,6 @@ class RunGroup(submitit.helpers.Checkpointable):
         # An interrupted run is being killed with its job (requeue, preemption, time limit): no error for that.
         failed = sorted(k for k, r in results.items() if r not in ('done', 'skipped', 'interrupted'))
         if failed:
-            raise RuntimeError(f'{len(failed)} of {len(self.runs)} runs did not finish: {", ".join(failed)}; '
+            raise RuntimeError(f'{len(failed)} of {len(results)} runs did not finish: {", ".join(failed)}; '
                                'see their logs (python -m sweeps.launch status ...).')
         return results

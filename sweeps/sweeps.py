@@ -180,6 +180,9 @@ def check_flag_names(names, where):
     for name in names:
         if name in RESERVED_FLAGS:
             raise SweepError(f'{where}: --{name} is set by the sweep itself; it cannot be overridden.')
+        if name in ('num_seeds', 'hyper_sweep'):
+            raise SweepError(f'{where}: --{name} would train several runs under one run of the sweep; every seed and '
+                             'value is a run of its own (launch several seeds as one process with --seeds_per_process).')
         if not name.startswith('agent.') and name not in known:
             raise SweepError(f'{where}: unknown main.py flag --{name}. Flags: {", ".join(sorted(known))}, '
                              'or --agent.<key>.')

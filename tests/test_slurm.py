@@ -81,7 +81,7 @@ def test_slurm_backend_runs_the_tiny_sweep_through_a_requeue(tmp_path, generated
              '--max_concurrent=2', f'--save_dir={root}']
     assert launch.main(selection + slurm) == 0
     out = capsys.readouterr().out
-    assert 'Submitted 4 runs as 2 array tasks (2 per task)' in out, out
+    assert 'Submitted 4 runs as 2 array tasks (2 processes per task)' in out, out
     jobs = [run_state.read_json(run_state.launch_paths(run, root)['job'])['job_id'] for run in runs]
     array_id = jobs[0].split('_')[0]
     assert jobs == [f'{array_id}_0', f'{array_id}_0', f'{array_id}_1', f'{array_id}_1']  # two runs per array task

@@ -251,6 +251,7 @@ def test_tiny_budget_keeps_what_defines_a_method():
     (dict(extra_args='--offline_step=3'), 'unknown main.py flag'),
     (dict(extra_args='--seed=3'), 'set by the sweep itself'),
     (dict(extra_args='offline_steps=3'), 'expected --name=value'),
+    (dict(extra_args='--num_seeds=3'), 'seeds_per_process'),
 ])
 def test_bad_selection_raises(selection, message):
     with pytest.raises(sweeps.SweepError, match=message):
@@ -318,6 +319,48 @@ def test_print_backend_lists_runnable_commands(tmp_path, capsys):
     assert argv[1].endswith('main.py') and '--method=QAM-E' in argv and f'--save_dir={tmp_path}/QAM-E' in argv
     assert '--agent.inv_temp=3' in argv and '--agent.edit_scale=0.1' in argv and '--seed=10001' in argv
     assert os.listdir(tmp_path) == []  # a dry run writes nothing
+
+
+def test_seeds_of_one_configuration_pack_into_processes(tmp_path, capsys):
+    runs = expand('paper', methods=['QAM', 'FQL'], domains=['c2'], tasks=[1, 2], seeds=[10001 * k for k in range(1, 7)])
+    root = str(tmp_path)
+    assert run_state.pack_runs(runs, 1, root) == [[run] for run in runs]
+
+    def keys(packs):
+        return [[(run.method, run.task, run.seed // 10001) for run in pack] for pack in packs]
+
+    # main.py --num_seeds=n trains seeds s + 10001k, k < n: a pack takes consecutive seeds of one configuration.
+    qam_task1 = [run for run in runs if run.method == 'QAM' and run.task == 1]
+    assert keys(run_state.pack_runs(qam_task1, 4, root)) == [[('QAM', 1, k) for k in (1, 2, 3, 4)],
+                                                             [('QAM', 1, 5), ('QAM', 1, 6)]]
+    gaps = [run for run in qam_task1 if run.seed // 10001 not in (3, 5)]  # seeds 1, 2, 4, 6
+    assert keys(run_state.pack_runs(gaps[::-1], 4, root)) == [[('QAM', 1, 6)], [('QAM', 1, 4)], [('QAM', 1, 1),
+                                                                                                ('QAM', 1, 2)]]
+    # Runs whose latest checkpoints differ are not packed: main.py resumes a pack from a step all of its runs saved.
+    fake_run_dir(qam_task1[1], root, checkpoint=100000)
+    fake_run_dir(qam_task1[2], root, checkpoint=100000)
+    assert keys(run_state.pack_runs(qam_task1, 3, root)) == [[('QAM', 1, 1)], [('QAM', 1, 2), ('QAM', 1, 3)],
+                                                             [('QAM', 1, 4), ('QAM', 1, 5), ('QAM', 1, 6)]]
+    # Methods, tasks and other settings never share a process; every run is in exactly one.
+    packs = run_state.pack_runs(runs, 12)
+    assert keys(packs) == [[(method, task, k) for k in range(1, 7)] for method in ('QAM', 'FQL') for task in (1, 2)]
+    other = expand('paper', methods=['QAM'], domains=['c2'], tasks=[1], seeds=[30003], extra_args='--agent.lr=1e-4')
+    assert keys(run_state.pack_runs(qam_task1[:2] + other, 3)) == [[('QAM', 1, 1), ('QAM', 1, 2)], [('QAM', 1, 3)]]
+    with pytest.raises(ValueError):
+        run_state.pack_runs(runs, 0)
+
+    # The command of a pack is its first run's with --num_seeds; the print backend shows one line per process.
+    argv = run_state.pack_argv(packs[0], root)
+    assert argv == packs[0][0].argv(root) + ['--num_seeds=6']
+    assert launch.main(['paper', '--methods=QAM', '--domains=c2', '--tasks=1', f'--save_dir={root}',
+                        '--seeds=10001,20002,30003,40004,50005,60006', '--seeds_per_process=4']) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert '6 to launch in 3 processes' in lines[0] and len(lines) == 4, lines
+    assert '--seed=10001' in lines[1] and '--num_seeds' not in lines[1]  # apart from seeds 2 and 3 (checkpoints)
+    assert '--seed=20002' in lines[2] and lines[2].endswith('--num_seeds=2')
+    assert '--seed=40004' in lines[3] and lines[3].endswith('--num_seeds=3')
+    assert launch.main(['paper', '--methods=QAM', '--domains=c2', '--seeds_per_process=0', f'--save_dir={root}']) == 2
+    assert '--seeds_per_process must be at least 1' in capsys.readouterr().err
 
 
 def test_confirmation_threshold(tmp_path, monkeypatch, capsys):
@@ -466,12 +509,17 @@ def test_local_backend_runs_a_tiny_sweep_resumes_and_skips(tmp_path, generated_d
     assert 'checkpoint at step 10' in run_state.status(first, root).detail
     capsys.readouterr()
 
-    assert launch.main(selection + ['--backend=local', '--slots=2', f'--save_dir={root}']) == 0
+    # Two seeds per process: FQL's seeds train as one vmapped program; QAM's stay apart (one has a checkpoint).
+    assert launch.main(selection + ['--backend=local', '--slots=2', '--seeds_per_process=2', f'--save_dir={root}']) == 0
     out = capsys.readouterr().out
-    assert '4 runs selected (0 done' in out and out.count(' done ') >= 4, out
+    assert '4 runs selected (0 done' in out and '4 to launch in 3 processes' in out and out.count(' done ') >= 4, out
     check_finished(runs, root)
     log = open(run_state.launch_paths(first, root)['log']).read()
-    assert 'Resumed from the checkpoint at step 10.' in log
+    assert 'Resumed from the checkpoint at step 10.' in log and '--num_seeds' not in log
+    packed = [run for run in runs if run.method != first.method]
+    logs = [open(run_state.launch_paths(run, root)['log']).read() for run in packed]
+    assert logs[0] == logs[1] and logs[0].count('--num_seeds=2 (one process for the seeds 10001, 20002)') == 1
+    assert all(run_state.read_json(run_state.launch_paths(run, root)['json'])['state'] == 'done' for run in packed)
 
     assert [s.state for s in launch.collect_status(runs, root)] == ['done'] * 4
     assert launch.main(['status'] + selection + [f'--save_dir={root}']) == 0
