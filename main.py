@@ -41,9 +41,11 @@ from ml_collections import config_flags  # noqa: E402
 
 import agents  # noqa: E402
 from envs import data_sources, env_utils, tasks  # noqa: E402
-from utils import datasets, evaluation, experiment, training  # noqa: E402
+from utils import cpu_random, datasets, evaluation, experiment, training  # noqa: E402
 from utils.checkpoints import Checkpointer  # noqa: E402
 from utils.logger import CsvLogger  # noqa: E402
+
+cpu_random.unroll_threefry_on_cpu()  # the same random bits, fewer XLA:CPU kernels per draw (see utils/cpu_random.py)
 
 FLAGS = flags.FLAGS
 

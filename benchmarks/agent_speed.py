@@ -40,7 +40,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 import agents  # noqa: E402
-from utils import datasets, evaluation, host_memory, training  # noqa: E402
+from utils import cpu_random, datasets, evaluation, host_memory, training  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list('agents', None, 'Agents to measure (default: all).')
@@ -52,6 +52,8 @@ flags.DEFINE_integer('eval_envs', 4, 'Episodes of the evaluation measurement (0 
 flags.DEFINE_float('peak_tflops', None, 'Device peak in TFLOP/s for the peak fraction (GPU only).')
 flags.DEFINE_bool('keep_freed_memory', False, 'Use main.py\'s host allocator setting (utils/host_memory.py); off: '
                   'glibc\'s defaults, as the reference code runs. It changes the per-call figures, not the fused ones.')
+flags.DEFINE_bool('unrolled_threefry', True, 'Lower jax.random\'s hash unrolled on the CPU, as main.py does '
+                  '(utils/cpu_random.py); off: JAX\'s default rolled loop.')
 flags.DEFINE_string('out', None, 'Write the figures to this JSON file.')
 
 SIZES = {
@@ -178,13 +180,16 @@ def measure(module, size, host_data, device_data):
 def main(_):
     if FLAGS.keep_freed_memory and not host_memory.keep_freed_memory():  # before JAX starts its threads
         raise app.UsageError('--keep_freed_memory needs glibc (mallopt).')
+    if FLAGS.unrolled_threefry:
+        cpu_random.unroll_threefry_on_cpu()
     names = FLAGS.agents or agents.available_agents()
     host_data = random_dataset(np.random.default_rng(0))
     device_data = datasets.to_device(host_data)
     results = dict(
         machine=dict(platform=platform.platform(), processor=platform.processor(), cpus=os.cpu_count(),
                      devices=[str(d) for d in jax.devices()], backend=jax.default_backend()),
-        settings=dict(scan_length=FLAGS.scan_length, keep_freed_memory=FLAGS.keep_freed_memory, obs_dim=OBS_DIM,
+        settings=dict(scan_length=FLAGS.scan_length, keep_freed_memory=FLAGS.keep_freed_memory,
+                      unrolled_threefry=FLAGS.unrolled_threefry, obs_dim=OBS_DIM,
                       action_dim=ACTION_DIM, horizon=HORIZON),
         figures={},
     )

@@ -11,6 +11,10 @@ _CACHE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file
 jax.config.update('jax_compilation_cache_dir', _CACHE_DIR)
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
 
+from utils import cpu_random  # noqa: E402
+
+cpu_random.unroll_threefry_on_cpu()  # as main.py: tests compile what runs compile
+
 
 # Generated OGBench datasets (envs/generate.py), shared by every test that needs real files to load or train on.
 import pytest  # noqa: E402
