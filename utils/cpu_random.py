@@ -6,7 +6,8 @@ kernels, so every draw costs a fixed number of kernel launches, and an update dr
 flow noises and times, SDE noises, ...). JAX's unrolled lowering, the one it uses on the other platforms, computes
 the same bits (the same hash of the same keys, so runs and their checkpoints are unaffected) in a few fused
 kernels. Updates per second of main.py's fused loop at the quick-start size (2x64, batch 64) on a 2-core Intel
-Xeon, measured in one process: QAM 1.23x, ReBRAC 1.14x, FQL 1.11x, BAM 1.08x; compilation takes about as long.
+Xeon, both lowerings timed interleaved in one process: QAM 1.23x, ReBRAC 1.14x, FQL 1.11x, BAM 1.08x. The smoke
+tests compile in about the same time either way (`benchmarks/agent_speed.py --nounrolled_threefry` runs without).
 
 This registers a lowering rule of JAX's (`jax._src`, pinned in requirements.txt); a JAX without it keeps its own.
 """
