@@ -1,4 +1,5 @@
-"""The state of a sweep's runs on disk, and the wrapper that executes one run (locally or inside a Slurm job).
+"""The state of a sweep's runs on disk, and the wrapper that executes a run, or several seeds of one configuration
+as one main.py process (`pack_runs`), locally or inside a Slurm job.
 
 Files of a run under the launcher's save root S (see `Run.save_dir`: one folder per method):
 
@@ -12,7 +13,8 @@ Files of a run under the launcher's save root S (see `Run.save_dir`: one folder 
 A run is found by reading flags.json in S/<method>/<agent>/<env_name>/seed<seed>-*/ and matching the recorded
 method, seed, environment and every result-relevant setting of the command (main.py's hash cannot be predicted
 without resolving the agent config). A run is executed by running its command with the lock held: running it again
-resumes from its last checkpoint, and a DONE run is skipped.
+resumes from its last checkpoint, and a DONE run is skipped. A process of several seeds holds all of their locks
+and appends its output to each of their logs; each run's state is its own (done, failed, ...).
 """
 
 import ast
