@@ -54,6 +54,9 @@ flags.DEFINE_bool('keep_freed_memory', False, 'Use main.py\'s host allocator set
                   'glibc\'s defaults, as the reference code runs. It changes the per-call figures, not the fused ones.')
 flags.DEFINE_bool('unrolled_threefry', True, 'Lower jax.random\'s hash unrolled on the CPU, as main.py does '
                   '(utils/cpu_random.py); off: JAX\'s default rolled loop.')
+flags.DEFINE_bool('compare_threefry', False, 'Measure only the fused loop, with JAX\'s rolled and with the unrolled '
+                  'threefry lowering, compiled in this process and timed in alternation (figures: rolled_updates_per_s, '
+                  'unrolled_updates_per_s, unrolled_speedup).')
 flags.DEFINE_string('out', None, 'Write the figures to this JSON file.')
 
 SIZES = {
@@ -86,11 +89,42 @@ def timed(fn, min_seconds):
     return calls / (time.perf_counter() - start)
 
 
-def measure(module, size, host_data, device_data):
+def sized_config(module, size):
     config = module.get_config()
     for key, value in SIZES[size].items():
         config[key] = value
     config.horizon_length = HORIZON
+    return config
+
+
+def compare_threefry(module, size, host_data, device_data, rounds=5):
+    """Fused updates per second with JAX's rolled CPU lowering of the threefry hash and with the unrolled one
+    (utils/cpu_random.py): both loops compiled in this process and timed in alternation, best of `rounds`."""
+    config = sized_config(module, size)
+    agent = module.Agent.create(0, host_data['observations'][0], host_data['actions'][0], config)
+    key, programs = jax.random.PRNGKey(1)[None], {}
+    for lowering in ('rolled', 'unrolled'):
+        cpu_random.set_threefry_lowering_on_cpu(unrolled=lowering == 'unrolled')
+        offline_updates = training.make_train_functions(config, balanced=False, utd_ratio=1)[0]  # a new jit
+        programs[lowering] = offline_updates.lower(training.stack([agent]), device_data, key, 0,
+                                                   num_updates=FLAGS.scan_length).compile()
+    cpu_random.set_threefry_lowering_on_cpu(unrolled=FLAGS.unrolled_threefry)
+    rates = {lowering: 0.0 for lowering in programs}
+    for _ in range(rounds):
+        for lowering, program in programs.items():
+            state = [training.stack([agent])]
+
+            def run():
+                state[0], infos = program(state[0], device_data, key, 0)
+                jax.block_until_ready(infos)
+
+            rates[lowering] = max(rates[lowering], FLAGS.scan_length * timed(run, FLAGS.min_seconds / rounds))
+    return {'rolled_updates_per_s': rates['rolled'], 'unrolled_updates_per_s': rates['unrolled'],
+            'unrolled_speedup': rates['unrolled'] / rates['rolled']}
+
+
+def measure(module, size, host_data, device_data):
+    config = sized_config(module, size)
     batch_size, discount, scan_length = config.batch_size, config.discount, FLAGS.scan_length
     agent = module.Agent.create(0, host_data['observations'][0], host_data['actions'][0], config)
     figures = {}
@@ -196,7 +230,7 @@ def main(_):
     for name in names:
         module = agents.load_agent(name)
         for size in FLAGS.sizes:
-            figures = measure(module, size, host_data, device_data)
+            figures = (compare_threefry if FLAGS.compare_threefry else measure)(module, size, host_data, device_data)
             results['figures'][f'{name}/{size}'] = figures
             print(f'{name:8s} {size:10s} ' + '  '.join(f'{k}={v:.4g}' for k, v in figures.items()), flush=True)
     results['host_peak_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

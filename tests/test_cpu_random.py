@@ -46,18 +46,16 @@ def test_same_bits_as_the_rolled_loop():
                 jax.random.randint(keys[2], (256,), 0, 1_000_000), jax.random.fold_in(keys[3], 7))
 
     key = jax.random.PRNGKey(10001)
-    unrolled = compiled_with(threefry2x32._threefry2x32_lowering_rule, draws, key)
-    rolled = compiled_with(threefry2x32._threefry2x32_cpu_lowering_rule, draws, key)
+    unrolled = compiled_with(True, draws, key)
+    rolled = compiled_with(False, draws, key)
     assert 'while' not in unrolled.as_text() and 'while' in rolled.as_text()
     for a, b in zip(unrolled(key), rolled(key)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def compiled_with(rule, fn, *args):
-    """fn compiled for args with threefry2x32 lowered by `rule` on the CPU; the unrolled rule is restored after."""
-    from jax._src.interpreters import mlir
-
-    mlir.register_lowering(threefry2x32.threefry2x32_p, rule, platform='cpu')
+def compiled_with(unrolled, fn, *args):
+    """fn compiled for args with threefry2x32 lowered unrolled or rolled on the CPU; the unrolled rule is restored."""
+    assert cpu_random.set_threefry_lowering_on_cpu(unrolled)
     try:
         return jax.jit(lambda *a: fn(*a)).lower(*args).compile()  # a new function: nothing cached from before
     finally:
