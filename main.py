@@ -392,12 +392,24 @@ def main(_):
                 state['online_rows'] = {k: rows[m] for k, rows in online_rows.items()}
             checkpointers[m].save(step, state, meta)
 
+    def stopping(step):
+        """Whether to checkpoint and stop after this step: --stop_at_step, or a signal (utils/experiment.py)."""
+        return (FLAGS.stop_at_step is not None and step >= FLAGS.stop_at_step) or stop_signals.received is not None
+
     def stop(step):
         progress.close()
         for checkpointer in checkpointers:
             checkpointer.close()
-        print(f'Stopped at step {step} (--stop_at_step); run the same command again to resume. '
-              f'Run{"s" if num_members > 1 else ""}: {" ".join(member.run_dir for member in members)}')
+        reason = f'after {stop_signals.received}' if stop_signals.received else '(--stop_at_step)'
+        print(f'Stopped at step {step} {reason}, with a checkpoint; run the same command again to resume. '
+              f'Run{"s" if num_members > 1 else ""}: {" ".join(member.run_dir for member in members)}', flush=True)
+        if wandb_run:
+            wandb_run.finish()
+        if stop_signals.received:
+            stop_signals.exit()
+
+    # From here on a signal (Slurm preemption or time limit, Ctrl-C) checkpoints at the end of the current step.
+    stop_signals = experiment.StopSignals().install()
 
     # ---------------------------------------------------------------------------------- offline phase
     if start_step < FLAGS.offline_steps:
@@ -413,10 +425,10 @@ def main(_):
                 log_train(step, 'offline', host_metrics(info))
             if step % FLAGS.eval_interval == 0:
                 run_evaluation(step, 'offline', step // FLAGS.eval_interval)
-            stopping = FLAGS.stop_at_step is not None and step >= FLAGS.stop_at_step
-            if step % FLAGS.save_interval == 0 or step == FLAGS.offline_steps or stopping:
+            stop_here = stopping(step)
+            if step % FLAGS.save_interval == 0 or step == FLAGS.offline_steps or stop_here:
                 save_checkpoints(step, dict(phase='offline', shard_index=train_data.index if sharded else 0))
-            if stopping:
+            if stop_here:
                 return stop(step)
         del data
         dataset = train_data.current if sharded else dataset
@@ -496,16 +508,17 @@ def main(_):
                 log_train(step, 'online', member_metrics)
             if i % FLAGS.eval_interval == 0:
                 run_evaluation(step, 'online', (FLAGS.offline_steps // FLAGS.eval_interval) + i // FLAGS.eval_interval)
-            stopping = FLAGS.stop_at_step is not None and step >= FLAGS.stop_at_step
-            if i % FLAGS.save_interval == 0 or i == FLAGS.online_steps or stopping:
+            stop_here = stopping(step)
+            if i % FLAGS.save_interval == 0 or i == FLAGS.online_steps or stop_here:
                 filled = int(buffers.size[0]) - offline_rows
                 rows = {k: buffers.data[k][:, offline_rows : offline_rows + filled] for k in datasets.TRANSITION_KEYS}
                 save_checkpoints(step, dict(phase='online', online_rows=filled,
                                             shard_index=train_data.index if sharded else 0), rows if filled else None)
-            if stopping:
+            if stop_here:
                 return stop(step)
 
     # ------------------------------------------------------------------------------------ summary
+    stop_signals.restore()  # training is over: finishing the summary beats a checkpoint now
     progress.close()
     for checkpointer in checkpointers:
         checkpointer.close()

@@ -3,8 +3,11 @@
 import csv
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -82,6 +85,74 @@ def test_stopped_run_resumes_from_checkpoint_without_duplicate_rows(tmp_path, ge
     assert eval_steps == [20, 40, 60]
     done = json.load(open(os.path.join(run_dir, 'DONE')))
     assert done['final']['offline']['step'] == 40  # read back from eval.csv after the resume
+
+
+def start_main(args, log_path):
+    env = dict(os.environ, JAX_PLATFORMS='cpu', MUJOCO_GL='egl',
+               JAX_COMPILATION_CACHE_DIR=os.path.join(ROOT, '.cache', 'jax'))
+    with open(log_path, 'w') as log:
+        return subprocess.Popen([sys.executable, 'main.py', *args], cwd=ROOT, env=env, stdout=log,
+                                stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for(condition, process, log_path, timeout=600):
+    start = time.time()
+    while not condition():
+        if process.poll() is not None or time.time() - start > timeout:
+            process.kill()
+            raise AssertionError(f'main.py ended or timed out first:\n{open(log_path).read()[-5000:]}')
+        time.sleep(0.05)
+
+
+def logged_steps(tmp_path):
+    """The steps in train.csv so far (none before the run directory is made)."""
+    seeds = os.path.join(tmp_path, 'runs', 'qam', 'cube-double-play-singletask-task2-v0')
+    path = os.path.join(find_run_dir(tmp_path), 'train.csv') if os.path.isdir(seeds) else ''
+    return [int(r['step']) for r in read_csv(path)] if os.path.exists(path) else []
+
+
+def test_a_signalled_run_checkpoints_at_the_step_it_is_in_and_resumes_from_there(tmp_path, generated_datasets_dir):
+    # Slurm preempts or times out a job with SIGTERM (an earlier warning may be SIGUSR1): the run saves a
+    # checkpoint after its current step and ends by the signal; the same command resumes from that step.
+    args = [a for a in tiny_args(tmp_path, generated_datasets_dir)
+            if not a.startswith(('--offline_steps=', '--online_steps=', '--eval_interval=', '--save_interval='))]
+    args += ['--offline_steps=20', '--online_steps=100000', '--eval_interval=50000', '--save_interval=50000']
+    stopped_at = []
+    for leg, signum in enumerate((signal.SIGTERM, signal.SIGUSR1)):
+        log_path = tmp_path / f'leg{leg}.log'
+        process = start_main(args, log_path)
+        last = stopped_at[-1] if stopped_at else 20  # wait for an online row after the last stop
+        wait_for(lambda: any(step > last for step in logged_steps(tmp_path)), process, log_path)
+        process.send_signal(signum)
+        process.wait(timeout=300)
+        output = open(log_path).read()
+        assert process.returncode == -signum, output[-3000:]
+        step = int(re.search(rf'Stopped at step (\d+) after {signum.name}, with a checkpoint', output).group(1))
+        if stopped_at:
+            assert f'Resumed from the checkpoint at step {stopped_at[-1]}.' in output
+        assert step > last  # an online step: any environment step can be the last one
+        assert str(step) in os.listdir(os.path.join(find_run_dir(tmp_path), 'checkpoints'))
+        assert logged_steps(tmp_path) == list(range(10, step + 1, 10))  # each row once, none lost
+        stopped_at.append(step)
+    assert not os.path.exists(os.path.join(find_run_dir(tmp_path), 'DONE'))
+
+
+def test_a_second_signal_of_the_same_kind_stops_at_once():
+    code = (
+        'import os, signal, time\n'
+        'from utils.experiment import StopSignals\n'
+        'stop = StopSignals().install()\n'
+        'os.kill(os.getpid(), signal.SIGTERM); time.sleep(0.1)\n'
+        'os.kill(os.getpid(), signal.SIGINT); time.sleep(0.1)\n'
+        'print("requested by", stop.received, flush=True)\n'
+        'os.kill(os.getpid(), signal.SIGTERM); time.sleep(5)\n'
+        'print("still running")\n'
+    )
+    result = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                            env=dict(os.environ, JAX_PLATFORMS='cpu'))
+    assert result.returncode == -signal.SIGTERM
+    assert 'requested by SIGTERM' in result.stdout and 'still running' not in result.stdout
+    assert result.stdout.count('checkpointing at the end of the current step') == 1
 
 
 @pytest.mark.parametrize(

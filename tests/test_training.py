@@ -48,15 +48,35 @@ def test_offline_member_updates_as_the_agent_alone_and_compiles_once(data):
     agents, info = offline_updates(training.stack(members), data, keys, 20, num_updates=3)
     agents, info = offline_updates(agents, data, keys, 40, num_updates=3)
     assert offline_updates._cache_size() == 1  # a new step value does not retrace
-    # Member 1 alone: keys fold_in(key, step), split into one key per update, batches drawn on the device.
+    # Member 1 alone: update u (18, 19, 20, then 38, 39, 40) samples its batch on the device with fold_in(key, u).
     alone = members[1]
     update = jax.jit(lambda agent, batch: agent.update(batch))
     for step in (20, 40):
-        for key in jax.random.split(jax.random.fold_in(keys[1], step), 3):
+        for u in range(step - 2, step + 1):
+            key = jax.random.fold_in(keys[1], u)
             alone, last_info = update(alone, datasets.sample_chunks(data, key, 8, H, config.discount))
     assert_same_params(training.unstack(agents, 1), alone)
     for name, value in last_info.items():  # the logged metrics are those of the last update
         np.testing.assert_allclose(info[name][1], value, rtol=1e-4, atol=1e-6)
+
+
+def test_offline_results_do_not_depend_on_how_the_updates_are_split_into_calls(data):
+    # main.py's calls hold gcd(--log_interval, --eval_interval, --save_interval, ...) updates; those flags do not
+    # change results (they stay out of the run directory's hash), so six updates as 6, 3 + 3 or 2 + 4 must agree.
+    config = config_of(qam)
+    offline_updates = training.make_train_functions(config, balanced=False, utd_ratio=1)[0]
+    keys = jax.random.PRNGKey(5)[None]
+    results = []
+    for calls in ((6,), (3, 3), (2, 4)):
+        agents, step = training.stack([create(qam, 0)]), 0
+        for num_updates in calls:
+            step += num_updates
+            agents, _ = offline_updates(agents, data, keys, step, num_updates=num_updates)
+        results.append(training.unstack(agents, 0))
+    for other in results[1:]:
+        assert_same_params(other, results[0])
+    fresh = jax.tree.leaves(create(qam, 0).network.params)
+    assert any(not np.allclose(x, y) for x, y in zip(jax.tree.leaves(results[0].network.params), fresh))
 
 
 def test_online_step_adds_each_members_transition_then_updates(data):

@@ -1,10 +1,13 @@
-"""Run directories: deterministic names, recorded flags, and the markers that make runs resumable."""
+"""Run directories: deterministic names, recorded flags, the markers that make runs resumable, and stopping on a
+signal with a checkpoint."""
 
 import hashlib
 import json
 import os
 import platform
+import signal
 import subprocess
+import sys
 import time
 
 import jax
@@ -59,3 +62,55 @@ def write_marker(run_dir, name, content):
     with open(tmp, 'w') as f:
         json.dump(content, f, indent=2, sort_keys=True, default=str)
     os.replace(tmp, os.path.join(run_dir, name))
+
+
+class StopSignals:
+    """SIGTERM, SIGINT and SIGUSR1 become a request to checkpoint and stop at the end of the current step.
+
+    Slurm sends SIGTERM when it preempts, requeues or times out a job and kills it KillWait seconds later (sbatch
+    `--signal=USR1@<seconds>` warns earlier), and the sweep launchers pass Ctrl-C on as SIGTERM: without this a
+    run would lose everything since its last periodic checkpoint. A second signal of the same kind takes its
+    default action at once, so a run can still be killed immediately.
+
+        stop_signals = StopSignals().install()
+        ...  # at each step boundary: if stop_signals.received: checkpoint, then stop_signals.exit()
+        stop_signals.restore()
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+
+    def __init__(self):
+        self.received = None  # the first signal's name, e.g. 'SIGTERM'
+        self._previous = {}
+
+    def install(self):
+        """Handle the signals from now on (main thread only)."""
+        for signum in self.SIGNALS:
+            previous = signal.signal(signum, self._handle)
+            self._previous[signum] = signal.SIG_DFL if previous is None else previous  # None: set outside Python
+        return self
+
+    def restore(self):
+        """The handlers from before `install`."""
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        name = signal.Signals(signum).name
+        if self.received == name:
+            signal.signal(signum, self._previous[signum])
+            signal.raise_signal(signum)
+        elif self.received is None:
+            self.received = name
+            print(f'\n{name} received: checkpointing at the end of the current step, then stopping '
+                  f'(send {name} again to stop at once).', flush=True)
+
+    def exit(self):
+        """End the process by the received signal (its default action), as it would have ended without this
+        handler: launchers and shells see that it was stopped by that signal, not that it finished."""
+        sys.stdout.flush()
+        sys.stderr.flush()
+        signum = signal.Signals[self.received]
+        signal.signal(signum, signal.SIG_DFL)
+        signal.raise_signal(signum)

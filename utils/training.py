@@ -45,7 +45,9 @@ def make_train_functions(config, balanced, utd_ratio):
     """Jitted (offline_updates, online_step, act, act_step, replace_prefix), all vmapped over members.
 
     offline_updates(agents, data, keys, step, num_updates): `num_updates` updates (a `lax.scan`) per member,
-        keys folded with `step`; returns the agents and each member's metrics of the last update.
+        the last of them the `step`-th; the batch of update u is drawn with the member's key folded with u, so
+        results do not depend on how the updates are split into calls (--log_interval, --save_interval).
+        Returns the agents and each member's metrics of the last update.
     online_step(agents, buffers, offline_data, transitions, keys, step, update): add one transition to each
         member's buffer, then (if `update`) `utd_ratio` updates; metrics averaged over them.
     act(agents, observations, keys) and act_step(agents, observations, keys, step): each member's actions.
@@ -67,12 +69,15 @@ def make_train_functions(config, balanced, utd_ratio):
 
     @functools.partial(jax.jit, static_argnames='num_updates', donate_argnums=(0,))
     def offline_updates(agents, data, keys, step, num_updates):
+        updates = step - num_updates + 1 + jnp.arange(num_updates)  # the global index of each update
+
         def member_updates(agent, key):  # the dataset is shared: closed over, not mapped
+            update_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, updates)
             agent, infos = jax.lax.scan(lambda agent, key: agent.update(sample_batch(data, None, None, key)),
-                                        agent, jax.random.split(key, num_updates))
+                                        agent, update_keys)
             return agent, jax.tree.map(lambda x: x[-1], infos)  # the metrics of the last update, as logged
 
-        return over_members(member_updates)(agents, fold_in(keys, step))
+        return over_members(member_updates)(agents, keys)
 
     @functools.partial(jax.jit, donate_argnums=(0, 1), static_argnames='update')
     def online_step(agents, buffers, offline_data, transitions, keys, step, update):
