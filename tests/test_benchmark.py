@@ -1,0 +1,29 @@
+"""benchmarks/agent_speed.py runs from the README and writes every figure the speed issue asks for."""
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_speed_benchmark_writes_every_figure(tmp_path):
+    out = tmp_path / 'speed.json'
+    env = dict(os.environ, JAX_PLATFORMS='cpu', MUJOCO_GL='egl',
+               JAX_COMPILATION_CACHE_DIR=os.path.join(ROOT, '.cache', 'jax'))
+    result = subprocess.run(
+        [sys.executable, '-m', 'benchmarks.agent_speed', '--agents=fql', '--sizes=quickstart', '--seed_counts=1,2',
+         '--scan_length=2', '--min_seconds=0.05', '--eval_envs=1', f'--out={out}'],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert results['machine']['backend'] == 'cpu' and results['settings']['scan_length'] == 2
+    figures = results['figures']['fql/quickstart']
+    for name in ('compile_s', 'memory_mb', 'fused_updates_per_s', 'per_call_updates_per_s', 'update_ms', 'act_ms_1',
+                 'act_ms_50', 'eval_env_steps_per_s', 'seeds_1_updates_per_s', 'seeds_2_updates_per_s'):
+        assert figures[name] > 0, name
+    assert figures['fused_speedup'] == figures['fused_updates_per_s'] / figures['per_call_updates_per_s']
+    assert figures['seeds_1_scaling'] == 1.0
+    assert figures['seeds_2_scaling'] == figures['seeds_2_updates_per_s'] / (2 * figures['seeds_1_updates_per_s'])
+    assert 'fql      quickstart' in result.stdout
