@@ -137,11 +137,14 @@ def test_a_signalled_run_checkpoints_at_the_step_it_is_in_and_resumes_from_there
     assert not os.path.exists(os.path.join(find_run_dir(tmp_path), 'DONE'))
 
 
-def test_a_second_signal_of_the_same_kind_stops_at_once():
+def test_a_second_signal_of_the_same_kind_stops_at_once_and_ignored_signals_stay_ignored():
     code = (
         'import os, signal, time\n'
         'from utils.experiment import StopSignals\n'
+        'signal.signal(signal.SIGUSR1, signal.SIG_IGN)\n'  # as a shell starts a background job with SIGINT
         'stop = StopSignals().install()\n'
+        'os.kill(os.getpid(), signal.SIGUSR1); time.sleep(0.1)\n'
+        'print("after SIGUSR1:", stop.received, flush=True)\n'
         'os.kill(os.getpid(), signal.SIGTERM); time.sleep(0.1)\n'
         'os.kill(os.getpid(), signal.SIGINT); time.sleep(0.1)\n'
         'print("requested by", stop.received, flush=True)\n'
@@ -151,6 +154,7 @@ def test_a_second_signal_of_the_same_kind_stops_at_once():
     result = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=120,
                             env=dict(os.environ, JAX_PLATFORMS='cpu'))
     assert result.returncode == -signal.SIGTERM
+    assert 'after SIGUSR1: None' in result.stdout
     assert 'requested by SIGTERM' in result.stdout and 'still running' not in result.stdout
     assert result.stdout.count('checkpointing at the end of the current step') == 1
 

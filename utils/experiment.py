@@ -84,10 +84,13 @@ class StopSignals:
         self._previous = {}
 
     def install(self):
-        """Handle the signals from now on (main thread only)."""
+        """Handle the signals from now on (main thread only), except those the process was started ignoring
+        (e.g. SIGINT for a job that a shell started in the background)."""
         for signum in self.SIGNALS:
-            previous = signal.signal(signum, self._handle)
-            self._previous[signum] = signal.SIG_DFL if previous is None else previous  # None: set outside Python
+            previous = signal.getsignal(signum)
+            if previous != signal.SIG_IGN:
+                signal.signal(signum, self._handle)
+                self._previous[signum] = signal.SIG_DFL if previous is None else previous  # None: set outside Python
         return self
 
     def restore(self):
