@@ -5,7 +5,8 @@
 
 Results go to <save_dir>/<agent>/<env_name>/seed<seed>-<hash of the settings>/: flags.json, train.csv,
 eval.csv, checkpoints/, and DONE (the final summary) once the run has finished. Running the same command
-again resumes from the last checkpoint, or skips the run if it is DONE.
+again resumes from the last checkpoint, or skips the run if it is DONE. SIGTERM (Slurm's preemption and time
+limit), SIGUSR1 and Ctrl-C save a checkpoint at the end of the current step before the run exits.
 
 Several runs of one configuration (seeds, and optionally the values of one scalar hyperparameter) can train
 as the members of one vmapped program: the dataset is shared on the device, each member keeps its own agent,

@@ -324,7 +324,8 @@ def _execute_process(pack, locks, root, python, env, announce):
             while chunk := os.read(process.stdout.fileno(), 1 << 16):  # the output, into every run's log
                 _write_all(logs, chunk)
             returncode = process.wait()
-        except BaseException:  # Ctrl-C or the job being killed: stop the process too (its runs resume later)
+        except BaseException:  # Ctrl-C or the job being killed: stop the process too (its runs resume later;
+            # on SIGTERM main.py saves a checkpoint at the end of its current step, given the time)
             process.send_signal(signal.SIGTERM)
             try:
                 process.wait(timeout=30)
