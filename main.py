@@ -280,7 +280,7 @@ def main(_):
             static_config = member_agents[0].config if member_agents else agent.config
             agent = agent.with_swept(swept_key, member.config[swept_key], static_config)
         member_agents.append(agent)
-    offline_updates, online_step, act, act_step, replace_prefix = training.make_train_functions(
+    offline_updates, online_step, act, act_step = training.make_train_functions(
         config, FLAGS.balanced_sampling, FLAGS.utd_ratio)
     root_keys = [jax.random.PRNGKey(member.seed) for member in members]
     offline_keys, online_keys, act_keys = (jnp.stack([jax.random.fold_in(key, i) for key in root_keys]) for i in (1, 2, 3))
@@ -437,22 +437,17 @@ def main(_):
     # ----------------------------------------------------------------------------------- online phase
     first_online = max(start_step - FLAGS.offline_steps, 0) + 1
     if first_online <= FLAGS.online_steps:
-        offline_rows = len(dataset['observations'])
-        if FLAGS.balanced_sampling:
-            offline_data = datasets.to_device(dataset)
-            buffer = datasets.ReplayBuffer.create({k: dataset[k][0] for k in datasets.TRANSITION_KEYS}, FLAGS.online_steps)
-            offline_rows = 0
-        else:
-            offline_data = {}
-            buffer = datasets.ReplayBuffer.create_from_dataset(dataset, extra_capacity=FLAGS.online_steps)
+        # The dataset is on the device once, shared by the members; each member's buffer holds its online rows.
+        offline_data = datasets.to_device(dataset)
+        buffer = datasets.ReplayBuffer.create({k: dataset[k][0] for k in datasets.TRANSITION_KEYS}, FLAGS.online_steps)
         buffers = jax.tree.map(lambda x: jnp.repeat(x[None], num_members, axis=0), buffer)  # one per member
         del buffer
         if online_rows[0] is not None:
             filled = meta['online_rows']
             buffers = buffers.replace(
-                data={k: buffers.data[k].at[:, offline_rows : offline_rows + filled].set(
-                    jnp.stack([rows[k] for rows in online_rows])) for k in datasets.TRANSITION_KEYS},
-                size=jnp.full((num_members,), offline_rows + filled, jnp.int32),
+                data={k: buffers.data[k].at[:, :filled].set(jnp.stack([rows[k] for rows in online_rows]))
+                      for k in datasets.TRANSITION_KEYS},
+                size=jnp.full((num_members,), filled, jnp.int32),
             )
         del online_rows
         act_randomly = FLAGS.offline_steps == 0  # an untrained agent explores uniformly until training starts
@@ -467,12 +462,8 @@ def main(_):
         episode_stats = [[] for _ in members]
         for i in range(first_online, FLAGS.online_steps + 1):
             step = FLAGS.offline_steps + i
-            if sharded and i % FLAGS.shard_interval == 0:
-                shard = datasets.to_device(train_data.advance())
-                if FLAGS.balanced_sampling:
-                    offline_data = shard
-                else:
-                    buffers = replace_prefix(buffers, shard)
+            if sharded and i % FLAGS.shard_interval == 0:  # the shard in front of the online rows (PROTOCOL §4.4)
+                offline_data = datasets.to_device(train_data.advance())
             needs_chunk = [m for m in active() if not queues[m]]
             if needs_chunk and act_randomly and i < FLAGS.start_training:
                 for m in needs_chunk:
@@ -511,8 +502,8 @@ def main(_):
                 run_evaluation(step, 'online', (FLAGS.offline_steps // FLAGS.eval_interval) + i // FLAGS.eval_interval)
             stop_here = stopping(step)
             if i % FLAGS.save_interval == 0 or i == FLAGS.online_steps or stop_here:
-                filled = int(buffers.size[0]) - offline_rows
-                rows = {k: buffers.data[k][:, offline_rows : offline_rows + filled] for k in datasets.TRANSITION_KEYS}
+                filled = int(buffers.size[0])
+                rows = {k: buffers.data[k][:, :filled] for k in datasets.TRANSITION_KEYS}
                 save_checkpoints(step, dict(phase='online', online_rows=filled,
                                             shard_index=train_data.index if sharded else 0), rows if filled else None)
             if stop_here:

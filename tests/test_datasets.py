@@ -127,38 +127,32 @@ def test_random_starts_cover_range_and_shapes():
         assert rows.max() <= 15 and set(rows) == set(range(16))
 
 
-def test_replay_buffer_add_and_sample_matches_host():
+def test_replay_buffer_behind_the_shared_dataset_samples_as_their_concatenation():
     rng = np.random.default_rng(3)
     offline = random_dataset(rng, n=30)
     online = random_dataset(rng, n=10)
-    buffer = datasets.ReplayBuffer.create_from_dataset(offline, extra_capacity=15)
+    buffer = datasets.ReplayBuffer.create({k: online[k][0] for k in datasets.TRANSITION_KEYS}, capacity=15)
+    assert int(buffer.size) == 0
     add = jax.jit(lambda b, tr: b.add(tr))
     for k in range(10):
         buffer = add(buffer, {key: online[key][k] for key in datasets.TRANSITION_KEYS})
-    assert int(buffer.size) == 40 and buffer.capacity == 45
+    assert int(buffer.size) == 10 and buffer.capacity == 15
+    np.testing.assert_array_equal(np.asarray(buffer.data['observations'][:10]), online['observations'])
     combined = {k: np.concatenate([offline[k], online[k]]) for k in datasets.TRANSITION_KEYS}
-    np.testing.assert_array_equal(np.asarray(buffer.data['observations'][:40]), combined['observations'])
-    # Sampling with the traced size never starts in the empty tail.
-    sample = jax.jit(lambda b, key: datasets.sample_chunks(b.data, key, 256, 3, 0.9, size=b.size))
-    batch = sample(buffer, jax.random.PRNGKey(0))
-    starts = np.asarray(batch['actions'][:, 0, 0])
-    assert set(np.round(starts, 6)) <= set(np.round(combined['actions'][:38, 0], 6))
-    starts_np = np.arange(38)
-    device = datasets.sample_chunks_at(buffer.data, jnp.asarray(starts_np), 3, 0.9)
-    host = datasets.sample_chunks_at_np(combined, starts_np, 3, 0.9)
+    offline_device = datasets.to_device(offline)
+    assert datasets.concatenate_rows(offline_device, buffer.data)['observations'].shape == (45, 3)
+    # Every start, including chunks that run from the dataset's last rows into the online ones, gives the chunk
+    # of the materialised concatenation (the host sampler on NumPy arrays).
+    starts = np.arange(38)
+    chunks_at = jax.jit(lambda a, b, starts: datasets.sample_chunks_at(datasets.concatenate_rows(a, b), starts, 3, 0.9))
+    device = chunks_at(offline_device, buffer.data, jnp.asarray(starts))
+    host = datasets.sample_chunks_at_np(combined, starts, 3, 0.9)
     for key in host:
         np.testing.assert_allclose(np.asarray(device[key]), host[key], rtol=1e-6)
-
-
-def test_replay_buffer_empty_start_and_prefix_replacement():
-    rng = np.random.default_rng(4)
-    online = random_dataset(rng, n=5)
-    buffer = datasets.ReplayBuffer.create({k: online[k][0] for k in datasets.TRANSITION_KEYS}, capacity=8)
-    assert int(buffer.size) == 0
-    for k in range(5):
-        buffer = buffer.add({key: online[key][k] for key in datasets.TRANSITION_KEYS})
-    shard = random_dataset(rng, n=3)
-    replaced = buffer.replace_prefix(shard)
-    np.testing.assert_array_equal(np.asarray(replaced.data['rewards'][:3]), shard['rewards'])
-    np.testing.assert_array_equal(np.asarray(replaced.data['rewards'][3:5]), online['rewards'][3:5])
-    assert int(replaced.size) == 5
+    # Sampling with the traced size never starts in the empty tail of the buffer.
+    sample = jax.jit(lambda a, b, size, key: datasets.sample_chunks(datasets.concatenate_rows(a, b), key, 256, 3, 0.9,
+                                                                    size=size))
+    batch = sample(offline_device, buffer.data, 30 + buffer.size, jax.random.PRNGKey(0))
+    first_actions = np.round(np.asarray(batch['actions'][:, 0, 0]), 6)
+    assert set(first_actions) <= set(np.round(combined['actions'][:38, 0], 6))
+    assert set(first_actions) & set(np.round(online['actions'][:8, 0], 6))  # online rows are drawn too

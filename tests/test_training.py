@@ -80,19 +80,22 @@ def test_offline_results_do_not_depend_on_how_the_updates_are_split_into_calls(d
 
 
 def test_online_step_adds_each_members_transition_then_updates(data):
+    # Batches come from the protocol's replay buffer: the dataset, then the member's online transitions. Member 0
+    # alone samples the same chunks from a materialised copy of that buffer.
     config = config_of(fql)
     online_step = training.make_train_functions(config, balanced=False, utd_ratio=2)[1]
     members = [create(fql, seed) for seed in (0, 1)]
-    buffer = datasets.ReplayBuffer.create_from_dataset({k: np.asarray(v) for k, v in data.items()}, extra_capacity=4)
+    buffer = datasets.ReplayBuffer.create({k: v[0] for k, v in data.items()}, capacity=4)
     buffers = training.stack([buffer, buffer])
     transitions = {k: jnp.stack([jnp.full(v.shape[1:], m + 1.0) for m in range(2)]) for k, v in data.items()}
     keys = jnp.stack([jax.random.PRNGKey(3), jax.random.PRNGKey(4)])
-    agents, buffers, info = online_step(training.stack(members), buffers, {}, transitions, keys, 7, update=True)
-    np.testing.assert_array_equal(buffers.size, [ROWS + 1, ROWS + 1])
-    np.testing.assert_array_equal(buffers.data['rewards'][:, ROWS], [1.0, 2.0])
-    alone, grown = members[0], buffer.add({k: v[0] for k, v in transitions.items()})
+    agents, buffers, info = online_step(training.stack(members), buffers, data, transitions, keys, 7, update=True)
+    np.testing.assert_array_equal(buffers.size, [1, 1])
+    np.testing.assert_array_equal(buffers.data['rewards'][:, 0], [1.0, 2.0])
+    alone = members[0]
+    materialised = {k: jnp.concatenate([v, transitions[k][:1]]) for k, v in data.items()}
     for key in jax.random.split(jax.random.fold_in(keys[0], 7), 2):
-        alone, _ = alone.update(datasets.sample_chunks(grown.data, key, 8, H, config.discount, size=grown.size))
+        alone, _ = alone.update(datasets.sample_chunks(materialised, key, 8, H, config.discount))
     assert_same_params(training.unstack(agents, 0), alone)
 
 

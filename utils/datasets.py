@@ -84,12 +84,36 @@ def to_device(dataset):
     return {k: jnp.asarray(dataset[k], dtype=jnp.float32) for k in TRANSITION_KEYS}
 
 
+class _ConcatenatedRows:
+    """The rows of `first` followed by those of `second`, for integer-array indexing inside jit (see
+    `concatenate_rows`): each lookup gathers from both and keeps the right one, so neither is copied."""
+
+    def __init__(self, first, second):
+        self.first, self.second = first, second
+        self.shape = (first.shape[0] + second.shape[0],) + first.shape[1:]
+
+    def __getitem__(self, rows):
+        split = self.first.shape[0]
+        from_first = self.first[jnp.clip(rows, 0, split - 1)]
+        from_second = self.second[jnp.clip(rows - split, 0, self.second.shape[0] - 1)]
+        in_first = (rows < split).reshape(rows.shape + (1,) * (from_first.ndim - rows.ndim))
+        return jnp.where(in_first, from_first, from_second)
+
+
+def concatenate_rows(first, second):
+    """Two datasets (dicts of device arrays) as one that `sample_chunks` can sample, rows of `first` first,
+    without materialising the concatenation: the offline dataset is shared by every member of a vmapped run
+    while each member's replay buffer holds only its own online rows."""
+    return {k: _ConcatenatedRows(first[k], second[k]) for k in TRANSITION_KEYS}
+
+
 class ReplayBuffer(flax.struct.PyTreeNode):
     """Fixed-capacity transition store that lives on the device and is updated functionally.
 
     Rows [0, size) are filled. `add` writes at `size` (jit-able, no retracing as the buffer grows);
-    nothing is evicted, as in the protocol (capacity = |dataset| + online steps). Sample it with
-    `sample_chunks(buffer.data, key, B, H, gamma, size=buffer.size)`.
+    nothing is evicted. It holds a run's online transitions; the protocol's buffer (dataset + online
+    transitions) is sampled as `sample_chunks(concatenate_rows(dataset, buffer.data), key, B, H, gamma,
+    size=len(dataset) + buffer.size)`, so the dataset is stored once however many members share it.
     """
 
     data: dict
@@ -107,18 +131,6 @@ class ReplayBuffer(flax.struct.PyTreeNode):
         }
         return cls(data=data, size=jnp.zeros((), jnp.int32))
 
-    @classmethod
-    def create_from_dataset(cls, dataset, extra_capacity):
-        """A buffer holding the offline dataset first, with room for `extra_capacity` more rows."""
-        n = len(dataset['observations'])
-        data = {
-            k: jnp.concatenate(
-                [jnp.asarray(dataset[k], jnp.float32), jnp.zeros((extra_capacity,) + np.shape(dataset[k])[1:], jnp.float32)]
-            )
-            for k in TRANSITION_KEYS
-        }
-        return cls(data=data, size=jnp.asarray(n, jnp.int32))
-
     def add(self, transition):
         """Append one transition (a dict of per-row arrays). Adding to a full buffer is an error on the host
         side (`is_full`); inside jit the write is clamped to the last row."""
@@ -131,11 +143,3 @@ class ReplayBuffer(flax.struct.PyTreeNode):
 
     def is_full(self):
         return int(self.size) >= self.capacity
-
-    def replace_prefix(self, dataset):
-        """Overwrite the first |dataset| rows (a new offline shard), leaving the online rows untouched."""
-        data = {
-            k: jax.lax.dynamic_update_slice_in_dim(self.data[k], jnp.asarray(dataset[k], jnp.float32), 0, 0)
-            for k in TRANSITION_KEYS
-        }
-        return self.replace(data=data)

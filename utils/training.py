@@ -42,28 +42,30 @@ def over_members(fn, in_axes=0):
 
 
 def make_train_functions(config, balanced, utd_ratio):
-    """Jitted (offline_updates, online_step, act, act_step, replace_prefix), all vmapped over members.
+    """Jitted (offline_updates, online_step, act, act_step), all vmapped over members.
 
     offline_updates(agents, data, keys, step, num_updates): `num_updates` updates (a `lax.scan`) per member,
         the last of them the `step`-th; the batch of update u is drawn with the member's key folded with u, so
         results do not depend on how the updates are split into calls (--log_interval, --save_interval).
         Returns the agents and each member's metrics of the last update.
     online_step(agents, buffers, offline_data, transitions, keys, step, update): add one transition to each
-        member's buffer, then (if `update`) `utd_ratio` updates; metrics averaged over them.
+        member's buffer of online rows, then (if `update`) `utd_ratio` updates; metrics averaged over them.
+        Batches are drawn from the offline data (shared by the members, not mapped) followed by the member's
+        online rows, or with `balanced` half from each (RLPD).
     act(agents, observations, keys) and act_step(agents, observations, keys, step): each member's actions.
-    replace_prefix(buffers, shard): a new offline shard in every member's buffer.
-    `balanced`: half of each batch from `offline_data`, half from the buffer (RLPD).
     """
     batch_size, horizon, discount = config.batch_size, config.horizon_length, config.discount
     fold_in = over_members(jax.random.fold_in, in_axes=(0, None))  # each member's key, folded with one step
 
-    def sample_batch(data, size, offline_data, key):
-        if not balanced:
-            return datasets.sample_chunks(data, key, batch_size, horizon, discount, size=size)
+    def sample_online_batch(buffer, offline_data, key):
+        if not balanced:  # the protocol's replay buffer: the dataset, then the online transitions
+            offline_rows = offline_data['observations'].shape[0]
+            return datasets.sample_chunks(datasets.concatenate_rows(offline_data, buffer.data), key, batch_size,
+                                          horizon, discount, size=offline_rows + buffer.size)
         offline_key, online_key = jax.random.split(key)
         halves = (
             datasets.sample_chunks(offline_data, offline_key, batch_size // 2, horizon, discount),
-            datasets.sample_chunks(data, online_key, batch_size // 2, horizon, discount, size=size),
+            datasets.sample_chunks(buffer.data, online_key, batch_size // 2, horizon, discount, size=buffer.size),
         )
         return jax.tree.map(lambda a, b: jnp.concatenate([a, b]), *halves)
 
@@ -73,8 +75,9 @@ def make_train_functions(config, balanced, utd_ratio):
 
         def member_updates(agent, key):  # the dataset is shared: closed over, not mapped
             update_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, updates)
-            agent, infos = jax.lax.scan(lambda agent, key: agent.update(sample_batch(data, None, None, key)),
-                                        agent, update_keys)
+            agent, infos = jax.lax.scan(
+                lambda agent, key: agent.update(datasets.sample_chunks(data, key, batch_size, horizon, discount)),
+                agent, update_keys)
             return agent, jax.tree.map(lambda x: x[-1], infos)  # the metrics of the last update, as logged
 
         return over_members(member_updates)(agents, keys)
@@ -85,9 +88,8 @@ def make_train_functions(config, balanced, utd_ratio):
             buffer = buffer.add(transition)
             if not update:
                 return agent, buffer, {}
-            agent, infos = jax.lax.scan(
-                lambda agent, key: agent.update(sample_batch(buffer.data, buffer.size, offline_data, key)),
-                agent, jax.random.split(key, utd_ratio))
+            agent, infos = jax.lax.scan(lambda agent, key: agent.update(sample_online_batch(buffer, offline_data, key)),
+                                        agent, jax.random.split(key, utd_ratio))
             return agent, buffer, jax.tree.map(lambda x: x.mean(0), infos)
 
         return over_members(member_step)(agents, buffers, transitions, fold_in(keys, step))
@@ -102,6 +104,4 @@ def make_train_functions(config, balanced, utd_ratio):
     def act_step(agents, observations, keys, step):
         return act(agents, observations, fold_in(keys, step))
 
-    replace_prefix = jax.jit(over_members(lambda buffer, shard: buffer.replace_prefix(shard), in_axes=(0, None)),
-                             donate_argnums=(0,))
-    return offline_updates, online_step, act, act_step, replace_prefix
+    return offline_updates, online_step, act, act_step
