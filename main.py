@@ -41,7 +41,7 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 import agents  # noqa: E402
-from envs import data_sources, env_utils, tasks  # noqa: E402
+from envs import data_sources, env_utils, online, tasks  # noqa: E402
 from utils import cpu_random, datasets, evaluation, experiment, training  # noqa: E402
 from utils.checkpoints import Checkpointer  # noqa: E402
 from utils.logger import CsvLogger  # noqa: E402
@@ -149,6 +149,8 @@ def resolve_settings(task):
     sparse = task.domain.sparse if FLAGS.sparse == 'auto' else FLAGS.sparse.lower() == 'true'
     settings = {name: getattr(FLAGS, name) for name in RUN_FLAGS if name not in NON_RESULT_FLAGS}
     settings.update(agent=config.to_dict(), sparse=sparse)
+    if FLAGS.online_steps:  # online results of earlier data versions are invalid: a new version is a new run
+        settings['online_data_version'] = experiment.ONLINE_DATA_VERSION
     return config, settings
 
 
@@ -270,7 +272,7 @@ def main(_):
         raise app.UsageError(str(e))
     sharded = isinstance(train_data, env_utils.ShardedDataset)
     dataset = train_data.current if sharded else train_data
-    horizon, action_dim = config.horizon_length, dataset['actions'].shape[-1]
+    action_dim = dataset['actions'].shape[-1]
 
     # -------------------------------------------------------------------------------- agents and keys
     member_agents = []
@@ -298,7 +300,7 @@ def main(_):
         wandb_run = wandb.init(project=FLAGS.wandb_project, name=os.path.basename(members[0].run_dir), config=settings,
                                dir=members[0].run_dir, id=experiment.config_hash([settings, FLAGS.seed]), resume='allow')
     # Members resume together, from the latest step that every one of them has saved.
-    start_step, meta, online_rows = 0, {}, [None] * num_members
+    start_step, meta, online_rows, environment_states = 0, {}, [None] * num_members, [None] * num_members
     common_steps = set.intersection(*(set(checkpointer.all_steps()) for checkpointer in checkpointers))
     if common_steps:
         start_step = max(common_steps)
@@ -312,6 +314,12 @@ def main(_):
             member_agents[m] = flax.serialization.from_state_dict(
                 member_agents[m], dict(state['agent'], hyper=member_agents[m].hyper))
             online_rows[m] = state.get('online_rows')
+            if meta['phase'] == 'online' and meta.get('online_data_version') != experiment.ONLINE_DATA_VERSION:
+                raise app.UsageError(
+                    f'{members[m].run_dir}: its online checkpoint was written by code whose stored online transitions '
+                    f'were wrong (see the README, "Online results before data version {experiment.ONLINE_DATA_VERSION}'
+                    f'"). Delete the run directory and run again.')
+            environment_states[m] = meta.get('environment')
         if sharded:
             dataset = train_data.seek(meta['shard_index'])
         print(f'Resumed from the checkpoint at step {start_step}.')
@@ -363,10 +371,10 @@ def main(_):
 
         seeds = [members[m].seed for m in indices]
         member_metrics, _ = evaluation.evaluate_members(policy, [eval_envs[m] for m in indices], seeds, eval_index,
-                                                        horizon, action_dim)
+                                                        action_dim)
         if FLAGS.video_episodes:
             _, member_frames = evaluation.evaluate_members(policy, [video_envs[m] for m in indices], seeds,
-                                                           eval_index, horizon, action_dim, FLAGS.video_episodes)
+                                                           eval_index, action_dim, FLAGS.video_episodes)
             for m, frames in zip(indices, member_frames):
                 save_videos(members[m].run_dir, frames, step)
         for m, metrics in zip(indices, member_metrics):
@@ -386,12 +394,13 @@ def main(_):
         for i, episode in enumerate(frames):
             imageio.mimsave(os.path.join(run_dir, 'videos', f'step{step}_episode{i}.gif'), episode[::2], duration=0.04)
 
-    def save_checkpoints(step, meta, online_rows=None):
+    def save_checkpoints(step, meta, online_rows=None, environments=None):
         for m in active():
             state = {'agent': agent_state(training.unstack(agents_state, m))}
             if online_rows:
                 state['online_rows'] = {k: rows[m] for k, rows in online_rows.items()}
-            checkpointers[m].save(step, state, meta)
+            member_meta = dict(meta, environment=environments.state(m)) if environments else meta
+            checkpointers[m].save(step, state, member_meta)
 
     def stopping(step):
         """Whether to checkpoint and stop after this step: --stop_at_step, or a signal (utils/experiment.py)."""
@@ -451,42 +460,29 @@ def main(_):
             )
         del online_rows
         act_randomly = FLAGS.offline_steps == 0  # an untrained agent explores uniformly until training starts
-        train_envs = [env] + [make_eval_env() for _ in members[1:]]  # one training environment per member
-        observations = np.stack([
-            train_env.reset(seed=int(np.random.SeedSequence([member.seed, first_online]).generate_state(1)[0]))[0]
-            for train_env, member in zip(train_envs, members)
-        ]).astype(np.float32)
+        environments = online.OnlineEnvironments([env] + [make_eval_env() for _ in members[1:]],  # one per member
+                                                 [member.seed for member in members], action_dim, settings['sparse'])
+        if environment_states[0] is not None:
+            environments.restore(environment_states)  # the episodes in progress at the checkpoint go on
+        else:
+            environments.start(first_online)
         # A member that diverged is no longer stepped: its slot of the vmapped step gets this placeholder.
         idle_transition = {k: np.asarray(dataset[k][0], np.float32) for k in datasets.TRANSITION_KEYS}
-        queues, episode_returns = [[] for _ in members], np.zeros(num_members)
-        episode_stats = [[] for _ in members]
         for i in range(first_online, FLAGS.online_steps + 1):
             step = FLAGS.offline_steps + i
             if sharded and i % FLAGS.shard_interval == 0:  # the shard in front of the online rows (PROTOCOL §4.4)
                 offline_data = datasets.to_device(train_data.advance())
-            needs_chunk = [m for m in active() if not queues[m]]
-            if needs_chunk and act_randomly and i < FLAGS.start_training:
-                for m in needs_chunk:
-                    queues[m] = [np.random.default_rng([members[m].seed, i]).uniform(-1, 1, action_dim).astype(np.float32)]
-            elif needs_chunk:
-                chunks = np.asarray(act_step(agents_state, jnp.asarray(observations), act_keys, i))
-                for m in needs_chunk:
-                    queues[m] = list(chunks[m].reshape(horizon, action_dim))
+            needs_actions = environments.needs_actions(active())
+            if needs_actions and act_randomly and i < FLAGS.start_training:
+                for m in needs_actions:  # one action per call (PROTOCOL §4.3)
+                    environments.enqueue(m, np.random.default_rng([members[m].seed, i]).uniform(-1, 1, action_dim))
+            elif needs_actions:
+                policy_outputs = np.asarray(act_step(agents_state, jnp.asarray(environments.observations), act_keys, i))
+                for m in needs_actions:
+                    environments.enqueue(m, policy_outputs[m])
             transitions = [idle_transition] * num_members
             for m in active():
-                action = np.clip(queues[m].pop(0), -1.0, 1.0)
-                next_observation, reward, terminated, truncated, env_info = train_envs[m].step(action)
-                reward = data_sources.to_sparse(reward) if settings['sparse'] else reward
-                episode_returns[m] += float(reward)
-                transitions[m] = dict(observations=observations[m], actions=action, rewards=reward,
-                                      terminals=float(terminated or truncated), masks=1.0 - float(terminated),
-                                      next_observations=next_observation)
-                if terminated or truncated:
-                    episode_stats[m].append((float(env_info['success']), episode_returns[m]))
-                    observations[m], _ = train_envs[m].reset()
-                    queues[m], episode_returns[m] = [], 0.0
-                else:
-                    observations[m] = next_observation
+                transitions[m] = environments.step(m, i)
             transitions = {k: np.stack([np.asarray(t[k], np.float32) for t in transitions]) for k in datasets.TRANSITION_KEYS}
             agents_state, buffers, info = online_step(agents_state, buffers, offline_data, transitions, online_keys, i,
                                                       update=i >= FLAGS.start_training)
@@ -494,9 +490,9 @@ def main(_):
             if i % FLAGS.log_interval == 0 and info:
                 member_metrics = host_metrics(info)
                 for m, metrics in enumerate(member_metrics):
-                    if episode_stats[m]:
-                        metrics['online/episode_success'], metrics['online/episode_return'] = np.mean(episode_stats[m], 0)
-                        episode_stats[m] = []
+                    finished = environments.pop_finished(m)
+                    if finished:
+                        metrics['online/episode_success'], metrics['online/episode_return'] = np.mean(finished, 0)
                 log_train(step, 'online', member_metrics)
             if i % FLAGS.eval_interval == 0:
                 run_evaluation(step, 'online', (FLAGS.offline_steps // FLAGS.eval_interval) + i // FLAGS.eval_interval)
@@ -504,8 +500,8 @@ def main(_):
             if i % FLAGS.save_interval == 0 or i == FLAGS.online_steps or stop_here:
                 filled = int(buffers.size[0])
                 rows = {k: buffers.data[k][:, :filled] for k in datasets.TRANSITION_KEYS}
-                save_checkpoints(step, dict(phase='online', online_rows=filled,
-                                            shard_index=train_data.index if sharded else 0), rows if filled else None)
+                save_checkpoints(step, dict(phase='online', online_rows=filled, online_data_version=experiment.ONLINE_DATA_VERSION,
+                                            shard_index=train_data.index if sharded else 0), rows, environments)
             if stop_here:
                 return stop(step)
 

@@ -189,8 +189,8 @@ def measure(module, size, host_data, device_data):
         dims = envs[0].observation_space.shape[-1]
         eval_agent = module.Agent.create(0, np.zeros(dims, np.float32), np.zeros(ACTION_DIM, np.float32), config)
         policy = lambda observations, key: act(eval_agent, jnp.asarray(observations), key)  # noqa: E731
-        evaluation.evaluate(policy, envs[:1], 0, 0, HORIZON, ACTION_DIM)  # compile the policy
-        metrics, _ = evaluation.evaluate(policy, envs, 0, 1, HORIZON, ACTION_DIM)
+        evaluation.evaluate(policy, envs[:1], 0, 0, ACTION_DIM)  # compile the policy
+        metrics, _ = evaluation.evaluate(policy, envs, 0, 1, ACTION_DIM)
         figures['eval_env_steps_per_s'] = metrics['episode_length'] * len(envs) / metrics['wall_time']
 
     seed_figures = {}

@@ -24,6 +24,7 @@ older ones are left out), and both cases are listed.
 """
 
 import argparse
+import collections
 import csv
 import datetime
 import os
@@ -469,7 +470,9 @@ def summary_section(grid, conflicts, missing, policy):
     outside = [r for r in grid.runs if not r.excluded and
                (r.method not in grid.methods or r.env_name not in grid.tasks or r.seed not in grid.seeds)]
     lines.append(f'Run directories read: {len(grid.runs)} ({", ".join(f"{v} {k}" for k, v in sorted(status.items()))})'
-                 + (f'; {len(excluded)} left out (config policy {policy})' if excluded else '')
+                 + (f'; {len(excluded)} left out: ' + '; '.join(
+                     f'{n} {reason}' for reason, n in sorted(collections.Counter(r.excluded for r in excluded).items()))
+                    if excluded else '')
                  + (f'; {len(outside)} outside the grid' if outside else '') + '.')
     lines.append('Unfinished runs count for the phases they have finished (their end-of-phase evaluation is written).')
     lines.append('')

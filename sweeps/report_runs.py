@@ -17,6 +17,8 @@ import re
 
 import numpy as np
 
+from utils import experiment
+
 PHASES = ('offline', 'online')  # end of the offline phase; end of the online phase (offline-to-online, or online only)
 # Order of the paper's tables (PROTOCOL §2, §12.1); other names follow alphabetically.
 DOMAIN_ORDER = (
@@ -196,6 +198,7 @@ def read_run(path):
         eval_interval=max(int(flags.get('eval_interval', settings.get('eval_interval', 1))), 1),
         steps=steps, phases=phases, success=success, diverged=diverged, done=done,
         started=record.get('started', ''), code_version=record.get('code_version', ''),
+        excluded=experiment.online_results_invalid(settings),
     )
 
 
@@ -232,6 +235,8 @@ def separate_configs(runs, policy='split'):
     conflicts = []
     by_method = {}
     for run in runs:
+        if run.excluded:  # already left out (invalid online results): no config to separate it from
+            continue
         by_method.setdefault(run.base_method, []).append(run)
     for method, method_runs in by_method.items():
         by_env = {}

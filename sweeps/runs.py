@@ -31,7 +31,9 @@ import socket
 import subprocess
 import time
 
-DONE, DIVERGED = 'DONE', 'DIVERGED'  # main.py's markers (utils/experiment.py)
+from utils import experiment
+
+DONE, DIVERGED = experiment.DONE, experiment.DIVERGED  # main.py's markers
 STATES = ('done', 'running', 'queued', 'failed', 'interrupted', 'not started')
 SEED_STRIDE = 10001  # main.py --num_seeds=N trains the seeds s + 10001·k, k < N
 LOCK_WAIT_S = 10  # a status check holds the lock for microseconds; a starting run waits this long for it
@@ -98,6 +100,8 @@ def record_matches(record, run):
     """Whether a flags.json record is this run: same method, seed, environment and result-relevant settings."""
     flags, settings = record.get('flags', {}), record.get('settings', {})
     if flags.get('method') != run.method or flags.get('env_name') != run.env_name or flags.get('seed') != run.seed:
+        return False
+    if experiment.online_results_invalid(settings):  # a run of the broken online data path is no result of this one
         return False
     agent_settings = settings.get('agent', {})
     for name, value in run.flags:

@@ -1,7 +1,8 @@
-"""Every agent trains through main.py, offline then online (RLPD online only), on a tiny generated dataset.
+"""Every agent trains through main.py, offline then online (RLPD online only), on a tiny generated dataset, with
+action chunking and without (one action per policy call, n-step TD target: ALGORITHMS §1).
 
-QAM's end-to-end run, with its checks of every output file, is in test_main.py; here each other agent
-must run both phases to DONE and log finite losses and evaluations.
+QAM's end-to-end run, with its checks of every output file, is in test_main.py; here every agent must run both
+phases to DONE and log finite losses and evaluations.
 """
 
 import csv
@@ -26,15 +27,18 @@ def agent_args(name):
     return [f'--agent.{key}={value}' for key, value in TINY.items() if key in config]
 
 
-@pytest.mark.parametrize('name', [a for a in agents.available_agents() if a != 'qam'])
-def test_agent_runs_offline_then_online(name, tmp_path, generated_datasets_dir):
+@pytest.mark.parametrize('name, action_chunking', [
+    (name, chunking) for name in agents.available_agents() for chunking in (True, False)
+    if not (name == 'qam' and chunking)  # test_main.py runs QAM with action chunking
+])
+def test_agent_runs_offline_then_online(name, action_chunking, tmp_path, generated_datasets_dir):
     online_only = name in ONLINE_ONLY
     args = [
         f'--agent={name}', '--env_name=cube-double-play-singletask-task2-v0', '--seed=5', f'--save_dir={tmp_path}',
         '--dataset_source=dir', f'--dataset_dir={generated_datasets_dir}', '--eval_episodes=2', '--progress=false',
         '--online_steps=20', '--start_training=10', '--eval_interval=10', '--log_interval=10', '--save_interval=10',
         '--offline_steps=0' if online_only else '--offline_steps=20', *(['--balanced_sampling=true'] if online_only else []),
-        *agent_args(name),
+        f'--agent.action_chunking={action_chunking}', *agent_args(name),
     ]
     run_main(args, tmp_path)
     (run_dir,) = [os.path.join(root) for root, _, files in os.walk(tmp_path) if 'DONE' in files]

@@ -14,6 +14,7 @@ import pytest
 from sweeps import report, report_published, report_runs
 from sweeps.report_published import Published
 from sweeps.report_stats import Bootstrap, probability_of_improvement
+from utils import experiment
 
 REFERENCE_DIR = report_published.DEFAULT_REFERENCE_DIR
 FAST = ['--bootstrap_samples=2000', '--rliable_reps=50', '--curve_bootstrap_samples=100']
@@ -22,12 +23,16 @@ SCENE = 'scene-play-singletask-task{}-v0'
 
 
 def write_run(root, agent_config, env_name, seed, successes, method='', offline_steps=100, online_steps=60,
-              eval_interval=20, status='finished', diverged_step=None, extra_settings=None):
+              eval_interval=20, status='finished', diverged_step=None, extra_settings=None,
+              online_data_version=experiment.ONLINE_DATA_VERSION):
     """A run directory as main.py writes it, with evaluation success fractions `successes` at every eval_interval
-    steps (offline rows first, then online rows; a shorter list is an unfinished run)."""
+    steps (offline rows first, then online rows; a shorter list is an unfinished run). `online_data_version=None`
+    writes a run of the code before the online data fix (its settings have no version)."""
     agent = {'agent_name': 'qam', 'fql_alpha': 0.0, 'edit_scale': 0.0, 'batch_size': 256, **agent_config}
     settings = dict(env_name=env_name, offline_steps=offline_steps, online_steps=online_steps,
                     eval_interval=eval_interval, agent=agent, sparse=False, **(extra_settings or {}))
+    if online_steps and online_data_version is not None:
+        settings['online_data_version'] = online_data_version
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]
     path = os.path.join(root, agent['agent_name'], env_name, f'seed{seed}-{digest}')
     os.makedirs(path, exist_ok=True)
@@ -344,6 +349,22 @@ def test_configs_of_one_method_are_not_mixed(messy_report):
     assert '### Different configs of one method' in report_md and 'batch_size=64' in report_md
     # The paper row of a variant is the paper's QAM-E.
     assert 'QAM-E (paper)' in open(out / 'tables' / 'aggregate.md').read()
+
+
+def test_runs_of_the_broken_online_data_path_are_left_out(tmp_path):
+    # Seed 1 ran with the current code, seed 2 before the online data fix (no version): its online results are
+    # invalid, so it is left out rather than averaged with seed 1 or split off as another config.
+    write_run(tmp_path / 'runs', {}, TASK.format(1), 1, [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8])
+    old = write_run(tmp_path / 'runs', {}, TASK.format(1), 2, [0.1] * 8, online_data_version=None)
+    grid = report_runs.build_grid(report_runs.find_runs(str(tmp_path / 'runs')))
+    excluded = {r.seed: r.excluded for r in grid.runs}
+    assert excluded[1] == '' and 'online data version 1' in excluded[2]
+    assert experiment.online_results_invalid(dict(online_steps=0)) == ''  # offline-only runs are not affected
+    assert report_runs.separate_configs(grid.runs) == []
+    assert grid.cells[('QAM', TASK.format(1), 1)] and not grid.cells.get(('QAM', TASK.format(1), 2))
+    run_report(tmp_path / 'runs', tmp_path / 'report')
+    assert f'1 {excluded[2]}' in open(tmp_path / 'report' / 'report.md').read()
+    assert os.path.basename(old) in open(tmp_path / 'report' / 'runs.csv').read()
 
 
 def test_newest_config_policy_keeps_one_config(tmp_path):

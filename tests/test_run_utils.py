@@ -46,7 +46,7 @@ def test_lockstep_evaluation_one_call_per_chunk_and_full_chunks():
         values = np.array([[len(calls) * 100 + i * 10 + s for s in range(horizon) for _ in range(action_dim)] for i in range(n)])
         return np.clip(values / 1000.0, -1, 1)
 
-    metrics, _ = evaluation.evaluate(policy, envs, seed=5, eval_index=2, horizon=horizon, action_dim=action_dim)
+    metrics, _ = evaluation.evaluate(policy, envs, seed=5, eval_index=2, action_dim=action_dim)
     assert len(calls) == 3  # ceil(7 / 3) chunk calls for the longest episode, each for all envs at once
     assert all(c.shape == (3, 2) for c in calls)
     for i, env in enumerate(envs):
@@ -61,6 +61,21 @@ def test_lockstep_evaluation_one_call_per_chunk_and_full_chunks():
     assert len(set(seeds)) == 3 and seeds[1] == evaluation.episode_seed(5, 2, 1)
 
 
+def test_lockstep_evaluation_executes_one_action_per_call_without_chunking():
+    # action_chunking=False: the policy returns one action (D = A) per episode, so every step is a call.
+    envs = [CountingEnv(length) for length in (4, 2)]
+    calls = []
+
+    def policy(observations, key):
+        calls.append(len(calls) + 1)
+        return np.full((len(observations), 2), len(calls) / 10, np.float32)
+
+    metrics, _ = evaluation.evaluate(policy, envs, seed=0, eval_index=0, action_dim=2)
+    assert len(calls) == 4 and metrics['episode_length'] == 3.0
+    np.testing.assert_allclose([a[0] for a in envs[0].actions], [0.1, 0.2, 0.3, 0.4])
+    np.testing.assert_allclose([a[0] for a in envs[1].actions], [0.1, 0.2])
+
+
 def test_evaluation_success_is_read_at_episode_end():
     envs = [CountingEnv(3), CountingEnv(3)]
 
@@ -68,7 +83,7 @@ def test_evaluation_success_is_read_at_episode_end():
         # env 0 pushes +1 then -1 twice: the total ends negative (no success) though it was positive first
         return np.array([[1, 0, -1, 0, -1, 0], [1, 0, 1, 0, 1, 0]], np.float32)
 
-    metrics, _ = evaluation.evaluate(policy, envs, seed=0, eval_index=0, horizon=3, action_dim=2)
+    metrics, _ = evaluation.evaluate(policy, envs, seed=0, eval_index=0, action_dim=2)
     assert metrics['success'] == 0.5
 
 

@@ -16,6 +16,7 @@ from sweeps import hyperparameters as hp
 from sweeps import launch
 from sweeps import runs as run_state
 from sweeps import sweeps
+from utils import experiment
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROTOCOL = os.path.join(ROOT, '..', 'shared', 'spec', 'PROTOCOL.md')
@@ -381,11 +382,14 @@ def test_confirmation_threshold(tmp_path, monkeypatch, capsys):
 
 
 # ------------------------------------------------------------------------------------------- status from disk
-def fake_run_dir(run, root, markers=(), checkpoint=None, **changes):
-    """A run directory as main.py writes it (flags.json with the resolved settings), without training."""
+def fake_run_dir(run, root, markers=(), checkpoint=None, online_data_version=experiment.ONLINE_DATA_VERSION, **changes):
+    """A run directory as main.py writes it (flags.json with the resolved settings), without training;
+    `online_data_version=None`: one of the code before the online data fix."""
     flags = dict(run.flag_dict)
     settings = {'env_name': run.env_name, 'offline_steps': 1_000_000, 'online_steps': 500_000,
                 'agent': {'agent_name': run.agent, 'horizon_length': 5, 'discount': 0.99}}
+    if online_data_version is not None:
+        settings['online_data_version'] = online_data_version
     for name, value in flags.items():
         if name.startswith('agent.'):
             settings['agent'][name[6:]] = run_state._parse(value)
@@ -445,6 +449,12 @@ def test_status_reads_run_directories_and_launch_records(tmp_path):
     relaunched = [r.key for r in launch.to_launch(statuses)]
     assert relaunched == [r.key for r in (crashed, killed, other_config, fresh, stopped)]
     assert diverged in launch.to_launch(statuses, retry_diverged=True)
+
+
+def test_a_finished_run_of_the_broken_online_data_path_is_not_done(tmp_path):
+    run, = expand('paper', methods=['QAM'], domains=['c2'], tasks=[1], seeds=[10001])
+    fake_run_dir(run, str(tmp_path), markers=['DONE'], online_data_version=None)
+    assert run_state.status(run, str(tmp_path), queue={}).state == 'not started'
 
 
 def test_status_command_prints_every_run_with_failure_logs(tmp_path, capsys):

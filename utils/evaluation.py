@@ -1,7 +1,8 @@
 """Evaluation of all episodes in lockstep with one batched policy call per action chunk (PROTOCOL §6).
 
-Every episode starts together, so all running episodes need a new chunk at the same steps (every H
-steps): one policy call serves them all, and each chunk is executed open-loop in full. Finished episodes
+A policy call returns D values per episode, executed open-loop in full as D / A actions (a chunk of H actions
+with action chunking, one action without). Every episode starts together, so all running episodes need their
+next policy call at the same steps: one call serves them all. Finished episodes
 keep their slot (the batch shape never changes, so the policy compiles once) but are not stepped. Reset
 seeds and policy keys derive from (seed, evaluation index, episode index / chunk index), so an evaluation
 is reproducible, and a member of a vmapped run (several seeds or hyperparameter values trained in one
@@ -18,23 +19,22 @@ def episode_seed(seed, eval_index, episode):
     return int(np.random.SeedSequence([seed, eval_index, episode]).generate_state(1)[0])
 
 
-def evaluate(policy, envs, seed, eval_index, horizon, action_dim, video_frames=0):
+def evaluate(policy, envs, seed, eval_index, action_dim, video_frames=0):
     """Run one episode in each env of `envs` in lockstep.
 
-    policy: (observations (N, O) float32, key) -> actions (N, H * action_dim), already in [-1, 1].
+    policy: (observations (N, O) float32, key) -> actions (N, D), D a multiple of action_dim.
     Returns (metrics dict, frames) where frames is a list of (T, h, w, 3) arrays for the first
     `video_frames` episodes (their envs must render rgb_array).
     """
     member_policy = lambda observations, keys: np.asarray(policy(observations[0], keys[0]))[None]  # noqa: E731
-    (metrics,), (frames,) = evaluate_members(member_policy, [envs], [seed], eval_index, horizon, action_dim,
-                                             video_frames)
+    (metrics,), (frames,) = evaluate_members(member_policy, [envs], [seed], eval_index, action_dim, video_frames)
     return metrics, frames
 
 
-def evaluate_members(policy, env_groups, seeds, eval_index, horizon, action_dim, video_frames=0):
+def evaluate_members(policy, env_groups, seeds, eval_index, action_dim, video_frames=0):
     """Run one episode in every env of every member's group, all in lockstep.
 
-    policy: (observations (M, N, O) float32, keys (M, 2)) -> actions (M, N, H * action_dim); member m's
+    policy: (observations (M, N, O) float32, keys (M, 2)) -> actions (M, N, D), D a multiple of action_dim; member m's
     episodes use the keys and reset seeds that `evaluate` would give a run with seed `seeds[m]`.
     Returns (metrics per member, frames per member).
     """
@@ -49,22 +49,22 @@ def evaluate_members(policy, env_groups, seeds, eval_index, horizon, action_dim,
     running = np.ones((num_members, n), bool)
     success, returns = np.zeros((num_members, n)), np.zeros((num_members, n))
     lengths = np.zeros((num_members, n), np.int64)
-    frames = [[[env.render()] for env in group[:video_frames]] for group in env_groups]
+    frames = [[[np.array(env.render())] for env in group[:video_frames]] for group in env_groups]
     keys = [jax.random.fold_in(jax.random.PRNGKey(seed), eval_index) for seed in seeds]
     chunk_index = 0
     while running.any():
         chunk_keys = np.stack([jax.random.fold_in(key, chunk_index) for key in keys])
         chunk = np.asarray(policy(observations, chunk_keys))
-        chunk = np.clip(chunk.reshape(num_members, n, horizon, action_dim), -1.0, 1.0)
+        chunk = np.clip(chunk.reshape(num_members, n, -1, action_dim), -1.0, 1.0)  # D / A actions per call
         chunk_index += 1
-        for step in range(horizon):
+        for step in range(chunk.shape[2]):
             for m, i in zip(*np.nonzero(running)):
                 observation, reward, terminated, truncated, info = env_groups[m][i].step(chunk[m, i, step])
-                observations[m, i] = observation
+                observations[m, i] = observation  # copied into the row: the environment's array is not kept
                 returns[m, i] += reward
                 lengths[m, i] += 1
                 if i < video_frames:
-                    frames[m][i].append(env_groups[m][i].render())
+                    frames[m][i].append(np.array(env_groups[m][i].render()))  # a copy: renderers may reuse a buffer
                 if terminated or truncated:
                     running[m, i] = False
                     success[m, i] = float(info['success'])

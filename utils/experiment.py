@@ -10,10 +10,20 @@ import subprocess
 import sys
 import time
 
-import jax
-
 DONE = 'DONE'  # written last, holding the final summary: a run with it is finished and is never overwritten
 DIVERGED = 'DIVERGED'  # written when a loss became NaN or inf
+# Version of the online phase's data path, in the settings (and so the run directory's hash) of every run with an
+# online phase. Version 1 (no key) stored every online transition with s == s' (and at an episode end the next
+# episode's first state as s): online results of version 1 are invalid, and reports and launchers ignore them.
+ONLINE_DATA_VERSION = 2
+
+
+def online_results_invalid(settings):
+    """Why a run with these settings has invalid online results, or '' when it has none or they are valid."""
+    if not settings.get('online_steps') or settings.get('online_data_version') == ONLINE_DATA_VERSION:
+        return ''
+    return (f'online phase of online data version {settings.get("online_data_version", 1)} (stored wrong '
+            f'transitions; invalid, rerun with the current code)')
 
 
 def config_hash(settings):
@@ -38,6 +48,8 @@ def code_version():
 
 def write_flags(run_dir, flags, settings):
     """flags.json: every flag, the resolved settings, the code version and the machine."""
+    import jax  # here, not at the top: the sweep tools read this module's constants without loading JAX
+
     record = dict(
         flags=flags,
         settings=settings,
