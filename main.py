@@ -88,6 +88,7 @@ flags.DEFINE_integer('video_episodes', 0, 'Save this many evaluation episodes pe
 flags.DEFINE_bool('progress', True, 'Show a progress bar.')
 flags.DEFINE_bool('keep_checkpoints', False, 'Keep the checkpoints of a finished run (they hold the replay buffer).')
 flags.DEFINE_integer('stop_at_step', None, 'Checkpoint and stop (resumable) at this total step, e.g. before a job time limit.')
+flags.DEFINE_bool('force_restart', False, 'Start a run that diverged over from step 0 (its files are moved aside).')
 config_flags.DEFINE_config_file(
     'agent', os.path.join(agents.AGENTS_DIR, 'qam.py'), 'Agent: a bare name (qam) or a path to an agent file; '
     'override its config with --agent.<key>=<value>.', lock_config=True,
@@ -97,6 +98,7 @@ config_flags.DEFINE_config_file(
 NON_RESULT_FLAGS = (
     'seed', 'num_seeds', 'hyper_sweep', 'save_dir', 'method', 'log_interval', 'save_interval', 'dataset_source', 'dataset_dir', 'dataset_cache_dir',
     'num_workers', 'wandb', 'wandb_project', 'video_episodes', 'progress', 'keep_checkpoints', 'stop_at_step',
+    'force_restart',
 )
 RUN_FLAGS = (
     'env_name', 'offline_steps', 'online_steps', 'eval_interval', 'eval_episodes', 'utd_ratio', 'start_training',
@@ -104,17 +106,44 @@ RUN_FLAGS = (
 ) + NON_RESULT_FLAGS
 
 
-def rewrite_agent_flag(argv):
-    """Let `--agent=qam` name an agent by its bare name: config_flags needs the file's path."""
-    rewritten = []
+def prepare_agent_args(argv):
+    """Let `--agent=qam` name an agent by its bare name (config_flags needs the file's path), and check the agent
+    and every `--agent.<key>` before the flags are parsed: config_flags reports those mistakes as tracebacks."""
+    def fail(message):
+        sys.exit(f'FATAL Flags parsing error: {message}')
+
+    rewritten, agent = [], 'qam'
     for arg in argv:
-        if arg.startswith('--agent=') and not arg.endswith('.py'):
+        if arg.startswith('--agent='):
+            agent = arg.split('=', 1)[1]
             try:
-                arg = '--agent=' + agents.agent_path(arg.split('=', 1)[1])
+                arg = '--agent=' + agents.agent_path(agent)
             except ValueError as e:
-                sys.exit(f'FATAL Flags parsing error: {e}')
+                fail(e)
         rewritten.append(arg)
+    try:
+        config = agents.load_agent(agent).get_config()
+    except Exception as e:  # a broken agent file: say which, without its traceback
+        fail(f'cannot load agent {agent!r}: {type(e).__name__}: {e}')
+    for arg in rewritten:
+        if arg.startswith('--agent.'):
+            key = arg[len('--agent.'):].split('=', 1)[0]
+            if key.split('.')[0] not in config:
+                fail(f'--agent.{key}: {config.agent_name} has no config key {key!r}. Its keys: {", ".join(sorted(config))}.')
     return rewritten
+
+
+def check_agent_config(config):
+    """Config values of the right kind: tuples of positive ints where the default is one (network sizes), counts
+    of at least 1 (config_flags checks scalar types, but takes `abc` for a tuple as ('abc',))."""
+    defaults = agents.load_agent(FLAGS['agent'].config_filename).get_config()
+    for key, default in defaults.items():
+        value = config[key]
+        if isinstance(default, tuple) and default and isinstance(default[0], int):
+            if not isinstance(value, tuple) or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
+                raise app.UsageError(f'--agent.{key} must be a tuple of positive integers, e.g. {default!r}; got {value!r}.')
+        elif key in ('batch_size', 'num_qs', 'flow_steps', 'diffusion_steps', 'actor_freq') and value < 1:
+            raise app.UsageError(f'--agent.{key} must be at least 1, got {value}.')
 
 
 def check_flags(config):
@@ -201,6 +230,47 @@ def make_members(config, settings, swept_key, swept_values):
     return members
 
 
+def already_finished(member, data_identity):
+    """Whether a member's run is finished (it is skipped). A run started on other data, or one that diverged, stops
+    the program with what to do instead; a diverged one with --force_restart is moved aside and starts over."""
+    record = experiment.read_flags(member.run_dir) or {}
+    difference = record.get('data') and data_sources.identity_difference(record['data'], data_identity)
+    if difference:
+        raise app.UsageError(
+            f'{member.run_dir} was started on other data: {difference}. Its results belong to that data: give the '
+            f'data it was started on, or use another --save_dir for a run on this data.')
+    done = experiment.read_marker(member.run_dir, experiment.DONE)
+    if done is not None:
+        print(f'Run already finished, skipping (delete {member.run_dir} to rerun): {done.get("summary", "")}')
+        return True
+    diverged = experiment.read_marker(member.run_dir, experiment.DIVERGED)
+    if diverged is not None and not FLAGS.force_restart:
+        raise app.UsageError(
+            f'{member.run_dir} diverged at step {diverged.get("step")} (non-finite {diverged.get("keys")}). Run again '
+            f'with --force_restart to start it over from step 0 (its files are moved to {member.run_dir}/discarded/).')
+    if diverged is not None:
+        with experiment.RunLock(member.run_dir).held():
+            moved = experiment.move_run_aside(member.run_dir, f'diverged at step {diverged.get("step")}; --force_restart')
+        print(f'Starting over a run that diverged; its files are in {moved}.')
+    return False
+
+
+def restore_member(checkpointer, step, agent, dataset):
+    """(agent, online rows or None, metadata) of one member's checkpoint at `step`; `agent` gives the structure."""
+    meta = checkpointer.restore_meta(step)
+    if meta['phase'] == 'online' and meta.get('online_data_version') != experiment.ONLINE_DATA_VERSION:
+        raise app.UsageError(
+            f'{os.path.dirname(checkpointer.directory)}: its online checkpoint was written by code whose stored online '
+            f'transitions were wrong (see the README, "Online results before online data version '
+            f'{experiment.ONLINE_DATA_VERSION}"). Delete the run directory and run again.')
+    like = {'agent': agent_state(agent)}
+    if meta.get('online_rows'):
+        like['online_rows'] = {k: jnp.zeros((meta['online_rows'],) + dataset[k].shape[1:]) for k in datasets.TRANSITION_KEYS}
+    state, meta = checkpointer.restore(step, like)
+    agent = flax.serialization.from_state_dict(agent, dict(state['agent'], hyper=agent.hyper))
+    return agent, state.get('online_rows'), meta
+
+
 def host_metrics(info):
     """Stacked device metrics as one {key: float} dict per member."""
     arrays = {k: np.asarray(v) for k, v in jax.device_get(info).items()}
@@ -234,40 +304,29 @@ def main(_):
         raise app.UsageError(str(e))
     config, settings = resolve_settings(task)
     check_flags(config)
+    check_agent_config(config)
     agent_class = agents.load_agent(FLAGS['agent'].config_filename).Agent
     swept_key, swept_values = parse_hyper_sweep(config, agent_class)
-    members = []
-    for member in make_members(config, settings, swept_key, swept_values):
-        done = experiment.read_marker(member.run_dir, experiment.DONE)
-        if done is not None:
-            print(f'Run already finished, skipping (delete {member.run_dir} to rerun): {done.get("summary", "")}')
-        else:
-            members.append(member)
-    if not members:
-        return
-    if FLAGS.wandb and len(members) > 1:
+    if FLAGS.wandb and (FLAGS.num_seeds > 1 or swept_key):
         raise app.UsageError('--wandb logs one run per process: use it without --num_seeds and --hyper_sweep.')
-    for member in members:
-        os.makedirs(member.run_dir, exist_ok=True)
-        run_flags = {name: getattr(FLAGS, name) for name in RUN_FLAGS} | {'seed': member.seed}
-        experiment.write_flags(member.run_dir, run_flags, member.settings)
-        print(f'Run directory: {member.run_dir}')
-    num_members = len(members)
 
     # ----------------------------------------------------------------------------------------- data
+    try:  # found (or generated) first: which data a run trains on is part of what it is
+        located = data_sources.locate_dataset(
+            task, source=FLAGS.dataset_source, dataset_dir=FLAGS.dataset_dir, cache_dir=FLAGS.dataset_cache_dir,
+            episodes=FLAGS.dataset_episodes, seed=FLAGS.dataset_seed, num_workers=FLAGS.num_workers,
+            use_sharded=FLAGS.sharded_dataset, num_shards=FLAGS.dataset_shards)
+    except data_sources.DatasetError as e:
+        raise app.UsageError(str(e))
+    data_identity = data_sources.dataset_identity(located)
+    members = [member for member in make_members(config, settings, swept_key, swept_values)
+               if not already_finished(member, data_identity)]
+    if not members:
+        return
+    num_members = len(members)
     try:
         env, make_eval_env, train_data, _, data_info = env_utils.make_env_and_datasets(
-            FLAGS.env_name,
-            dataset_source=FLAGS.dataset_source,
-            dataset_dir=FLAGS.dataset_dir,
-            cache_dir=FLAGS.dataset_cache_dir,
-            dataset_episodes=FLAGS.dataset_episodes,
-            generation_seed=FLAGS.dataset_seed,
-            num_workers=FLAGS.num_workers,
-            sparse=settings['sparse'],
-            use_sharded=FLAGS.sharded_dataset,
-            num_shards=FLAGS.dataset_shards,
-        )
+            FLAGS.env_name, sparse=settings['sparse'], located=located)
     except data_sources.DatasetError as e:
         raise app.UsageError(str(e))
     sharded = isinstance(train_data, env_utils.ShardedDataset)
@@ -277,7 +336,10 @@ def main(_):
     # -------------------------------------------------------------------------------- agents and keys
     member_agents = []
     for member in members:
-        agent = agent_class.create(member.seed, dataset['observations'][0], dataset['actions'][0], member.config)
+        try:
+            agent = agent_class.create(member.seed, dataset['observations'][0], dataset['actions'][0], member.config)
+        except (ValueError, TypeError) as e:  # a config value the agent cannot be built with
+            raise app.UsageError(f'{config.agent_name} cannot be created with this config: {e}')
         if swept_key is not None:  # members stack only with one static config: the first member's
             static_config = member_agents[0].config if member_agents else agent.config
             agent = agent.with_swept(swept_key, member.config[swept_key], static_config)
@@ -286,6 +348,21 @@ def main(_):
         config, FLAGS.balanced_sampling, FLAGS.utd_ratio)
     root_keys = [jax.random.PRNGKey(member.seed) for member in members]
     offline_keys, online_keys, act_keys = (jnp.stack([jax.random.fold_in(key, i) for key in root_keys]) for i in (1, 2, 3))
+
+    # ------------------------------------------------------------------ run directories: one writer each
+    run_locks = []
+    for member in members:
+        os.makedirs(member.run_dir, exist_ok=True)
+        try:
+            run_locks.append(experiment.RunLock(member.run_dir).acquire())
+        except experiment.RunInUse as e:
+            raise app.UsageError(str(e))
+        if experiment.read_marker(member.run_dir, experiment.DONE) is not None:  # finished by the last holder
+            raise app.UsageError(f'{member.run_dir} was finished by another process meanwhile: run again to skip it.')
+        if 'data' not in (experiment.read_flags(member.run_dir) or {}):  # the first start records what the run is
+            run_flags = {name: getattr(FLAGS, name) for name in RUN_FLAGS} | {'seed': member.seed}
+            experiment.write_flags(member.run_dir, run_flags, member.settings, data_identity)
+        print(f'Run directory: {member.run_dir}')
 
     # ------------------------------------------------------------------------- logging and resume
     train_logs = [CsvLogger(os.path.join(member.run_dir, 'train.csv')) for member in members]
@@ -299,32 +376,33 @@ def main(_):
             raise app.UsageError('--wandb needs the wandb package: pip install wandb.')
         wandb_run = wandb.init(project=FLAGS.wandb_project, name=os.path.basename(members[0].run_dir), config=settings,
                                dir=members[0].run_dir, id=experiment.config_hash([settings, FLAGS.seed]), resume='allow')
-    # Members resume together, from the latest step that every one of them has saved.
+    # Members resume together, from the latest step that every one of them has saved and that restores.
     start_step, meta, online_rows, environment_states = 0, {}, [None] * num_members, [None] * num_members
-    common_steps = set.intersection(*(set(checkpointer.all_steps()) for checkpointer in checkpointers))
-    if common_steps:
-        start_step = max(common_steps)
-        for m, checkpointer in enumerate(checkpointers):
-            meta = checkpointer.restore_meta(start_step)
-            like = {'agent': agent_state(member_agents[m])}
-            if meta.get('online_rows'):
-                like['online_rows'] = {k: jnp.zeros((meta['online_rows'],) + dataset[k].shape[1:])
-                                       for k in datasets.TRANSITION_KEYS}
-            state, meta = checkpointer.restore(start_step, like)
-            member_agents[m] = flax.serialization.from_state_dict(
-                member_agents[m], dict(state['agent'], hyper=member_agents[m].hyper))
-            online_rows[m] = state.get('online_rows')
-            if meta['phase'] == 'online' and meta.get('online_data_version') != experiment.ONLINE_DATA_VERSION:
-                raise app.UsageError(
-                    f'{members[m].run_dir}: its online checkpoint was written by code whose stored online transitions '
-                    f'were wrong (see the README, "Online results before data version {experiment.ONLINE_DATA_VERSION}'
-                    f'"). Delete the run directory and run again.')
-            environment_states[m] = meta.get('environment')
+    while common_steps := set.intersection(*(set(checkpointer.all_steps()) for checkpointer in checkpointers)):
+        start_step, restored = max(common_steps), []
+        for m, member in enumerate(members):
+            try:
+                restored.append(restore_member(checkpointers[m], start_step, member_agents[m], dataset))
+            except app.UsageError:
+                raise
+            except Exception as e:  # a damaged checkpoint: kept aside for inspection, and the one before is tried
+                moved = checkpointers[m].move_aside(start_step, member.run_dir, f'cannot be restored: {e!r}'[:2000])
+                print(f'The checkpoint at step {start_step} of {member.run_dir} cannot be restored '
+                      f'({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}); moved it to {moved}.')
+                break
+        if len(restored) == num_members:
+            break
+        start_step = 0
+    if start_step:
+        member_agents = [agent for agent, _, _ in restored]
+        online_rows = [rows for _, rows, _ in restored]
+        environment_states = [member_meta.get('environment') for _, _, member_meta in restored]
+        meta = restored[-1][2]
         if sharded:
             dataset = train_data.seek(meta['shard_index'])
         print(f'Resumed from the checkpoint at step {start_step}.')
     elif any(checkpointer.latest_step() is not None for checkpointer in checkpointers):
-        print('These runs have no checkpoint step in common: all of them start again from step 0.')
+        print('These runs have no checkpoint step in common that restores: all of them start again from step 0.')
     for checkpointer in checkpointers:
         checkpointer.discard_after(start_step)
     for log in train_logs + eval_logs:
@@ -462,8 +540,10 @@ def main(_):
         act_randomly = FLAGS.offline_steps == 0  # an untrained agent explores uniformly until training starts
         environments = online.OnlineEnvironments([env] + [make_eval_env() for _ in members[1:]],  # one per member
                                                  [member.seed for member in members], action_dim, settings['sparse'])
-        if environment_states[0] is not None:
-            environments.restore(environment_states)  # the episodes in progress at the checkpoint go on
+        if environment_states[0] is not None:  # the episodes in progress at the checkpoint go on
+            for m, note in environments.restore(environment_states).items():
+                print(f'Note ({members[m].run_dir}): {note}.')
+                experiment.add_note(members[m].run_dir, note)
         else:
             environments.start(first_online)
         # A member that diverged is no longer stepped: its slot of the vmapped step gets this placeholder.
@@ -528,7 +608,7 @@ def main(_):
         summary = f'{config.agent_name} on {FLAGS.env_name}, seed {member.seed}{swept}: ' + '; '.join(parts or ['no evaluation'])
         experiment.write_marker(member.run_dir, experiment.DONE, dict(
             summary=summary, final=final, dataset=data_info['dataset_name'], dataset_source=data_info['source'],
-            deviations=deviations))
+            deviations=deviations + experiment.read_notes(member.run_dir)))
         if not FLAGS.keep_checkpoints:  # a finished run is never resumed; its checkpoints are large
             shutil.rmtree(os.path.join(member.run_dir, 'checkpoints'), ignore_errors=True)
         print(f'Finished. {summary}. Results in {member.run_dir}')
@@ -539,6 +619,14 @@ def main(_):
         raise SystemExit(f'{len(diverged)} of {num_members} runs diverged (marked {experiment.DIVERGED}): {" ".join(diverged)}')
 
 
+def command_line_main(argv):
+    """main, with a mistake in the input reported as one line (absl would print the whole flag list after it)."""
+    try:
+        main(argv)
+    except (app.UsageError, experiment.RunInUse) as e:
+        sys.exit(f'FATAL {e}')
+
+
 if __name__ == '__main__':
-    sys.argv = rewrite_agent_flag(sys.argv)
-    app.run(main)
+    sys.argv = prepare_agent_args(sys.argv)
+    app.run(command_line_main)

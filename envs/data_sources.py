@@ -13,9 +13,12 @@ complete last episode); problems raise `DatasetError` naming the file and the fi
 """
 
 import glob
+import hashlib
+import json
 import os
 import urllib.error
 import urllib.request
+import zipfile
 
 import numpy as np
 import ogbench.utils
@@ -163,6 +166,39 @@ def locate_dataset(
     log(f'Generating {name} locally ({episodes} episodes, seed {seed}, {num_workers} workers) into {gen_dir}.')
     generate.generate_dataset(name, gen_dir, num_episodes=episodes, seed=seed, num_workers=num_workers)
     return dict(source='generate', dataset_name=name, train_path=generated[0], val_path=generated[1])
+
+
+def _npz_contents(path):
+    """(array name, CRC-32 and size of its uncompressed bytes) of every array in an .npz file, read from the zip's
+    directory without decompressing: the arrays' contents, not the file's bytes (which hold write times)."""
+    try:
+        with zipfile.ZipFile(path) as file:
+            return sorted((info.filename, info.CRC, info.file_size) for info in file.infolist())
+    except (OSError, zipfile.BadZipFile) as e:
+        raise DatasetError(f'{path}: cannot be read as .npz ({type(e).__name__}: {e}); the file is corrupt or '
+                           f'truncated. Delete it and download or generate it again.') from e
+
+
+def dataset_identity(located):
+    """What a run trains on, recorded in its flags.json at the first start and checked at every later one: the
+    dataset's name and a fingerprint of the contents of its training arrays (of every shard for a sharded set),
+    with where it was found. The source and the folder are not part of the identity: the same arrays found another
+    way, or generated again with the same settings, are the same data."""
+    paths = located['shard_paths'] if 'shard_paths' in located else [located['train_path']]
+    contents = json.dumps([_npz_contents(path) for path in paths]).encode()
+    return dict(dataset_name=located['dataset_name'], fingerprint=hashlib.sha256(contents).hexdigest()[:16],
+                source=located['source'],
+                files=[os.path.abspath(p) for p in paths[:3]] + ([f'... {len(paths)} shards'] if len(paths) > 3 else []))
+
+
+def identity_difference(recorded, current):
+    """'' when two dataset identities are the same data, else what differs."""
+    differences = [f'{key} {recorded.get(key)} then, {current.get(key)} now' for key in ('dataset_name', 'fingerprint')
+                   if recorded.get(key) != current.get(key)]
+    if differences:
+        differences.append(f'source {recorded.get("source")} ({", ".join(recorded.get("files", []))}) then, '
+                           f'{current.get("source")} ({", ".join(current.get("files", []))}) now')
+    return '; '.join(differences)
 
 
 def _precheck_file(path, env):

@@ -92,6 +92,7 @@ def make_env_and_datasets(
     use_sharded=True,
     num_shards=100,
     log=print,
+    located=None,
 ):
     """Environments and datasets for one single-task OGBench name.
 
@@ -102,12 +103,13 @@ def make_env_and_datasets(
                      next_observations), or a `ShardedDataset` for the 100M sharded sets;
       val            the validation dict, or None for sharded sets;
       info           task, sparse flag, dataset name and paths, and which source was used.
-    `sparse=None` uses the domain's setting (PROTOCOL §2).
+    `sparse=None` uses the domain's setting (PROTOCOL §2). `located`: a `data_sources.locate_dataset` result to load,
+    instead of locating the dataset here.
     """
     task = parse_env_name(env_name)
     sparse = task.domain.sparse if sparse is None else bool(sparse)
     env = make_env(task)
-    located = data_sources.locate_dataset(
+    located = located or data_sources.locate_dataset(
         task,
         source=dataset_source,
         dataset_dir=dataset_dir,

@@ -106,9 +106,11 @@ class OnlineEnvironments:
             observation=self.observations[m].tolist(),
         )
 
-    def restore(self, states, log=print):
+    def restore(self, states):
         """Continue every member's episode from its `state`: reset with the episode's seed and replay its actions
-        (MuJoCo is deterministic), then restore the queue and the unreported finished episodes."""
+        (MuJoCo is deterministic), then restore the queue and the unreported finished episodes. Returns {member:
+        note} for the members whose replay did not reproduce the saved observation exactly."""
+        notes = {}
         for m, state in enumerate(states):
             self._new_episode(m, state['episode_start'])
             for action in state['episode_actions']:
@@ -125,5 +127,7 @@ class OnlineEnvironments:
             saved = np.asarray(state['observation'], np.float32)
             if not np.array_equal(saved, self.observations[m]):
                 # Another machine or MuJoCo build can round differently; the episode goes on from the replayed state.
-                log(f'Note: the replayed episode of seed {self.seeds[m]} differs from the checkpoint by up to '
-                    f'{np.abs(saved - self.observations[m]).max():.2e} in its observation.')
+                notes[m] = (f'online resume at episode step {len(state["episode_actions"])}: the replayed episode '
+                            f'differs from the checkpoint by up to {np.abs(saved - self.observations[m]).max():.2e} '
+                            f'in its observation (not an exact resume)')
+        return notes

@@ -476,6 +476,11 @@ def summary_section(grid, conflicts, missing, policy):
                  + (f'; {len(outside)} outside the grid' if outside else '') + '.')
     lines.append('Unfinished runs count for the phases they have finished (their end-of-phase evaluation is written).')
     lines.append('')
+    damaged = [r for r in grid.runs if r.csv_problems]
+    if damaged:
+        lines += ['**Warning: CSV files with repeated or out-of-order steps** (two processes wrote the run, or it was '
+                  'edited); their evaluations are read in step order, the first row of a repeated step counting:', '']
+        lines += [f'- `{r.path}`: {r.csv_problems}' for r in damaged] + ['']
     for phase in PHASES:
         expected = sum(len(grid.tasks) * len(grid.seeds) for m in grid.methods if phase in grid.phases[m])
         absent = sum(1 for r in missing if r['phase'] == phase)

@@ -109,6 +109,7 @@ class Run:
     started: str = ''
     code_version: str = ''
     excluded: str = ''  # why the run is left out of every statistic ('' = used)
+    csv_problems: str = ''  # repeated or out-of-order steps in its CSV files ('' = none)
 
     def end_step(self, phase):
         """Step of the evaluation that ends `phase`, or None when the run has no such phase."""
@@ -163,6 +164,23 @@ def _read_eval(path):
     return np.asarray(steps, np.int64)[order], [phases[i] for i in order], np.asarray(success, np.float64)[order]
 
 
+def csv_problems(run_dir):
+    """Repeated or out-of-order steps in a run's train.csv and eval.csv (main.py writes each step once, in order)."""
+    problems = []
+    for name in ('train.csv', 'eval.csv'):
+        path = os.path.join(run_dir, name)
+        if not os.path.exists(path):
+            continue
+        with open(path, newline='') as f:
+            keys = [(row.get('step'), row.get('phase')) for row in csv.DictReader(f)]
+        steps = [int(float(step)) for step, _ in keys if step not in (None, '')]
+        repeated = len(keys) - len(set(keys))
+        backwards = sum(b < a for a, b in zip(steps, steps[1:]))
+        if repeated or backwards:
+            problems.append(f'{name}: {repeated} repeated and {backwards} out-of-order steps')
+    return '; '.join(problems)
+
+
 def _read_json(path):
     if not os.path.exists(path):
         return None
@@ -198,7 +216,7 @@ def read_run(path):
         eval_interval=max(int(flags.get('eval_interval', settings.get('eval_interval', 1))), 1),
         steps=steps, phases=phases, success=success, diverged=diverged, done=done,
         started=record.get('started', ''), code_version=record.get('code_version', ''),
-        excluded=experiment.online_results_invalid(settings),
+        excluded=experiment.online_results_invalid(settings), csv_problems=csv_problems(path),
     )
 
 
@@ -211,7 +229,7 @@ def find_runs(root):
             run = read_run(dirpath)
             if run is not None:
                 runs.append(run)
-            dirnames[:] = [d for d in dirnames if d != 'checkpoints']
+            dirnames[:] = []  # a run directory holds no other runs (what it moved aside is in its discarded/)
     return runs
 
 

@@ -179,6 +179,9 @@ def status(run, root, queue=None, tail_lines=10):
     if lock_held(paths['lock']):
         where = f'on {state.get("host")}, ' + (f'job {state["job"]}' if state.get('job') else f'pid {state.get("pid")}')
         return make('running', f'{where} since {state.get("started", "?")}')
+    holder = run_dir and experiment.lock_holder(run_dir)
+    if holder:  # main.py holds the run directory's own lock: started by hand, outside this launcher
+        return make('running', f'outside the launcher: {holder}')
     if run_dir and os.path.exists(os.path.join(run_dir, DIVERGED)):
         diverged = read_json(os.path.join(run_dir, DIVERGED)) or {}
         return make('failed', f'diverged at step {diverged.get("step")}: non-finite {diverged.get("keys")}')
@@ -294,8 +297,8 @@ def execute(pack, root, python=None, env=None, announce=None):
                 results[run.key] = 'skipped'  # executing elsewhere
                 continue
             run_dir = find_run_dir(run, root)
-            if run_dir and os.path.exists(os.path.join(run_dir, DONE)):
-                results[run.key] = 'skipped'
+            if run_dir and (os.path.exists(os.path.join(run_dir, DONE)) or experiment.lock_holder(run_dir)):
+                results[run.key] = 'skipped'  # finished, or main.py runs it outside this launcher
                 continue
             locks[run.key] = lock
         for process_runs in pack_runs([run for run in pack if run.key in locks], max(1, len(locks)), root):

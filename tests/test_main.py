@@ -252,6 +252,16 @@ def test_a_diverging_member_is_marked_and_the_others_finish(tmp_path, generated_
         inv_temp = json.load(open(os.path.join(run_dir, 'flags.json')))['settings']['agent']['inv_temp']
         markers[inv_temp] = sorted(f for f in os.listdir(run_dir) if f in ('DONE', 'DIVERGED'))
     assert markers == {1.0: ['DONE'], 1e30: ['DIVERGED']}
+    # Rerunning does not retry the diverged run silently; --force_restart starts it over, its old files moved aside.
+    again = run_main(tiny_args(tmp_path, generated_datasets_dir, extra=extra), tmp_path, check=False)
+    assert again.returncode != 0 and 'diverged at step 10' in again.stderr and '--force_restart' in again.stderr
+    restarted = run_main(tiny_args(tmp_path, generated_datasets_dir, extra=extra + ['--force_restart']), tmp_path,
+                         check=False)
+    assert 'already finished' in restarted.stdout and 'Starting over a run that diverged' in restarted.stdout
+    assert 'Diverged at step 10' in restarted.stdout  # it diverges again, as it should
+    diverged_dir = [d for d in run_dirs(tmp_path).values() if os.path.exists(os.path.join(d, 'DIVERGED'))][0]
+    (moved,) = [n for n in os.listdir(os.path.join(diverged_dir, 'discarded')) if n.endswith('-run')]
+    assert {'flags.json', 'train.csv', 'DIVERGED'} <= set(os.listdir(os.path.join(diverged_dir, 'discarded', moved)))
 
 
 @pytest.mark.parametrize(

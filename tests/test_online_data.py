@@ -230,7 +230,11 @@ def test_restore_replays_the_episode_in_progress():
     assert state['episode_start'] == 7 and len(state['episode_actions']) == 2 and len(state['queue']) == 1
     fresh_env = InPlaceEnv(length=6)
     restored = online.OnlineEnvironments([fresh_env], [7], action_dim=2, sparse=False)
-    restored.restore([state])
+    notes = restored.restore([state])
     assert fresh_env.seed == online.reset_seed(7, 7) and len(fresh_env.actions) == 2
     np.testing.assert_array_equal(restored.observations, environments.observations)
     assert restored.state(0) == state and restored.episode_returns == environments.episode_returns
+    assert notes == {}  # replayed exactly
+    state['observation'][0] += 0.5  # as if written where MuJoCo rounds otherwise: said, not hidden
+    inexact = online.OnlineEnvironments([InPlaceEnv(length=6)], [7], action_dim=2, sparse=False).restore([state])
+    assert 'differs from the checkpoint by up to 5.00e-01' in inexact[0] and 'not an exact resume' in inexact[0]

@@ -367,6 +367,17 @@ def test_runs_of_the_broken_online_data_path_are_left_out(tmp_path):
     assert os.path.basename(old) in open(tmp_path / 'report' / 'runs.csv').read()
 
 
+def test_repeated_or_out_of_order_csv_rows_are_warned_about(tmp_path):
+    path = write_run(tmp_path / 'runs', {}, TASK.format(1), 1, [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8])
+    with open(os.path.join(path, 'eval.csv')) as f:
+        lines = f.read().splitlines()
+    with open(os.path.join(path, 'eval.csv'), 'w') as f:  # two writers: every row twice
+        f.write('\n'.join(lines + lines[1:]) + '\n')
+    run_report(tmp_path / 'runs', tmp_path / 'report')
+    report_md = open(tmp_path / 'report' / 'report.md').read()
+    assert 'repeated or out-of-order steps' in report_md and 'eval.csv: 8 repeated and 1 out-of-order steps' in report_md
+
+
 def test_newest_config_policy_keeps_one_config(tmp_path):
     write_run(tmp_path, METHODS['QAM'], TASK.format(1), 1, [0.5] * 8)
     newer = write_run(tmp_path, {**METHODS['QAM'], 'batch_size': 64}, TASK.format(1), 1, [0.1] * 8)

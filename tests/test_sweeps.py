@@ -457,6 +457,16 @@ def test_a_finished_run_of_the_broken_online_data_path_is_not_done(tmp_path):
     assert run_state.status(run, str(tmp_path), queue={}).state == 'not started'
 
 
+def test_a_run_that_main_py_writes_outside_the_launcher_is_running_and_not_launched(tmp_path):
+    run, = expand('paper', methods=['QAM'], domains=['c2'], tasks=[1], seeds=[10001])
+    run_dir = fake_run_dir(run, str(tmp_path), checkpoint=100000)
+    with experiment.RunLock(run_dir).held():  # as main.py holds it while it trains the run
+        found = run_state.status(run, str(tmp_path), queue={})
+        assert found.state == 'running' and f'pid {os.getpid()}' in found.detail
+        assert run_state.execute([run], str(tmp_path), python='false') == {run.key: 'skipped'}
+    assert run_state.status(run, str(tmp_path), queue={}).state == 'interrupted'
+
+
 def test_status_command_prints_every_run_with_failure_logs(tmp_path, capsys):
     runs = expand('paper', methods=['FQL'], domains=['c2'], tasks=[2], seeds=[10001, 20002])
     fake_run_dir(runs[0], str(tmp_path), markers=['DONE'])

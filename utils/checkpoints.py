@@ -5,11 +5,14 @@ import os
 import jax
 import orbax.checkpoint as ocp
 
+from utils import experiment
+
 
 class Checkpointer:
     """Keeps the latest `max_to_keep` checkpoints of a run under `<run_dir>/checkpoints/<step>`."""
 
     def __init__(self, directory, max_to_keep=2):
+        self.directory = os.path.abspath(directory)
         self.manager = ocp.CheckpointManager(
             os.path.abspath(directory), options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
         )
@@ -29,6 +32,12 @@ class Checkpointer:
         """Delete checkpoints later than `step` (the run restarts from `step` and will save them again)."""
         for later in [s for s in self.manager.all_steps() if s > step]:
             self.manager.delete(later)
+
+    def move_aside(self, step, run_dir, why):
+        """Move the checkpoint of `step` out of the way (to the run's discarded/ folder, never deleted)."""
+        moved = experiment.move_aside(os.path.join(self.directory, str(step)), run_dir, why)
+        self.manager.reload()
+        return moved
 
     def restore_meta(self, step):
         return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']

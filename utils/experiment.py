@@ -1,11 +1,15 @@
 """Run directories: deterministic names, recorded flags, the markers that make runs resumable, and stopping on a
 signal with a checkpoint."""
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import platform
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -46,19 +50,121 @@ def code_version():
         return 'unknown'
 
 
-def write_flags(run_dir, flags, settings):
-    """flags.json: every flag, the resolved settings, the code version and the machine."""
+def write_flags(run_dir, flags, settings, data=None):
+    """flags.json: every flag, the resolved settings, the data it trains on, the code version and the machine."""
     import jax  # here, not at the top: the sweep tools read this module's constants without loading JAX
 
     record = dict(
         flags=flags,
         settings=settings,
+        data=data,
         code_version=code_version(),
         machine=dict(host=platform.node(), platform=platform.platform(), devices=[str(d) for d in jax.devices()]),
         started=time.strftime('%Y-%m-%d %H:%M:%S'),
     )
-    with open(os.path.join(run_dir, 'flags.json'), 'w') as f:
-        json.dump(record, f, indent=2, sort_keys=True, default=str)
+    write_marker(run_dir, 'flags.json', record)  # atomically: a reader never sees half a record
+
+
+def read_flags(run_dir):
+    """The flags.json record of a run directory, or None when it has none."""
+    return read_marker(run_dir, 'flags.json')
+
+
+def move_aside(path, run_dir, why):
+    """Move `path` (a run's files that are not used any more) to `<run_dir>/discarded/<time>-<name>`, never deleting
+    it; reports and launchers do not look inside run directories. Returns the new path."""
+    destination = os.path.join(run_dir, 'discarded', f'{time.strftime("%Y%m%d-%H%M%S")}-{os.path.basename(path)}')
+    os.makedirs(os.path.dirname(destination), exist_ok=True)
+    shutil.move(path, destination)
+    with open(os.path.join(os.path.dirname(destination), 'README.txt'), 'a') as f:
+        f.write(f'{os.path.basename(destination)}: {why}\n')
+    return destination
+
+
+def move_run_aside(run_dir, why):
+    """Move every file of a run (but its lock and what was moved aside before) to `<run_dir>/discarded/<time>-run/`,
+    so that the run starts over in the same directory. Returns that folder."""
+    destination = os.path.join(run_dir, 'discarded', f'{time.strftime("%Y%m%d-%H%M%S")}-run')
+    os.makedirs(destination)
+    for name in os.listdir(run_dir):
+        if name not in ('discarded', '.lock'):
+            shutil.move(os.path.join(run_dir, name), os.path.join(destination, name))
+    with open(os.path.join(run_dir, 'discarded', 'README.txt'), 'a') as f:
+        f.write(f'{os.path.basename(destination)}: {why}\n')
+    return destination
+
+
+class RunInUse(Exception):
+    """Another live process holds the run directory's lock."""
+
+
+class RunLock:
+    """The one-writer lock of a run directory (`<run_dir>/.lock`), held by main.py while it trains the run.
+
+    It is an flock: the kernel releases it when the holding process ends, however it ends (kill -9 included), so a
+    dead holder never blocks a run; the file only names the last holder (host, pid, start time) for the message.
+    """
+
+    def __init__(self, run_dir):
+        self.run_dir, self.path, self._file = run_dir, os.path.join(run_dir, '.lock'), None
+
+    def acquire(self):
+        """Take the lock, or raise RunInUse naming the holder."""
+        file = open(self.path, 'a+')
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            file.seek(0)
+            holder = file.read().strip() or 'another process'
+            file.close()
+            raise RunInUse(f'{self.run_dir} is being written by {holder}. One process writes a run: wait for it to '
+                           f'finish, or stop it (it checkpoints on SIGTERM) and run the command again.')
+        file.seek(0)
+        file.truncate()
+        file.write(f'pid {os.getpid()} on {socket.gethostname()} since {time.strftime("%Y-%m-%d %H:%M:%S")}\n')
+        file.flush()
+        self._file = file
+        return self
+
+    @contextlib.contextmanager
+    def held(self):
+        self.acquire()
+        try:
+            yield self
+        finally:
+            self.release()
+
+    def release(self):
+        if self._file is not None:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
+
+
+def lock_holder(run_dir):
+    """Who holds the run directory's lock ('pid P on HOST since T'), or None when no live process does."""
+    path = os.path.join(run_dir, '.lock')
+    if not os.path.exists(path):
+        return None
+    with open(path, 'a+') as file:
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            file.seek(0)
+            return file.read().strip() or 'another process'
+        fcntl.flock(file, fcntl.LOCK_UN)
+    return None
+
+
+def add_note(run_dir, note):
+    """Record a deviation of this run (e.g. an inexact resume) in `<run_dir>/notes.txt`; DONE lists them."""
+    with open(os.path.join(run_dir, 'notes.txt'), 'a') as f:
+        f.write(note.replace('\n', ' ') + '\n')
+
+
+def read_notes(run_dir):
+    path = os.path.join(run_dir, 'notes.txt')
+    return open(path).read().splitlines() if os.path.exists(path) else []
 
 
 def read_marker(run_dir, name):
