@@ -4,9 +4,11 @@
     python main.py --agent=qam --env_name=... --num_seeds=4 --hyper_sweep=inv_temp=1,3,10   # 12 runs, one program
 
 Results go to <save_dir>/<agent>/<env_name>/seed<seed>-<hash of the settings>/: flags.json, train.csv,
-eval.csv, checkpoints/, and DONE (the final summary) once the run has finished. Running the same command
-again resumes from the last checkpoint, or skips the run if it is DONE. SIGTERM (Slurm's preemption and time
-limit), SIGUSR1 and Ctrl-C save a checkpoint at the end of the current step before the run exits.
+eval.csv, checkpoints/, and DONE (the final summary) once the run has finished. One process writes a run (it holds
+the run's lock). Running the same command again resumes from the last checkpoint that restores, exactly (online,
+the training episode in progress is replayed), or skips the run if it is DONE; on other data than the run was
+started on it stops instead. SIGTERM (Slurm's preemption and time limit), SIGUSR1 and Ctrl-C save a checkpoint at
+the end of the current step before the run exits.
 
 Several runs of one configuration (seeds, and optionally the values of one scalar hyperparameter) can train
 as the members of one vmapped program: the dataset is shared on the device, each member keeps its own agent,

@@ -7,7 +7,9 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
 import jax  # noqa: E402
 
-_CACHE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), '.cache', 'jax')
+# Compiled programs are cached across test sessions (the main.py subprocesses of the tests use it too): outside the
+# checkout, so that a fresh clone on the same machine (CI) starts warm; a new machine starts cold and is only slower.
+_CACHE_DIR = os.environ.setdefault('QAM_TEST_JAX_CACHE', os.path.expanduser('~/.cache/qam_suite/jax-tests'))
 jax.config.update('jax_compilation_cache_dir', _CACHE_DIR)
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
 

@@ -11,7 +11,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_speed_benchmark_writes_every_figure(tmp_path):
     out = tmp_path / 'speed.json'
     env = dict(os.environ, JAX_PLATFORMS='cpu', MUJOCO_GL='egl',
-               JAX_COMPILATION_CACHE_DIR=os.path.join(ROOT, '.cache', 'jax'))
+               JAX_COMPILATION_CACHE_DIR=os.environ['QAM_TEST_JAX_CACHE'])
     result = subprocess.run(
         [sys.executable, '-m', 'benchmarks.agent_speed', '--agents=fql', '--sizes=quickstart', '--seed_counts=1,2',
          '--scan_length=2', '--min_seconds=0.05', '--eval_envs=1', f'--out={out}'],

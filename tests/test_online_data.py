@@ -30,7 +30,7 @@ FQL_ONLINE = [
 def run_recorded(args, record_dir, save_dir, dataset_dir):
     os.makedirs(record_dir, exist_ok=True)
     env = dict(os.environ, JAX_PLATFORMS='cpu', MUJOCO_GL='egl', QAM_RECORD_DIR=str(record_dir),
-               JAX_COMPILATION_CACHE_DIR=os.path.join(ROOT, '.cache', 'jax'))
+               JAX_COMPILATION_CACHE_DIR=os.environ['QAM_TEST_JAX_CACHE'])
     command = [sys.executable, 'tests/recorded_main.py', *args, f'--save_dir={save_dir}', '--dataset_source=dir',
                f'--dataset_dir={dataset_dir}']
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)

@@ -23,7 +23,7 @@ try:
 except ImportError:
     submitit = None
 from sweeps import runs as run_state
-from test_sweeps import ROOT, check_finished, tiny_sweep
+from test_sweeps import check_finished, tiny_sweep
 
 REQUIRED = os.environ.get('QAM_REQUIRE_SLURM') == '1'
 TIMEOUT_S = 900
@@ -74,7 +74,7 @@ def test_slurm_backend_runs_the_tiny_sweep_through_a_requeue(tmp_path, generated
         pytest.fail(f'QAM_REQUIRE_SLURM=1 but no Slurm cluster: {PROBLEM}')
     # The jobs inherit this environment (sbatch exports it): CPU JAX and the repository's compilation cache.
     monkeypatch.setenv('JAX_PLATFORMS', 'cpu')
-    monkeypatch.setenv('JAX_COMPILATION_CACHE_DIR', os.path.join(ROOT, '.cache', 'jax'))
+    monkeypatch.setenv('JAX_COMPILATION_CACHE_DIR', os.environ['QAM_TEST_JAX_CACHE'])
     root = str(tmp_path / 'runs')
     selection, runs = tiny_sweep(generated_datasets_dir)
     slurm = ['--backend=slurm', '--gpus_per_task=0', '--cpus_per_task=1', '--runs_per_task=2', '--time=30',

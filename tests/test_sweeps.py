@@ -518,7 +518,7 @@ def check_finished(runs, root):
 
 def test_local_backend_runs_a_tiny_sweep_resumes_and_skips(tmp_path, generated_datasets_dir, monkeypatch, capsys):
     monkeypatch.setenv('JAX_PLATFORMS', 'cpu')
-    monkeypatch.setenv('JAX_COMPILATION_CACHE_DIR', os.path.join(ROOT, '.cache', 'jax'))
+    monkeypatch.setenv('JAX_COMPILATION_CACHE_DIR', os.environ['QAM_TEST_JAX_CACHE'])
     root = str(tmp_path / 'runs')
     selection, runs = tiny_sweep(generated_datasets_dir)
     # One run is interrupted first (stopped at its step-10 checkpoint): the launch resumes it.
