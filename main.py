@@ -352,7 +352,7 @@ def main(_):
     offline_keys, online_keys, act_keys = (jnp.stack([jax.random.fold_in(key, i) for key in root_keys]) for i in (1, 2, 3))
 
     # ------------------------------------------------------------------ run directories: one writer each
-    run_locks = []
+    run_locks = []  # held until the process ends: a lock's file must stay referenced (closing it would release it)
     for member in members:
         os.makedirs(member.run_dir, exist_ok=True)
         try:
