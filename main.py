@@ -173,6 +173,8 @@ def resolve_settings(task):
     """The agent config with the domain's defaults (PROTOCOL §3) and everything that defines the results."""
     config = FLAGS.agent
     overridden = {arg.split('=')[0][len('--agent.'):] for arg in sys.argv if arg.startswith('--agent.')}
+    if 'horizon_length' in overridden:  # it would be silently replaced by the domain's value below
+        raise app.UsageError('Set the chunk length with --horizon_length, not --agent.horizon_length.')
     config.horizon_length = FLAGS.horizon_length or task.domain.horizon_length
     for key in ('discount', 'rho'):
         if key in config and key not in overridden:

@@ -90,6 +90,7 @@ def test_a_damaged_checkpoint_is_moved_aside_and_the_one_before_is_used(tmp_path
     ('--agent=no/such/agent.py', "Agent file 'no/such/agent.py' does not exist"),
     ("--agent.actor_hidden_dims=abc", '--agent.actor_hidden_dims must be a tuple of positive integers'),
     ('--agent.batch_size=0', '--agent.batch_size must be at least 1'),
+    ('--agent.horizon_length=3', 'Set the chunk length with --horizon_length'),
     ('--dataset_dir=/nonexistent', 'expected the official files'),
 ])
 def test_a_mistake_is_one_line_and_writes_nothing(tmp_path, generated_datasets_dir, change, message):
