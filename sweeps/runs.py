@@ -141,15 +141,7 @@ def latest_checkpoint(run_dir):
 # ------------------------------------------------------------------------------------------------ status
 def lock_held(path):
     """Whether another process holds the run's lock (i.e. the run is executing)."""
-    if not os.path.exists(path):
-        return False
-    with open(path, 'a') as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(f, fcntl.LOCK_UN)
-    return False
+    return experiment.file_lock_holder(path) is not None
 
 
 @dataclasses.dataclass

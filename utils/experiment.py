@@ -141,9 +141,9 @@ class RunLock:
             self._file = None
 
 
-def lock_holder(run_dir):
-    """Who holds the run directory's lock ('pid P on HOST since T'), or None when no live process does."""
-    path = os.path.join(run_dir, '.lock')
+def file_lock_holder(path):
+    """The text of a lock file whose flock another live process holds ('another process' when it names no one),
+    or None when no process holds it. The sweep launcher's own run locks are probed with it too."""
     if not os.path.exists(path):
         return None
     with open(path, 'a+') as file:
@@ -154,6 +154,11 @@ def lock_holder(run_dir):
             return file.read().strip() or 'another process'
         fcntl.flock(file, fcntl.LOCK_UN)
     return None
+
+
+def lock_holder(run_dir):
+    """Who holds the run directory's lock ('pid P on HOST since T'), or None when no live process does."""
+    return file_lock_holder(os.path.join(run_dir, '.lock'))
 
 
 def add_note(run_dir, note):
