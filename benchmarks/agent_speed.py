@@ -30,6 +30,7 @@ depend on their values.
 import json
 import os
 import platform
+import re
 import resource
 import time
 
@@ -45,7 +46,8 @@ from utils import cpu_random, datasets, evaluation, host_memory, training  # noq
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list('agents', None, 'Agents to measure (default: all).')
-flags.DEFINE_list('sizes', ['quickstart', 'paper'], 'Network sizes: quickstart (2x64, batch 64) and/or paper (4x512, batch 256).')
+flags.DEFINE_list('sizes', ['quickstart', 'paper'], 'Network sizes: quickstart (2x64, batch 64), paper (4x512, batch '
+                  '256), or <depth>x<width>[:q<critics>][:b<batch>], e.g. 2x256:q2:b256 (the mini sweep).')
 flags.DEFINE_list('seed_counts', ['1', '2', '4', '8'], 'Numbers of vmapped seeds.')
 flags.DEFINE_integer('scan_length', 50, 'Updates per call of the fused loop.')
 flags.DEFINE_float('min_seconds', 3.0, 'Measure each figure for at least this long.')
@@ -90,9 +92,23 @@ def timed(fn, min_seconds):
     return calls / (time.perf_counter() - start)
 
 
+def size_settings(size):
+    """Agent settings of a --sizes entry: a name in SIZES or '<depth>x<width>[:q<critics>][:b<batch>]'."""
+    if size in SIZES:
+        return SIZES[size]
+    match = re.fullmatch(r'(\d+)x(\d+)((?::[qb]\d+)*)', size)
+    if not match:
+        raise app.UsageError(f'--sizes: {size!r} is not quickstart, paper or <depth>x<width>[:q<critics>][:b<batch>].')
+    dims = (int(match[2]),) * int(match[1])
+    settings = dict(actor_hidden_dims=dims, value_hidden_dims=dims, batch_size=256)
+    for part in filter(None, match[3].split(':')):
+        settings['num_qs' if part[0] == 'q' else 'batch_size'] = int(part[1:])
+    return settings
+
+
 def sized_config(module, size):
     config = module.get_config()
-    for key, value in SIZES[size].items():
+    for key, value in size_settings(size).items():
         config[key] = value
     config.horizon_length = HORIZON
     return config

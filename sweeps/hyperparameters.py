@@ -105,8 +105,10 @@ class Variant:
 
 
 # QAM-E sensitivity study (PROTOCOL §11), named as in the published data ("tau" is inv_temp). The unchanged
-# configuration is the main study's QAM-E run.
+# configuration is the main study's QAM-E run. BC, the behaviour-cloning floor of the `mini` sweep, is QAM acting
+# with its behaviour flow (inv_temp = 0: no tilt, ALGORITHMS §2.6); the paper has no such row.
 VARIANTS = {
+    'BC': Variant('QAM', settings=dict(inv_temp=0.0)),
     'QAM-E-NOCLIP': Variant('QAM-E', settings=dict(clip_grad=False)),
     'QAM-E (K=2)': Variant('QAM-E', settings=dict(num_qs=2)),
     **{f'QAM-E (T={t})': Variant('QAM-E', settings=dict(flow_steps=t)) for t in (1, 3, 20, 30)},

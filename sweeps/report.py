@@ -78,22 +78,36 @@ def stat_from_row(row):
     return Stat(mean=row['mean'], low=row['ci95_low'], high=row['ci95_high'], n=row['seeds'], expected=row['seeds'])
 
 
-def published_stat(published, boot, level, key, tasks, method, phase):
+def paper_step(grid, method, phase):
+    """The total step at which all of `method`'s runs end `phase`, or None when they end it at different steps."""
+    steps = {r.end_step(phase) for r in grid.runs if r.method == method} - {None}
+    return steps.pop() if len(steps) == 1 else None
+
+
+def paper_row(published, key, method, phase, step=None):
+    """The paper's row at our runs' step where it has a number there (its first evaluation, step 50,000, is where
+    the `mini` sweep's offline phase ends), else at the end of its phase."""
+    return (step is not None and published.get(key, method, phase, step)) or published.get(key, method, phase)
+
+
+def published_stat(published, boot, level, key, tasks, method, phase, step=None):
     """(Stat of the paper's number for the same cell, recomputed?) or (None, False) when the paper has none.
 
     A domain or `all` cell whose tasks are exactly the paper's is the paper's row; over another set of tasks
     it is recomputed from the paper's per-seed task values (mean of the task means; the interval from the
-    per-seed averages over those tasks, the paper's seed columns taken as aligned)."""
+    per-seed averages over those tasks, the paper's seed columns taken as aligned). `step`: see paper_row."""
     method = base_method(method)
     if level == 'task' or len(tasks) == 1:  # a domain or aggregate of one task is that task
-        row = published.get(key if level == 'task' else tasks[0], method, phase)
+        row = paper_row(published, key if level == 'task' else tasks[0], method, phase, step)
         return (stat_from_row(row), False) if row else (None, False)
-    rows = {t: published.get(t, method, phase) for t in tasks}
+    rows = {t: paper_row(published, t, method, phase, step) for t in tasks}
     if not tasks or any(r is None or r['seed_values'] is None for r in rows.values()):
+        return None, False
+    if len({r['step'] for r in rows.values()}) > 1:  # some tasks at our step, some at the paper's end: no number
         return None, False
     domains = {split_env_name(t)[0] for t in tasks}
     paper_key = key if level == 'domain' else 'all' if len(domains) > 1 else domains.pop()  # all of one domain
-    row = published.get(paper_key, method, phase)
+    row = paper_row(published, paper_key, method, phase, next(iter(rows.values()))['step'])
     if row is not None:
         if paper_key == 'all':
             paper_tasks = published.tasks(study=row['study'])
@@ -112,7 +126,8 @@ def published_stats(published, boot, grid, stats):
     groups = {'all': grid.tasks, **{d: grid.domain_tasks(d) for d in grid.domains()}}
     for (level, key, method, phase) in stats:
         tasks = [key] if level == 'task' else groups[key]
-        out[(level, key, method, phase)] = published_stat(published, boot, level, key, tasks, method, phase)
+        out[(level, key, method, phase)] = published_stat(published, boot, level, key, tasks, method, phase,
+                                                          paper_step(grid, method, phase))
     return out
 
 
@@ -133,7 +148,9 @@ def phase_steps(grid):
 
 def grid_caption(grid, boot):
     seeds = ', '.join(str(s) for s in grid.seeds)
-    return (f'End of phase here: {phase_steps(grid)} (paper: offline 1,000,000; online 1,500,000, RLPD 500,000). '
+    return (f'End of phase here: {phase_steps(grid)} (paper: offline 1,000,000; online 1,500,000, RLPD 500,000; '
+            f'where our runs end a phase at a step the paper evaluated, e.g. its first evaluation at 50,000, the '
+            f'paper\'s number is from that step). '
             f'Success (%): mean over seeds [95% percentile-bootstrap interval, {boot.num_resamples:,} resamples]; '
             f'domain = mean of its tasks, all = mean over the {plural(len(grid.tasks), "task")}. Expected: '
             f'{len(grid.seeds)} seeds per task ({seeds}). **Bold**: best of our methods in the column. '
@@ -218,7 +235,8 @@ def score_matrices(grid, published, phase):
             notes.append(f'{method}: {len(seeds)} of {len(grid.seeds)} seeds used (those with a value on every task)')
         ours[method] = np.array([values[s] for s in seeds]) / 100
         name = published.method_name(base_method(method))
-        rows = [published.get(t, name, phase) for t in grid.tasks] if name else [None]
+        step = paper_step(grid, method, phase)
+        rows = [paper_row(published, t, name, phase, step) for t in grid.tasks] if name else [None]
         if all(r is not None and r['seed_values'] is not None for r in rows):
             paper[f'{name} (paper)'] = np.stack([r['seed_values'] for r in rows], axis=1) / 100
     return ours, paper, notes

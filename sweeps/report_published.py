@@ -12,8 +12,9 @@ The shipped file `sweeps/published/qam_paper_results.csv` has one row per (study
 
 * `level`: task (an environment name), domain (e.g. `cube-double-play`, `cube-double-noisy`) or all
   (`all`: the 50 main tasks; `all-rep`: the 10 representative tasks of the sensitivity study).
-* `phase`: offline (row 19, step 1,000,000), offline_to_online (row 29, step 1,500,000), online (RLPD
-  only, row 9, step 500,000).
+* `phase` and `step`: offline at the paper's first evaluation (row 0, step 50,000: where the `mini` sweep's
+  offline phase ends) and at its end (row 19, step 1,000,000), offline_to_online (row 29, step 1,500,000),
+  online (RLPD only, row 9, step 500,000).
 * `mean`: 100 × the mean over the 12 seed columns (exact, rounded to 2 decimals).
 * `ci95_low/high`: 95% percentile bootstrap over the 12 per-seed values (PROTOCOL §7), 500,000
   resamples from a fixed seed. Domain and `all` rows are bootstrapped over their own seed columns: in
@@ -48,8 +49,9 @@ STUDIES = (  # study name, pickle file
     ('sensitivity', 'qam-exp-data-sensitive.pkl'),
 )
 EVAL_INTERVAL = 50_000
-# phase -> (row of the (30, 12) array, total step); RLPD's (10, 12) arrays have only the online phase.
-PHASE_ROWS = {'offline': 19, 'offline_to_online': 29}
+# (phase, row of the (30, 12) array): the first evaluation and the ends of the two phases; RLPD's (10, 12) arrays
+# have only the online phase.
+PHASE_ROWS = (('offline', 0), ('offline', 19), ('offline_to_online', 29))
 ONLINE_ONLY_ROW = 9
 NUM_RESAMPLES = 500_000  # as the reference (PROTOCOL §7)
 BOOTSTRAP_SEED = 0
@@ -94,7 +96,7 @@ def derive(reference_dir=DEFAULT_REFERENCE_DIR, num_resamples=NUM_RESAMPLES, see
                 continue
             array = np.asarray(array, np.float64)
             if array.shape[0] == 30:
-                phases = [(phase, row, EVAL_INTERVAL * (row + 1)) for phase, row in PHASE_ROWS.items()]
+                phases = [(phase, row, EVAL_INTERVAL * (row + 1)) for phase, row in PHASE_ROWS]
             elif array.shape[0] == 10:
                 phases = [('online', ONLINE_ONLY_ROW, EVAL_INTERVAL * (ONLINE_ONLY_ROW + 1))]
             else:
@@ -151,7 +153,7 @@ def write_csv(rows, path, columns=COLUMNS):
 
 
 class Published:
-    """The shipped published numbers, looked up by (task or domain key, method, phase).
+    """The shipped published numbers, looked up by (task or domain key, method, phase[, step]).
 
     Our phases are 'offline' and 'online' (end of the online phase); the paper's 'online' is
     'offline_to_online' for every method with an offline phase and 'online' for RLPD (online only)."""
@@ -173,22 +175,29 @@ class Published:
                 entry['step'], entry['seeds'] = int(row['step']), int(row['seeds'])
                 seeds = row['seed_values'].split()
                 entry['seed_values'] = np.array([float(v) for v in seeds]) if seeds else None
-                self.rows[(row['task'], row['method'], row['phase'])] = entry
-        self.methods = sorted({m for _, m, _ in self.rows})
+                self.rows[(row['task'], row['method'], row['phase'], entry['step'])] = entry
+        self.methods = sorted({m for _, m, _, _ in self.rows})
+        self.end_steps = {}  # (key, method, paper phase) -> the step of its end-of-phase row (the largest)
+        for key, method, phase, step in self.rows:
+            self.end_steps[(key, method, phase)] = max(step, self.end_steps.get((key, method, phase), 0))
         self._lower = {m.lower(): m for m in self.methods}
 
     def method_name(self, method):
         """The paper's name of a method label (case-insensitive), or None."""
         return self._lower.get(method.lower())
 
-    def get(self, key, method, phase):
-        """The row for one of our phases ('offline' | 'online'), or None."""
+    def get(self, key, method, phase, step=None):
+        """The row for one of our phases ('offline' | 'online') at the paper's end of that phase, or at total step
+        `step` (None when the paper has no number at that step), or None."""
         name = self.method_name(method)
         if name is None:
             return None
-        if phase == 'online':
-            return self.rows.get((key, name, 'offline_to_online')) or self.rows.get((key, name, 'online'))
-        return self.rows.get((key, name, phase))
+        for paper_phase in (('offline_to_online', 'online') if phase == 'online' else (phase,)):
+            at = self.end_steps.get((key, name, paper_phase)) if step is None else step
+            row = self.rows.get((key, name, paper_phase, at))
+            if row is not None:
+                return row
+        return None
 
     def curve(self, key, method):
         """(steps, mean success %) of a domain or aggregate entry, or None. Online-only curves (RLPD) count their
@@ -197,7 +206,7 @@ class Published:
         return self.curves.get((key, name)) if name else None
 
     def tasks(self, level='task', study=None):
-        return sorted({k for (k, _, _), r in self.rows.items()
+        return sorted({k for (k, _, _, _), r in self.rows.items()
                        if r['level'] == level and (study is None or r['study'] == study)})
 
 

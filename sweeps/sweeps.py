@@ -26,7 +26,7 @@ from sweeps import hyperparameters as hp
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAIN = os.path.join(REPO, 'main.py')
-SWEEP_FILES = ('paper', 'rlpd', 'quality', 'sensitivity')  # the sweeps shipped in this folder
+SWEEP_FILES = ('paper', 'rlpd', 'quality', 'sensitivity', 'mini')  # the sweeps shipped in this folder
 # A few-second version of any run (launch --tiny): checks a sweep end to end (data, agents, launcher, cluster)
 # before the real budget is spent. Only keys every agent has (ALGORITHMS §1.13); never overrides what defines a
 # method (RLPD keeps --offline_steps=0).

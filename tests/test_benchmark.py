@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -27,3 +29,17 @@ def test_speed_benchmark_writes_every_figure(tmp_path):
     assert figures['seeds_1_scaling'] == 1.0
     assert figures['seeds_2_scaling'] == figures['seeds_2_updates_per_s'] / (2 * figures['seeds_1_updates_per_s'])
     assert 'fql      quickstart' in result.stdout
+
+
+def test_speed_benchmark_sizes_name_depth_width_critics_and_batch():
+    from absl import app
+
+    from benchmarks import agent_speed
+
+    assert agent_speed.size_settings('2x256:q2:b128') == dict(
+        actor_hidden_dims=(256, 256), value_hidden_dims=(256, 256), batch_size=128, num_qs=2)
+    assert agent_speed.size_settings('3x128') == dict(
+        actor_hidden_dims=(128,) * 3, value_hidden_dims=(128,) * 3, batch_size=256)
+    assert agent_speed.size_settings('paper')['actor_hidden_dims'] == (512,) * 4
+    with pytest.raises(app.UsageError, match='2x'):
+        agent_speed.size_settings('2x')

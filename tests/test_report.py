@@ -7,6 +7,7 @@ import decimal
 import hashlib
 import json
 import os
+import pickle
 
 import numpy as np
 import pytest
@@ -217,14 +218,25 @@ def test_published_csv_rederives_from_the_released_data():
             'antmaze-giant-navigate-singletask-task5-v0'}
     rows = report_published.derive(REFERENCE_DIR, keep=lambda study, key, method: key in keys)
     with open(report_published.PUBLISHED_CSV, newline='') as f:
-        shipped = {(r['study'], r['task'], r['method'], r['phase']): r for r in csv.DictReader(f)}
+        shipped = {(r['study'], r['task'], r['method'], r['phase'], int(r['step'])): r for r in csv.DictReader(f)}
     assert len(rows) > 100
     for row in rows:
-        assert {k: str(v) for k, v in row.items()} == shipped[(row['study'], row['task'], row['method'], row['phase'])]
+        assert {k: str(v) for k, v in row.items()} == shipped[(row['study'], row['task'], row['method'], row['phase'],
+                                                               row['step'])]
+    # The first evaluation (50K steps) of the pickles' arrays, as the mini sweep compares with it: one row per entry.
+    with open(os.path.join(REFERENCE_DIR, 'qam-exp-data.pkl'), 'rb') as f:
+        data = pickle.load(f)
+    for (key, method), array in data.items():
+        array = np.asarray(array)
+        if array.shape[0] == 30:
+            row = shipped[('main', key, method, 'offline', 50_000)]
+            assert float(row['mean']) == pytest.approx(100 * array[0].mean(), abs=0.005), (key, method)
+    assert float(shipped[('main', 'scene-play-singletask-task1-v0', 'QAM', 'offline', 50_000)]['mean']) == 90.33
     # Against the reference CSV of the protocol (its own bootstrap): means equal; intervals agree to bootstrap noise.
     with open(os.path.join(REFERENCE_DIR, 'qam_paper_results.csv'), newline='') as f:
         reference = {(r['task'], r['method'], r['phase']): r for r in csv.DictReader(f)}
-    main = {(r['task'], r['method'], r['phase']): r for r in shipped.values() if r['study'] == 'main'}
+    main = {(r['task'], r['method'], r['phase']): r for r in shipped.values()
+            if r['study'] == 'main' and int(r['step']) != 50_000}
     assert set(main) == set(reference) and len(main) == 2013
     differences = []
     for key, ref in reference.items():
@@ -243,7 +255,7 @@ def test_published_csv_rederives_from_the_released_data():
     for curve in shipped_curves:
         means = curve['mean'].split()
         if len(means) == 30:
-            row = shipped[(curve['study'], curve['task'], curve['method'], 'offline')]
+            row = shipped[(curve['study'], curve['task'], curve['method'], 'offline', 1_000_000)]
             assert float(means[19]) == pytest.approx(float(row['mean']), abs=0.006)
 
 
@@ -484,3 +496,28 @@ def test_paper_cells_cover_the_same_tasks_as_ours():
         == published.get(two[0], 'QAM', 'offline')['mean']
     assert report.published_stat(published, boot, 'task', two[0], [two[0]], 'MyMethod', 'offline') == (None, False)
     assert report.published_stat(published, boot, 'task', two[0], [two[0]], 'RLPD', 'offline') == (None, False)
+
+
+def test_runs_that_end_offline_at_the_papers_first_evaluation_are_compared_with_it():
+    """The mini sweep stops offline at 50K steps: its paper cells are the paper's 50K numbers (row 0 of the released
+    arrays, 90.33% for QAM on scene task 1), not its 1M ones; the online phase (ends at 75K) keeps the paper's end."""
+    published, boot = Published(), Bootstrap(2000)
+    scene = ['scene-play-singletask-task1-v0', 'scene-play-singletask-task2-v0']
+    stat, recomputed = report.published_stat(published, boot, 'task', scene[0], scene[:1], 'QAM', 'offline', 50_000)
+    assert stat.mean == 90.33 and not recomputed
+    assert report.published_stat(published, boot, 'task', scene[0], scene[:1], 'QAM', 'offline')[0].mean == 100.0
+    stat, recomputed = report.published_stat(published, boot, 'domain', 'scene-play', scene, 'FQL', 'offline', 50_000)
+    assert recomputed and stat.mean == pytest.approx((15.67 + 9.50) / 2, abs=0.01)
+    assert report.published_stat(published, boot, 'task', scene[0], scene[:1], 'QAM', 'online', 75_000)[0].mean \
+        == published.get(scene[0], 'QAM', 'online')['mean']
+
+
+def test_paper_step_is_the_common_end_of_a_methods_runs(tmp_path):
+    for seed in (1, 2):
+        write_run(tmp_path, METHODS['QAM'], SCENE.format(1), seed, [0.5, 0.6, 0.7], offline_steps=50_000,
+                  online_steps=25_000, eval_interval=25_000)
+    grid = report_runs.build_grid(report_runs.find_runs(tmp_path))
+    assert report.paper_step(grid, 'QAM', 'offline') == 50_000 and report.paper_step(grid, 'QAM', 'online') == 75_000
+    write_run(tmp_path, METHODS['QAM'], SCENE.format(2), 1, [0.5] * 8)  # another schedule: no common step
+    grid = report_runs.build_grid(report_runs.find_runs(tmp_path))
+    assert report.paper_step(grid, 'QAM', 'offline') is None

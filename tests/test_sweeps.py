@@ -13,7 +13,7 @@ import pytest
 
 import agents
 from sweeps import hyperparameters as hp
-from sweeps import launch
+from sweeps import launch, mini
 from sweeps import runs as run_state
 from sweeps import sweeps
 from utils import experiment
@@ -77,8 +77,32 @@ def test_every_run_group_has_the_twelve_paper_seeds(name):
     seeds = {}
     for run in expand(name):
         seeds.setdefault((run.method, run.env_name), []).append(run.seed)
-    assert all(s == PAPER_SEEDS for s in seeds.values())
+    expected = PAPER_SEEDS[:3] if name == 'mini' else PAPER_SEEDS  # mini: the paper's first three
+    assert all(s == expected for s in seeds.values())
     assert list(hp.SEEDS) == PAPER_SEEDS
+
+
+def test_mini_sweep_keeps_what_defines_each_method_and_names_its_reductions():
+    runs = expand('mini')
+    assert len(runs) == 5 * 3 * 3
+    assert {r.env_name for r in runs} == {'scene-play-singletask-task1-v0', 'scene-play-singletask-task2-v0',
+                                          'cube-double-play-singletask-task1-v0'}
+    paper = by_key('paper')
+    for run in runs:
+        flags = run.flag_dict
+        assert flags['offline_steps'] == '50000' and int(flags['online_steps']) > 0
+        # Every agent setting of the paper's run of the method is kept, except the named reductions.
+        reduced = {name[len('agent.'):] for name, _ in mini.FLAGS if name.startswith('agent.')}
+        base = 'QAM' if run.method == 'BC' else run.method
+        expected = {k: v for k, v in agent_flags(paper[(base, run.env_name, run.seed)]).items() if k not in reduced}
+        if run.method == 'BC':
+            expected['inv_temp'] = '0'
+        assert {k: v for k, v in agent_flags(run).items() if k not in reduced} == expected, run.key
+        assert not {'horizon_length', 'sparse', 'agent.discount', 'agent.rho', 'agent.horizon_length'} & set(flags)
+    # QAM-E equals QAM on these domains (edit_scale 0 in PROTOCOL §8.2): the same agent settings.
+    for env_name in {r.env_name for r in runs}:
+        qam_e, qam = (agent_flags(one('paper', m, env_name)) for m in ('QAM-E', 'QAM'))
+        assert qam_e == qam
 
 
 def test_paper_grid_has_all_fifty_tasks():
