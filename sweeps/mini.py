@@ -1,17 +1,18 @@
-"""Mini: the QAM paper's early comparison at a scale a 2-core CPU finishes (6 methods x 3 tasks x 3 seeds, 54 runs).
+"""Mini: the QAM paper's early comparison at a scale a 2-core CPU finishes (5 methods x 3 tasks x 3 seeds, 45 runs).
 
 What it keeps from the paper (PROTOCOL §3, §8): every method's defining settings and its per-domain tuned values
 (sweeps/hyperparameters.py), the domain's chunk length H = 5, discount 0.99, pessimism rho = 0.5 and sparse rewards
 on scene (set by main.py from the environment name), the learning rate, EMA rate, 10 flow steps, the full-size
 generated datasets (1000 episodes, 1M transitions) and the paper's first three seeds.
 
-What it reduces, each chosen by measurement on the project's 2-core CPUs (README, "Does it reproduce?"):
-networks, critic count, batch, budgets and evaluation episodes, in FLAGS below.
+What it reduces, each chosen by measurement on the project's 2-core CPUs so that a QAM run (the slowest method with
+BC and BAM) takes about 25 minutes alone: networks, critic count, budgets and evaluation episodes, in FLAGS below.
+Whether this scale reproduces the paper's early separation is what the README's "Does it reproduce?" reports.
 
 The tasks are those on which the paper's curves separate the methods by the first evaluation (50K offline steps):
 scene tasks 1 and 2 and cube-double task 1. On these two domains the paper's QAM-E has edit_scale = 0, which makes
 it QAM with the same settings (its published numbers differ from QAM's only by seed noise), so QAM-E is not run
-twice; `python -m sweeps.launch mini --methods=QAM-E` would run it. BC is QAM with inv_temp = 0, the floor that
+twice (add it to `methods` below to run it anyway). BC is QAM with inv_temp = 0, the floor that
 any value-based improvement must clear.
 """
 

@@ -1,0 +1,116 @@
+"""Success against wall time of small QAM runs: the frontier from which the README's quick start is chosen.
+
+    python -m benchmarks.quickstart_frontier --points=c1-100ep-2x128-q2-10k --out=/tmp/frontier.md
+
+Each point is one `main.py` command run from scratch, the way a newcomer runs the quick start: its dataset is
+generated into a fresh cache folder (so the total time includes generation), then it trains offline and evaluates
+four times. It prints one Markdown row per point (and appends it to --out): task, dataset episodes, networks,
+critics, batch, steps, generation and total wall time, and success at every evaluation. Points run one at a time,
+so each has the machine to itself; say which machine the table is from. The README's table was made with it.
+"""
+
+import dataclasses
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+
+from absl import app, flags
+
+from envs import data_sources, generate, tasks
+from sweeps import report_runs
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Shared by every point: QAM, chunked, 2 generation workers, 20 evaluation episodes, offline only.
+COMMON = ('--agent=qam --agent.action_chunking=True --num_workers=2 --eval_episodes=20 --online_steps=0 '
+          '--log_interval=1000 --progress=false')
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+    env_name: str
+    episodes: int  # generated dataset episodes (1000 steps each)
+    depth: int  # hidden layers of every network
+    width: int
+    critics: int
+    batch: int
+    steps: int  # offline steps; evaluations every steps / 4
+    # The paper's value on scene and cube-double; cube-single, which the paper does not have, takes cube-double's.
+    # 0: the behaviour-cloning floor.
+    inv_temp: float = 1.0
+
+    def argv(self):
+        dims = repr((self.width,) * self.depth)
+        interval = max(self.steps // 4, 1)
+        return shlex.split(COMMON) + [
+            f'--env_name={self.env_name}', f'--dataset_episodes={self.episodes}', f'--agent.actor_hidden_dims={dims}',
+            f'--agent.value_hidden_dims={dims}', f'--agent.num_qs={self.critics}', f'--agent.batch_size={self.batch}',
+            f'--offline_steps={self.steps}', f'--eval_interval={interval}', f'--save_interval={self.steps}',
+            f'--agent.inv_temp={self.inv_temp:g}']
+
+
+CUBE_SINGLE, SCENE = 'cube-single-play-singletask-task{}-v0', 'scene-play-singletask-task{}-v0'
+POINTS = {
+    'c1-100ep-2x128-q2-10k': Point(CUBE_SINGLE.format(1), 100, 2, 128, 2, 256, 10_000),
+    'c1-100ep-2x128-q2-10k-bc': Point(CUBE_SINGLE.format(1), 100, 2, 128, 2, 256, 10_000, inv_temp=0.0),
+    'c1-100ep-2x128-q2-20k': Point(CUBE_SINGLE.format(1), 100, 2, 128, 2, 256, 20_000),
+    'c1-100ep-2x256-q2-10k': Point(CUBE_SINGLE.format(1), 100, 2, 256, 2, 256, 10_000),
+    'c1-100ep-2x64-q2-20k': Point(CUBE_SINGLE.format(1), 100, 2, 64, 2, 256, 20_000),
+    'c1-300ep-2x128-q2-20k': Point(CUBE_SINGLE.format(1), 300, 2, 128, 2, 256, 20_000),
+    'c2-100ep-2x128-q2-20k': Point(CUBE_SINGLE.format(2), 100, 2, 128, 2, 256, 20_000),
+    's1-100ep-2x128-q2-20k': Point(SCENE.format(1), 100, 2, 128, 2, 256, 20_000),
+}
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list('points', list(POINTS), 'Points to run, in order: ' + ', '.join(POINTS) + '.')
+flags.DEFINE_string('out', None, 'Also write the Markdown table to this file (appended to, one row per point).')
+flags.DEFINE_integer('timeout_s', 1800, 'Stop a point after this many seconds.')
+
+HEADER = ('| point | task | inv_temp | episodes | networks | critics | batch | offline steps | generation (s) | '
+          'total (s) | success at each evaluation (%) |\n' + '|---' * 11 + '|')
+
+
+def run_point(name):
+    """One Markdown row: the point run from scratch (generation, then main.py), timed."""
+    point = POINTS[name]
+    dataset_name = tasks.parse_env_name(point.env_name).dataset_name
+    with tempfile.TemporaryDirectory(prefix=f'frontier-{name}-') as tmp:
+        cache = os.path.join(tmp, 'datasets')
+        start = time.perf_counter()
+        generate.generate_dataset(dataset_name, data_sources.generated_dir(cache, dataset_name, point.episodes, 0),
+                                  num_episodes=point.episodes, seed=0, num_workers=2, progress=False)
+        generation = time.perf_counter() - start
+        command = [sys.executable, os.path.join(REPO, 'main.py'), *point.argv(), f'--save_dir={tmp}/runs',
+                   f'--dataset_cache_dir={cache}', '--dataset_source=generate']
+        result = subprocess.run(command, capture_output=True, text=True, timeout=FLAGS.timeout_s, cwd=REPO)
+        total = time.perf_counter() - start
+        if result.returncode != 0:
+            raise RuntimeError(f'{name} failed:\n{result.stderr[-3000:]}')
+        (run,) = report_runs.find_runs(os.path.join(tmp, 'runs'))
+    task = point.env_name.replace('-singletask', '').replace('-v0', '')
+    successes = ', '.join(f'{step / 1000:g}K: {value:.0f}' for step, value in zip(run.steps, run.success))
+    return (f'| {name} | {task} | {point.inv_temp:g} | {point.episodes} | {point.depth}x{point.width} | '
+            f'{point.critics} | {point.batch} | '
+            f'{point.steps:,} | {generation:.0f} | {total:.0f} | {successes} |')
+
+
+def main(argv):
+    del argv
+    unknown = [p for p in FLAGS.points if p not in POINTS]
+    if unknown:
+        raise app.UsageError(f'Unknown points {unknown}; known: {", ".join(POINTS)}.')
+    print(HEADER, flush=True)
+    for name in FLAGS.points:
+        row = run_point(name)
+        print(row, flush=True)
+        if FLAGS.out:
+            new = not os.path.exists(FLAGS.out)
+            with open(FLAGS.out, 'a') as f:
+                f.write((HEADER + '\n' if new else '') + row + '\n')
+
+
+if __name__ == '__main__':
+    app.run(main)
