@@ -73,7 +73,7 @@ HEADER = ('| point | task | inv_temp | episodes | networks | critics | batch | o
           'total (s) | success at each evaluation (%) |\n' + '|---' * 11 + '|')
 
 
-def run_point(name):
+def run_point(name, timeout_s):
     """One Markdown row: the point run from scratch (generation, then main.py), timed."""
     point = POINTS[name]
     dataset_name = tasks.parse_env_name(point.env_name).dataset_name
@@ -85,7 +85,7 @@ def run_point(name):
         generation = time.perf_counter() - start
         command = [sys.executable, os.path.join(REPO, 'main.py'), *point.argv(), f'--save_dir={tmp}/runs',
                    f'--dataset_cache_dir={cache}', '--dataset_source=generate']
-        result = subprocess.run(command, capture_output=True, text=True, timeout=FLAGS.timeout_s, cwd=REPO)
+        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, cwd=REPO)
         total = time.perf_counter() - start
         if result.returncode != 0:
             raise RuntimeError(f'{name} failed:\n{result.stderr[-3000:]}')
@@ -104,7 +104,7 @@ def main(argv):
         raise app.UsageError(f'Unknown points {unknown}; known: {", ".join(POINTS)}.')
     print(HEADER, flush=True)
     for name in FLAGS.points:
-        row = run_point(name)
+        row = run_point(name, FLAGS.timeout_s)
         print(row, flush=True)
         if FLAGS.out:
             new = not os.path.exists(FLAGS.out)

@@ -43,3 +43,22 @@ def test_speed_benchmark_sizes_name_depth_width_critics_and_batch():
     assert agent_speed.size_settings('paper')['actor_hidden_dims'] == (512,) * 4
     with pytest.raises(app.UsageError, match='2x'):
         agent_speed.size_settings('2x')
+
+
+def test_quickstart_frontier_times_a_point_from_scratch_and_reads_its_evaluations(monkeypatch):
+    from benchmarks import quickstart_frontier as frontier
+
+    tiny = frontier.Point(frontier.CUBE_SINGLE.format(1), episodes=2, depth=2, width=16, critics=2, batch=16, steps=20)
+    monkeypatch.setitem(frontier.POINTS, 'tiny', tiny)
+    monkeypatch.setenv('JAX_COMPILATION_CACHE_DIR', os.environ['QAM_TEST_JAX_CACHE'])
+    monkeypatch.setenv('JAX_PLATFORMS', 'cpu')
+    row = frontier.run_point('tiny', timeout_s=900)
+    cells = [cell.strip() for cell in row.strip('|').split('|')]
+    assert len(cells) == frontier.HEADER.splitlines()[0].count('|') - 1
+    assert cells[:8] == ['tiny', 'cube-single-play-task1', '1', '2', '2x16', '2', '16', '20']
+    generation, total = float(cells[8]), float(cells[9])
+    assert 0 < generation <= total
+    # Four evaluations, at steps / 4 intervals, each a success rate of 20 episodes (a multiple of 5%).
+    evaluations = [item.split(': ') for item in cells[10].split(', ')]
+    assert [step for step, _ in evaluations] == ['0.005K', '0.01K', '0.015K', '0.02K']
+    assert all(float(value) % 5 == 0 for _, value in evaluations)
