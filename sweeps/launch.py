@@ -6,7 +6,7 @@
     python -m sweeps.launch paper --backend=slurm --seeds_per_process=12 ...    # a task's 12 seeds in one process
     python -m sweeps.launch status paper                                        # done / running / failed / ...
 
-<sweep> is `paper` (the main comparison), `rlpd`, `quality`, `sensitivity`, or a path to a .py file that defines
+<sweep> is `paper` (the main comparison), `rlpd`, `quality`, `sensitivity`, `mini`, or a path to a .py file that defines
 `SWEEP = sweeps.sweeps.Sweep(...)`. Runs that finished are skipped, runs that are running or queued are left
 alone, interrupted and failed runs are launched again (they resume from their last checkpoint; diverged runs only
 with --retry_diverged). Give `status` the same --save_dir, --tiny and --extra_args as the launch. Everything is checked
