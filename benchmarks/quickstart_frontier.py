@@ -1,6 +1,6 @@
 """Success against wall time of small QAM runs: the frontier from which the README's quick start is chosen.
 
-    python -m benchmarks.quickstart_frontier --points=c1-100ep-2x128-q2-10k --out=/tmp/frontier.md
+    python -m benchmarks.quickstart_frontier --points=c1-100ep-2x128-q2-10k --table_out=/tmp/frontier.md
 
 Each point is one `main.py` command run from scratch, the way a newcomer runs the quick start: its dataset is
 generated into a fresh cache folder (so the total time includes generation), then it trains offline and evaluates
@@ -66,7 +66,7 @@ POINTS = {
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list('points', list(POINTS), 'Points to run, in order: ' + ', '.join(POINTS) + '.')
-flags.DEFINE_string('out', None, 'Also write the Markdown table to this file (appended to, one row per point).')
+flags.DEFINE_string('table_out', None, 'Also write the Markdown table to this file (appended to, one row per point).')
 flags.DEFINE_integer('timeout_s', 1800, 'Stop a point after this many seconds.')
 
 HEADER = ('| point | task | inv_temp | episodes | networks | critics | batch | offline steps | generation (s) | '
@@ -106,9 +106,9 @@ def main(argv):
     for name in FLAGS.points:
         row = run_point(name, FLAGS.timeout_s)
         print(row, flush=True)
-        if FLAGS.out:
-            new = not os.path.exists(FLAGS.out)
-            with open(FLAGS.out, 'a') as f:
+        if FLAGS.table_out:
+            new = not os.path.exists(FLAGS.table_out)
+            with open(FLAGS.table_out, 'a') as f:
                 f.write((HEADER + '\n' if new else '') + row + '\n')
 
 
