@@ -206,6 +206,27 @@ def test_td_target_hand_made_batch():
     np.testing.assert_allclose(rl.pessimistic_value(next_q, 1.0)[0], 1.0)
 
 
+def test_pessimistic_value_gradient_is_finite_where_the_critics_tie():
+    """Two members: v = (q1 + q2)/2 − ρ·|q1 − q2|/2, so ∂v/∂q1 = 1/2 − ρ·sign(q1 − q2)/2, and 1/2 at a tie (where
+    jnp.std's gradient is NaN). The values equal jnp's mean − ρ·std bit for bit, ties included."""
+    rho = 0.5
+    q = jnp.array([[1.0, -20.0, 3.0, -7.25], [2.5, -20.0, 3.0, -9.0]])  # columns 1 and 2 tie
+    grad = jax.grad(lambda q: rl.pessimistic_value(q, rho).sum())(q)
+    sign = np.sign(np.asarray(q[0] - q[1]))
+    np.testing.assert_allclose(grad[0], 0.5 - rho * sign / 2, rtol=1e-6)
+    np.testing.assert_allclose(grad[1], 0.5 + rho * sign / 2, rtol=1e-6)
+    q = jax.random.normal(jax.random.PRNGKey(0), (10, 64)) * 30.0
+    q = q.at[:, 0].set(-4.0)  # all ten tie
+    np.testing.assert_array_equal(rl.pessimistic_value(q, rho), jnp.mean(q, 0) - rho * jnp.std(q, 0))
+    grad = jax.grad(lambda q: rl.pessimistic_value(q, rho).sum())(q)
+    assert np.isfinite(np.asarray(grad)).all()
+    np.testing.assert_allclose(grad[:, 0], 0.1, rtol=1e-6)
+    # Elsewhere the gradient is jnp.std's: (1/K) − ρ·(q_k − mean)/(K·std).
+    centred = np.asarray(q[:, 1:], np.float64) - np.asarray(q[:, 1:], np.float64).mean(0)
+    expected = 0.1 - rho * centred / (10 * np.sqrt((centred**2).mean(0)))
+    np.testing.assert_allclose(grad[:, 1:], expected, rtol=1e-4, atol=1e-6)
+
+
 def test_critic_loss_denominator_is_k_times_b():
     q = np.array([[1.0, 2.0, 0.0, 4.0], [0.0, 2.5, 1.0, 3.0], [2.0, 2.0, 5.0, 3.5]])  # K = 3, B = 4
     y = np.array([1.0, 2.0, 3.0, 3.0])
