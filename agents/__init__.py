@@ -2,7 +2,7 @@
 
 An agent file defines `get_config()` (an ml_collections ConfigDict) and `Agent`, a flax PyTreeNode class
 with `create(seed, ex_observations, ex_actions, config)`, `update(batch)`, `batch_update(batch)` and
-`sample_actions(observations, rng)`.
+`sample_actions(observations, rng)`; `update` and `sample_actions` are `jax.jit`-compiled methods.
 """
 
 import importlib.util

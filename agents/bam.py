@@ -83,6 +83,7 @@ class BAMAgent(ChunkedAgent):
     # update(batch) is ChunkedAgent's: one gradient step on total_loss, then the targets' EMA.
 
     # ---------------------------------------------------------------------------- acting
+    @jax.jit
     def sample_actions(self, observations, rng):
         """clip(EulerODE(f_θ, s, z)) (the BC flow's ODE if inv_temp = 0) for observations (*batch, O) → (*batch, D);
         best-of-n with the online critic. Stored parameters throughout."""

@@ -112,6 +112,7 @@ class CGQLAgent(ChunkedAgent):
         guidance = self.hyperparameter('guidance_coef') * guided / jnp.where(times > 0, times, 1.0)  # safe at t = 0
         return velocity + jnp.where(times > 0, guidance, 0.0)
 
+    @jax.jit
     def sample_actions(self, observations, rng):
         """Guided Euler ODE from z ~ N(0, I), clip, then best-of-n with Q(s, a, 1) (§10).
 

@@ -83,6 +83,7 @@ class DSRLAgent(ChunkedAgent):
     # update(batch) is ChunkedAgent's: one gradient step on total_loss, then the targets' EMA.
 
     # ---------------------------------------------------------------------------- acting
+    @jax.jit
     def sample_actions(self, observations, rng):
         """a = dec(s, noise_scale·u), u ~ π_z(·|s) (stochastic at evaluation too); best-of-n with the online
         critic. (*batch, O) → (*batch, D) in [−1, 1]; every call with stored parameters."""

@@ -72,6 +72,7 @@ class FAWACAgent(ChunkedAgent):
     # update(batch) is ChunkedAgent's: one gradient step on total_loss, then the targets' EMA.
 
     # ---------------------------------------------------------------------------- acting
+    @jax.jit
     def sample_actions(self, observations, rng):
         """clip(EulerODE(f, s, z)), z ~ N(0, I) from `rng`: (*batch, O) → (*batch, D) in [−1, 1]; no best-of-n."""
         noises = jax.random.normal(rng, (*observations.shape[:-1], self.action_size))

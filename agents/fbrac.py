@@ -52,6 +52,7 @@ class FBRACAgent(ChunkedAgent):
     # update(batch) is ChunkedAgent's: one gradient step on total_loss, then the targets' EMA.
 
     # ---------------------------------------------------------------------------- acting
+    @jax.jit
     def sample_actions(self, observations, rng):
         """clip(EulerODE(f_φ, s, z)), z ~ N(0, I), for observations (*batch, O) → (*batch, D); best-of-n with the
         online critic. Stored parameters throughout."""

@@ -73,6 +73,7 @@ class FEditAgent(ChunkedAgent):
     # update(batch) is ChunkedAgent's: one gradient step on total_loss, then the targets' EMA.
 
     # ---------------------------------------------------------------------------- acting
+    @jax.jit
     def sample_actions(self, observations, rng):
         """clip(a_β + edit_scale·e), e ~ π_ω(·|s, a_β) (stochastic, also at evaluation), best-of-n (§6).
 

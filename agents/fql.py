@@ -63,6 +63,7 @@ class FQLAgent(ChunkedAgent):
     # update(batch) is ChunkedAgent's: one gradient step on total_loss, then the targets' EMA.
 
     # ---------------------------------------------------------------------------- acting
+    @jax.jit
     def sample_actions(self, observations, rng):
         """clip(μ_ω(s, z)), z ~ N(0, I), for observations (*batch, O) → (*batch, D); best-of-n with the online
         critic. Stored parameters throughout."""

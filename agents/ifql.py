@@ -79,6 +79,7 @@ class IFQLAgent(ChunkedAgent):
         best = jnp.argmax(scores, axis=-1)
         return jnp.take_along_axis(candidates, best[..., None, None], axis=-2)[..., 0, :]
 
+    @jax.jit
     def sample_actions(self, observations, rng):
         """Best of `num_samples` BC-flow actions per observation (§8): (*batch, O) → (*batch, D) in [−1, 1]."""
         noises = jax.random.normal(rng, (*observations.shape[:-1], self.config.num_samples, self.action_size))

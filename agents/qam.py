@@ -135,6 +135,7 @@ class QAMAgent(ChunkedAgent):
     # update(batch) is ChunkedAgent's: one gradient step on total_loss, then the targets' EMA.
 
     # ---------------------------------------------------------------------------- acting
+    @jax.jit
     def sample_actions(self, observations, rng):
         """Actions (*batch, D) in [−1, 1] for observations (*batch, O) (§2.6); all calls with stored params."""
 

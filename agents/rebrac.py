@@ -78,6 +78,7 @@ class ReBRACAgent(ChunkedAgent):
         return critic_loss + actor_loss, {**critic_info, **actor_info}
 
     # ------------------------------------------------------------------------------ update
+    @jax.jit
     def update(self, batch):
         """One Adam step on the total loss; the targets' EMA runs only on steps with step % actor_freq == 0. Pure."""
         rng, network, info = self.gradient_step(batch)
@@ -92,6 +93,7 @@ class ReBRACAgent(ChunkedAgent):
         return self.replace(rng=rng, network=network), info
 
     # ---------------------------------------------------------------------------- acting
+    @jax.jit
     def sample_actions(self, observations, rng):
         """Noisy online actor (also at evaluation, KEEP): (*batch, O) → (*batch, D) in [−1, 1], stored params."""
         return self.noisy_actions('actor', observations, rng)

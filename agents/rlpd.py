@@ -16,6 +16,7 @@ the actor maximises the pessimistic value mean_k Q − ρ·std_k Q. Fixed: the t
 global norm.
 """
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 
@@ -62,6 +63,7 @@ class RLPDAgent(ChunkedAgent):
     # update(batch) is ChunkedAgent's: one gradient step on total_loss, then the targets' EMA.
 
     # ---------------------------------------------------------------------------- acting
+    @jax.jit
     def sample_actions(self, observations, rng):
         """a = clip(y), y ~ π(·|s) (stochastic at evaluation too); (*batch, O) → (*batch, D), stored params."""
         means, log_stds = self.network.apply('actor', observations)

@@ -1,13 +1,15 @@
 """utils/training.py and swept hyperparameters (utils/agent_base.py): a member of the vmapped loop updates exactly
 as a loop written here updates the agent alone, the loop compiles once, and a traced hyperparameter gives the
-update of the same value in the static config."""
+update of the same value in the static config. An agent's public `update` and `sample_actions` are compiled
+on their own (a direct call from a notebook or a script runs as fast as inside the loop)."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from agents import fql, qam
+import agents
+from agents import dac, fql, qam, rebrac
 from utils import datasets, training
 
 O, A, H, ROWS = 5, 2, 2, 60
@@ -16,7 +18,8 @@ O, A, H, ROWS = 5, 2, 2, 60
 def config_of(module, **overrides):
     config = module.get_config()
     config.update(dict(actor_hidden_dims=(16, 16), value_hidden_dims=(16, 16), num_qs=2, horizon_length=H,
-                       batch_size=8, flow_steps=3, **overrides))
+                       batch_size=8, flow_steps=3))
+    config.update(overrides)
     return config
 
 
@@ -114,3 +117,33 @@ def test_a_swept_value_updates_as_that_value_in_the_config(data, module, name, s
                                                     jax.tree.leaves(update(reference)[0].network.params)))
     with pytest.raises(ValueError, match='cannot be swept'):
         static.with_swept('num_qs', 4, static.config)
+
+
+@pytest.mark.parametrize('name', agents.available_agents())
+def test_every_agents_public_update_and_sample_actions_are_compiled(name):
+    agent_class = agents.load_agent(name).Agent
+    for method in ('update', 'sample_actions'):
+        assert hasattr(getattr(agent_class, method), 'lower'), f'{name}.{method} is not wrapped in jax.jit'
+
+
+@pytest.mark.parametrize('module', [qam, rebrac, dac])  # the base class's update, ReBRAC's own, a diffusion agent
+def test_a_direct_update_compiles_once_and_matches_the_fused_loop(data, module):
+    config = config_of(module, batch_size=7)  # a batch size no other test uses: the first call compiles
+    offline_updates = training.make_train_functions(config, balanced=False, utd_ratio=1)[0]
+    key = jax.random.PRNGKey(12)
+    fused, fused_info = offline_updates(training.stack([create(module, 0, batch_size=7)]), data, key[None], 5,
+                                        num_updates=1)
+    agent = create(module, 0, batch_size=7)
+    update = type(agent).update
+    compiled_before = update._cache_size()
+    batch = datasets.sample_chunks(data, jax.random.fold_in(key, 5), 7, H, config.discount)  # the loop's 5th batch
+    direct, info = agent.update(batch)
+    assert update._cache_size() == compiled_before + 1
+    direct.update(batch)  # a new agent state of the same structure: no second compilation
+    assert update._cache_size() == compiled_before + 1
+    assert_same_params(training.unstack(fused, 0), direct)
+    for name, value in info.items():
+        np.testing.assert_allclose(fused_info[name][0], value, rtol=1e-4, atol=1e-6)
+    observations = data['observations'][:3]
+    actions = agent.sample_actions(observations, key)
+    assert actions.shape == (3, agent.action_size) and type(agent).sample_actions._cache_size() >= 1

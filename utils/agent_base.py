@@ -19,6 +19,11 @@ class ChunkedAgent(flax.struct.PyTreeNode):
     common TD loss bootstrapped with the acting policy unless an agent overrides it (or `bootstrap_actions`),
     and `update` is one gradient step on `total_loss` unless an agent needs another schedule (ReBRAC).
 
+    `update` and every agent's `sample_actions` are wrapped in `jax.jit`, as in the reference code: called directly
+    (a notebook, a script, a test) each compiles once per input structure. Inside main.py's compiled loop the same
+    calls are traced into the enclosing program, so the fused loop's results are those of its own compilation
+    (unchanged, bit for bit, by the wrappers).
+
     `hyper` holds traced values of scalar hyperparameters that one vmapped program sweeps (main.py
     `--hyper_sweep`); it is empty otherwise. Agents read the keys in `SWEEPABLE` through
     `hyperparameter(name)`, and only in arithmetic: branches on them read the static config, which holds a
@@ -130,6 +135,7 @@ class ChunkedAgent(flax.struct.PyTreeNode):
         network, info['grad/norm'] = self.network.apply_gradients(grads)  # the norm before clipping
         return rng, network, info
 
+    @jax.jit
     def update(self, batch):
         """One gradient step on the total loss, then the EMA (rate `tau`) of every target network. Pure."""
         rng, network, info = self.gradient_step(batch)

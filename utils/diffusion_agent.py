@@ -5,6 +5,7 @@ ensemble bootstrapped with the DDPM sampler, and one gradient step on critic + a
 `LOSS_TYPE` (the reference code's `actor_loss_type`) and defines `actor_loss`, usually from `actor_inputs`.
 """
 
+import jax
 import jax.numpy as jnp
 
 from utils import diffusion, rl
@@ -38,6 +39,7 @@ class DiffusionAgent(ChunkedAgent):
     # update(batch) is ChunkedAgent's: one gradient step on total_loss, then the targets' EMA.
 
     # ---------------------------------------------------------------------------- acting
+    @jax.jit
     def sample_actions(self, observations, rng):
         """The DDPM sampler (§11.5) for observations (*batch, O) → (*batch, D), clipped to [−1, 1] (a no-op with
         either sampler clip); stored actor parameters. No best-of-n."""
