@@ -228,7 +228,7 @@ def make_members(config, settings, swept_key, swept_values):
             setattr(member_config, swept_key, value)
         member_settings = dict(settings, agent=member_config.to_dict())
         for k in range(FLAGS.num_seeds):
-            seed = FLAGS.seed + 10001 * k
+            seed = FLAGS.seed + experiment.SEED_STRIDE * k
             run_dir = experiment.run_dir_name(FLAGS.save_dir, config.agent_name, FLAGS.env_name, seed, member_settings)
             members.append(Member(seed, member_config, member_settings, run_dir))
     return members

@@ -32,10 +32,12 @@ import dataclasses
 import json
 import multiprocessing
 import os
-import secrets
 import warnings
 
 import numpy as np
+
+from utils import files
+from utils.files import TEMP_SUFFIX, temp_path  # noqa: F401 (part of this module's interface: tests, shard listing)
 
 EPISODE_LENGTH = 1001  # stored rows per episode: 1000 transitions + the final (time-limit) row
 DATASET_TYPES = ('play', 'noisy')
@@ -366,16 +368,7 @@ def _progress_bar(total, desc, enabled):
 # --------------------------------------------------------------------------------------------------------------
 # Files: written under a temporary name in the same folder, then renamed, never overwritten.
 
-TEMP_SUFFIX = '.partial'
-
-
-def temp_path(path):
-    """A hidden temporary name next to `path`, without its extension: `.<stem>.<random>.partial`.
-
-    It does not end in '.npz', so no `*.npz` glob, shard listing or dataset lookup can take a half-written file.
-    """
-    stem = os.path.splitext(os.path.basename(path))[0]
-    return os.path.join(os.path.dirname(path), f'.{stem}.{secrets.token_hex(4)}{TEMP_SUFFIX}')
+# utils.files names them `.<stem>.<random>.partial`: no `*.npz` glob, shard listing or dataset lookup takes one.
 
 
 def _refuse_existing(*paths):
@@ -389,17 +382,8 @@ def _refuse_existing(*paths):
 def write_npz_atomic(path, arrays):
     """np.savez_compressed to a temporary file in the same folder, then os.replace onto `path`."""
     _refuse_existing(path)
-    tmp = temp_path(path)
-    try:
-        with open(tmp, 'xb') as f:  # a file object: savez would append '.npz' to a name
-            np.savez_compressed(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        _refuse_existing(path)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with files.atomic_write(path, binary=True, before_replace=lambda: _refuse_existing(path)) as f:
+        np.savez_compressed(f, **arrays)  # a file object: savez would append '.npz' to a name
     return path
 
 
@@ -481,10 +465,8 @@ def generate_shards(
             )
     os.makedirs(shard_dir, exist_ok=True)
     if not os.path.exists(manifest_path):
-        tmp = temp_path(manifest_path)
-        with open(tmp, 'x') as f:
+        with files.atomic_write(manifest_path) as f:
             json.dump(manifest, f)
-        os.replace(tmp, manifest_path)
 
     todo = [i for i, p in enumerate(paths) if not os.path.exists(p)]
     with _progress_bar(len(todo) * episodes_per_shard, dataset_name, progress) as bar:

@@ -33,6 +33,7 @@ import sys
 
 import numpy as np
 
+from sweeps import hyperparameters as hp
 from sweeps import report_figures as figures
 from sweeps import report_runs as runs_lib
 from sweeps import report_tables as tables
@@ -570,9 +571,6 @@ def parse_list(text, cast=str):
     return [cast(x) for x in text.replace(',', ' ').split()] if text else None
 
 
-PAPER_SEEDS = [10001 * k for k in range(1, 13)]
-
-
 def expand_tasks(names):
     """Environment names, or domain names (each meaning its 5 tasks)."""
     if not names:
@@ -623,7 +621,7 @@ def expected_grid(args, expected, sweep):
     """(methods, tasks, seeds, origin) of the expected grid: the sweep's runs (narrowed by --methods, --tasks,
     --seeds), the command line's, or None for each to infer it."""
     methods, tasks = parse_list(args.methods), expand_tasks(parse_list(args.tasks))
-    seeds = PAPER_SEEDS if args.seeds == 'paper' else parse_list(args.seeds, int)
+    seeds = list(hp.SEEDS) if args.seeds == 'paper' else parse_list(args.seeds, int)
     if expected is None:
         return methods, tasks, seeds, None
     sweep_methods = list(dict.fromkeys(r.method for r in expected))

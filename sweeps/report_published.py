@@ -39,6 +39,8 @@ import pickle
 
 import numpy as np
 
+from utils import files
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 PUBLISHED_CSV = os.path.join(HERE, 'published', 'qam_paper_results.csv')
 PUBLISHED_CURVES_CSV = os.path.join(HERE, 'published', 'qam_paper_curves.csv')
@@ -143,13 +145,10 @@ def derive_curves(reference_dir=DEFAULT_REFERENCE_DIR):
 
 
 def write_csv(rows, path, columns=COLUMNS):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + '.tmp'
-    with open(tmp, 'w', newline='') as f:
+    with files.atomic_write(path, newline='') as f:
         writer = csv.DictWriter(f, fieldnames=columns, lineterminator='\n')
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 class Published:

@@ -201,9 +201,9 @@ def read_run(path):
     env_name = flags.get('env_name') or settings.get('env_name', '')
     domain, task_id = split_env_name(env_name)
     match = _DIR_RE.match(os.path.basename(os.path.normpath(path)))
-    config_hash = match['hash'] if match else hashlib.sha256(
-        json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]
-    done, diverged = _read_json(os.path.join(path, 'DONE')), _read_json(os.path.join(path, 'DIVERGED'))
+    config_hash = match['hash'] if match else experiment.config_hash(settings)
+    done = _read_json(os.path.join(path, experiment.DONE))
+    diverged = _read_json(os.path.join(path, experiment.DIVERGED))
     status = 'diverged' if diverged is not None else 'finished' if done is not None else 'unfinished'
     steps, phases, success = _read_eval(os.path.join(path, 'eval.csv'))
     label = method_label(flags, agent_config)

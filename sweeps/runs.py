@@ -31,11 +31,11 @@ import socket
 import subprocess
 import time
 
-from utils import experiment
+from utils import experiment, files
 
 DONE, DIVERGED = experiment.DONE, experiment.DIVERGED  # main.py's markers
 STATES = ('done', 'running', 'queued', 'failed', 'interrupted', 'not started')
-SEED_STRIDE = 10001  # main.py --num_seeds=N trains the seeds s + 10001·k, k < N
+SEED_STRIDE = experiment.SEED_STRIDE  # main.py --num_seeds=N trains the seeds s + SEED_STRIDE·k, k < N
 LOCK_WAIT_S = 10  # a status check holds the lock for microseconds; a starting run waits this long for it
 
 
@@ -54,11 +54,8 @@ def read_json(path):
 
 
 def write_json(path, content):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f'{path}.{os.getpid()}.tmp'
-    with open(tmp, 'w') as f:
+    with files.atomic_write(path) as f:
         json.dump(content, f, indent=2, sort_keys=True, default=str)
-    os.replace(tmp, path)
 
 
 def tail(path, lines=10):

@@ -1,11 +1,13 @@
-"""Lockstep evaluation, CSV logging, run directories and checkpoints."""
+"""Lockstep evaluation, CSV logging, run directories, checkpoints and atomic file writes."""
 
 import os
 
 import jax.numpy as jnp
 import numpy as np
 
-from utils import evaluation, experiment
+import pytest
+
+from utils import evaluation, experiment, files
 from utils.checkpoints import Checkpointer
 from utils.logger import CsvLogger
 
@@ -125,3 +127,26 @@ def test_checkpointer_round_trip(tmp_path):
     assert checkpointer.restore_meta(20) == dict(phase='online')
     checkpointer.close()
     assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['10', '20']
+
+
+def test_atomic_write_replaces_the_file_whole_or_leaves_it_as_it_was(tmp_path):
+    path = str(tmp_path / 'sub' / 'record.json')
+    with files.atomic_write(path) as f:  # creates the folder
+        f.write('first')
+    with pytest.raises(RuntimeError):
+        with files.atomic_write(path) as f:
+            f.write('half of the second')
+            raise RuntimeError('killed mid-write')
+    with open(path) as f:
+        assert f.read() == 'first'
+    def refuse():
+        raise FileExistsError(path)
+
+    with pytest.raises(FileExistsError):  # before_replace refuses: the file keeps its content
+        with files.atomic_write(path, before_replace=refuse) as f:
+            f.write('refused')
+    with files.atomic_write(path, binary=True) as f:
+        f.write(b'second')
+    with open(path) as f:
+        assert f.read() == 'second'
+    assert os.listdir(tmp_path / 'sub') == ['record.json']  # no temporary file is left behind

@@ -14,6 +14,9 @@ import subprocess
 import sys
 import time
 
+from utils import files
+
+SEED_STRIDE = 10001  # --num_seeds=N trains the seeds s + SEED_STRIDE·k, k < N (the paper's seeds are 10001·k)
 DONE = 'DONE'  # written last, holding the final summary: a run with it is finished and is never overwritten
 DIVERGED = 'DIVERGED'  # written when a loss became NaN or inf
 # Version of the online phase's data path, in the settings (and so the run directory's hash) of every run with an
@@ -181,10 +184,8 @@ def read_marker(run_dir, name):
 
 
 def write_marker(run_dir, name, content):
-    tmp = os.path.join(run_dir, f'.{name}.tmp')
-    with open(tmp, 'w') as f:
+    with files.atomic_write(os.path.join(run_dir, name)) as f:
         json.dump(content, f, indent=2, sort_keys=True, default=str)
-    os.replace(tmp, os.path.join(run_dir, name))
 
 
 class StopSignals:

@@ -4,6 +4,8 @@ import csv
 import math
 import os
 
+from utils import files
+
 
 class CsvLogger:
     """Appends rows (dicts) to a CSV file.
@@ -27,12 +29,10 @@ class CsvLogger:
             return list(csv.DictReader(f))
 
     def _rewrite(self, rows):
-        tmp = self.path + '.tmp'
-        with open(tmp, 'w', newline='') as f:
+        with files.atomic_write(self.path, newline='') as f:
             writer = csv.DictWriter(f, fieldnames=self.columns)
             writer.writeheader()
             writer.writerows(rows)
-        os.replace(tmp, self.path)
 
     def log(self, row):
         row = {k: _format(v) for k, v in row.items()}
