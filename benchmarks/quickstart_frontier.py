@@ -4,7 +4,7 @@
 
 Each point is one `main.py` command run from scratch, the way a newcomer runs the quick start: its dataset is
 generated into a fresh cache folder (so the total time includes generation), then it trains offline and evaluates
-four times. It prints one Markdown row per point (and appends it to --out): task, dataset episodes, networks,
+four times. It prints one Markdown row per point (and appends it to --table_out): task, dataset episodes, networks,
 critics, batch, steps, generation and total wall time, and success at every evaluation. Points run one at a time,
 so each has the machine to itself; say which machine the table is from. The README's table was made with it.
 """

@@ -62,3 +62,34 @@ def test_quickstart_frontier_times_a_point_from_scratch_and_reads_its_evaluation
     evaluations = [item.split(': ') for item in cells[10].split(', ')]
     assert [step for step, _ in evaluations] == ['0.005K', '0.01K', '0.015K', '0.02K']
     assert all(float(value) % 5 == 0 for _, value in evaluations)
+
+
+def test_action_probe_restores_the_run_and_prints_its_table(tmp_path, generated_datasets_dir):
+    import jax
+    import numpy as np
+    import orbax.checkpoint as ocp
+
+    from benchmarks import action_probe
+    from tests.test_main import run_main, tiny_args
+
+    run_main(tiny_args(tmp_path, generated_datasets_dir, extra=['--online_steps=0', '--keep_checkpoints']), tmp_path)
+    root = tmp_path / 'runs' / 'qam' / 'cube-double-play-singletask-task2-v0'
+    (run_dir,) = [str(path) for path in root.iterdir()]
+    agent, dataset, step = action_probe.load_run(run_dir, None)
+    assert step == 40 and len(dataset['observations']) == 2000  # the latest checkpoint; the run's 2 episodes
+    stored = ocp.PyTreeCheckpointer().restore(os.path.join(run_dir, 'checkpoints', '40', 'state'))['agent']['network']
+    for name in ('critic', 'finetuned_flow'):
+        for ours, saved in zip(jax.tree.leaves(agent.network.params[name]), jax.tree.leaves(stored['params'][name])):
+            np.testing.assert_array_equal(ours, saved)
+
+    env = dict(os.environ, JAX_PLATFORMS='cpu', MUJOCO_GL='egl',
+               JAX_COMPILATION_CACHE_DIR=os.environ['QAM_TEST_JAX_CACHE'])
+    result = subprocess.run([sys.executable, '-m', 'benchmarks.action_probe', f'--run_dir={run_dir}', '--states=64'],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {line.split('|')[1].strip(): [float(cell) for cell in line.split('|')[2:4]]
+            for line in result.stdout.splitlines()[3:] if line.startswith('| ')}  # after the title and the header rows
+    assert list(rows) == ['dataset chunks', "the agent's actions", "the BC flow's actions", 'uniform random chunks']
+    assert rows['dataset chunks'][1] == 0.0
+    # Uniform chunks in [-1, 1]^D are farther from the data than the flows' samples (E|u - a|^2 >= 1/3 per coordinate).
+    assert rows['uniform random chunks'][1] > 1 / 3 - 0.05
