@@ -44,7 +44,7 @@ from ml_collections import config_flags  # noqa: E402
 
 import agents  # noqa: E402
 from envs import data_sources, env_utils, online, tasks  # noqa: E402
-from utils import cpu_random, datasets, evaluation, experiment, training  # noqa: E402
+from utils import agent_base, cpu_random, datasets, evaluation, experiment, training  # noqa: E402
 from utils.checkpoints import Checkpointer  # noqa: E402
 from utils.logger import CsvLogger  # noqa: E402
 
@@ -144,7 +144,7 @@ def check_agent_config(config):
         if isinstance(default, tuple) and default and isinstance(default[0], int):
             if not isinstance(value, tuple) or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
                 raise app.UsageError(f'--agent.{key} must be a tuple of positive integers, e.g. {default!r}; got {value!r}.')
-        elif key in ('batch_size', 'num_qs', 'flow_steps', 'diffusion_steps', 'actor_freq') and value < 1:
+        elif key in ('batch_size', *agent_base.COUNT_KEYS) and value < 1:
             raise app.UsageError(f'--agent.{key} must be at least 1, got {value}.')
 
 

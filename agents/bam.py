@@ -101,8 +101,6 @@ class BAMAgent(ChunkedAgent):
         config, ex_observations, ex_chunks, ex_times = cls.prepare(config, ex_observations, ex_actions)
         if config.inv_temp < 0:
             raise ValueError(f'inv_temp must be >= 0, got {config.inv_temp}.')
-        if config.flow_steps < 1 or config.horizon_length < 1 or config.best_of_n < 1:
-            raise ValueError('flow_steps, horizon_length and best_of_n must be >= 1.')
         action_size = ex_chunks.shape[-1]
 
         actor_dims = tuple(config.actor_hidden_dims)

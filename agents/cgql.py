@@ -132,8 +132,6 @@ class CGQLAgent(ChunkedAgent):
             raise ValueError(f'mode must be one of {MODES}, got {config.mode!r}.')
         if config.num_qs < 2:
             raise ValueError(f'CGQL needs an ensemble of at least 2 critics, got num_qs = {config.num_qs}.')
-        if config.flow_steps < 1 or config.horizon_length < 1 or config.best_of_n < 1:
-            raise ValueError('flow_steps, horizon_length and best_of_n must be >= 1.')
         action_size = ex_chunks.shape[-1]
 
         actor_dims, value_dims = tuple(config.actor_hidden_dims), tuple(config.value_hidden_dims)

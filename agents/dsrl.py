@@ -99,8 +99,6 @@ class DSRLAgent(ChunkedAgent):
     def create(cls, seed, ex_observations, ex_actions, config):
         """A fresh agent; ex_observations (O,) or (1, O), ex_actions (A,) or (1, A)."""
         config, ex_observations, ex_chunks, ex_times = cls.prepare(config, ex_observations, ex_actions)
-        if config.flow_steps < 1 or config.horizon_length < 1 or config.best_of_n < 1:
-            raise ValueError('flow_steps, horizon_length and best_of_n must be >= 1.')
         if config.noise_scale <= 0:
             raise ValueError(f'noise_scale must be > 0, got {config.noise_scale}.')
         action_size = ex_chunks.shape[-1]

@@ -84,8 +84,6 @@ class FAWACAgent(ChunkedAgent):
         config, ex_observations, ex_chunks, ex_times = cls.prepare(config, ex_observations, ex_actions)
         if config.inv_temp < 0:
             raise ValueError(f'inv_temp must be >= 0, got {config.inv_temp}.')
-        if config.flow_steps < 1 or config.horizon_length < 1:
-            raise ValueError('flow_steps and horizon_length must be >= 1.')
         action_size = ex_chunks.shape[-1]
 
         actor_dims, value_dims = tuple(config.actor_hidden_dims), tuple(config.value_hidden_dims)

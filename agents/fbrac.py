@@ -69,8 +69,6 @@ class FBRACAgent(ChunkedAgent):
         config, ex_observations, ex_chunks, ex_times = cls.prepare(config, ex_observations, ex_actions)
         if not config.alpha > 0:
             raise ValueError(f'alpha divides the Q term and must be > 0, got {config.alpha}.')
-        if config.flow_steps < 1 or config.horizon_length < 1 or config.best_of_n < 1:
-            raise ValueError('flow_steps, horizon_length and best_of_n must be >= 1.')
         action_size = ex_chunks.shape[-1]
 
         modules = {

@@ -93,8 +93,6 @@ class FEditAgent(ChunkedAgent):
         config, ex_observations, ex_chunks, ex_times = cls.prepare(config, ex_observations, ex_actions)
         if config.edit_scale < 0:
             raise ValueError(f'edit_scale must be >= 0, got {config.edit_scale}.')
-        if config.flow_steps < 1 or config.horizon_length < 1 or config.best_of_n < 1:
-            raise ValueError('flow_steps, horizon_length and best_of_n must be >= 1.')
         action_size = ex_chunks.shape[-1]
 
         actor_dims, value_dims = tuple(config.actor_hidden_dims), tuple(config.value_hidden_dims)

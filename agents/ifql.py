@@ -91,8 +91,6 @@ class IFQLAgent(ChunkedAgent):
         config, ex_observations, ex_chunks, ex_times = cls.prepare(config, ex_observations, ex_actions)
         if not 0.0 <= config.kappa <= 1.0:
             raise ValueError(f'kappa (the expectile) must lie in [0, 1], got {config.kappa}.')
-        if config.flow_steps < 1 or config.horizon_length < 1 or config.num_samples < 1:
-            raise ValueError('flow_steps, horizon_length and num_samples must be >= 1.')
         action_size = ex_chunks.shape[-1]
 
         actor_dims, value_dims = tuple(config.actor_hidden_dims), tuple(config.value_hidden_dims)

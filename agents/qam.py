@@ -163,8 +163,6 @@ class QAMAgent(ChunkedAgent):
         if config.fql_alpha > 0 and config.edit_scale > 0:
             raise ValueError(f'At most one of fql_alpha ({config.fql_alpha}) and edit_scale ({config.edit_scale}) '
                              'may be non-zero: fql_alpha > 0 is QAM-F, edit_scale > 0 is QAM-E.')
-        if config.flow_steps < 1 or config.horizon_length < 1 or config.best_of_n < 1:
-            raise ValueError('flow_steps, horizon_length and best_of_n must be >= 1.')
         action_size = ex_chunks.shape[-1]
 
         actor_dims, value_dims = tuple(config.actor_hidden_dims), tuple(config.value_hidden_dims)

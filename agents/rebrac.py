@@ -102,9 +102,6 @@ class ReBRACAgent(ChunkedAgent):
     def create(cls, seed, ex_observations, ex_actions, config):
         """A fresh agent; ex_observations (O,) or (1, O), ex_actions (A,) or (1, A)."""
         config, ex_observations, ex_chunks, _ = cls.prepare(config, ex_observations, ex_actions)
-        if config.actor_freq < 1 or config.horizon_length < 1:
-            raise ValueError(f'actor_freq and horizon_length must be >= 1, got {config.actor_freq}, '
-                             f'{config.horizon_length}.')
         if config.actor_noise < 0 or config.actor_noise_clip < 0 or config.alpha_actor < 0:
             raise ValueError('actor_noise, actor_noise_clip and alpha_actor must be >= 0.')
         action_size = ex_chunks.shape[-1]

@@ -76,8 +76,6 @@ class RLPDAgent(ChunkedAgent):
         config, ex_observations, ex_chunks, _ = cls.prepare(config, ex_observations, ex_actions)
         if config.bc_alpha < 0 or config.init_temp <= 0:
             raise ValueError(f'bc_alpha must be >= 0 and init_temp > 0, got {config.bc_alpha}, {config.init_temp}.')
-        if config.horizon_length < 1:
-            raise ValueError(f'horizon_length must be >= 1, got {config.horizon_length}.')
         action_size = ex_chunks.shape[-1]
 
         modules = {

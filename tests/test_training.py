@@ -147,3 +147,17 @@ def test_a_direct_update_compiles_once_and_matches_the_fused_loop(data, module):
     observations = data['observations'][:3]
     actions = agent.sample_actions(observations, key)
     assert actions.shape == (3, agent.action_size) and type(agent).sample_actions._cache_size() >= 1
+
+
+@pytest.mark.parametrize('name', agents.available_agents())
+def test_every_count_in_an_agents_config_must_be_at_least_1(name):
+    from utils.agent_base import COUNT_KEYS
+
+    module = agents.load_agent(name)
+    counts = [key for key in COUNT_KEYS if key in module.get_config()]
+    assert 'horizon_length' in counts and 'num_qs' in counts
+    for key in counts:
+        config = module.get_config()
+        config[key] = 0
+        with pytest.raises(ValueError, match=f'{key} = 0: must be at least 1'):
+            module.Agent.create(0, np.zeros(O, np.float32), np.zeros(A, np.float32), config)

@@ -10,6 +10,10 @@ import ml_collections
 
 from utils import rl
 
+# Config keys that count something (steps, samples, critics) and must be at least 1, checked in `prepare` for every
+# agent that has them.
+COUNT_KEYS = ('horizon_length', 'num_qs', 'flow_steps', 'best_of_n', 'num_samples', 'actor_freq', 'diffusion_steps')
+
 
 class ChunkedAgent(flax.struct.PyTreeNode):
     """Base of every agent: a PRNG key, every network in one `rl.TrainState`, and the (static) config.
@@ -55,8 +59,9 @@ class ChunkedAgent(flax.struct.PyTreeNode):
         set from the examples (observations (O,) or (1, O), actions (A,) or (1, A)), and the example inputs the
         networks are initialised on: observations (1, O), flat chunks (1, D) and flow times (1, 1)."""
         config = ml_collections.ConfigDict(config.to_dict() if hasattr(config, 'to_dict') else dict(config))
-        if config.horizon_length < 1:
-            raise ValueError(f'horizon_length must be >= 1, got {config.horizon_length}.')
+        too_small = [f'{key} = {config[key]}' for key in COUNT_KEYS if key in config and config[key] < 1]
+        if too_small:
+            raise ValueError(f'{", ".join(too_small)}: must be at least 1.')
         ex_observations = jnp.asarray(ex_observations, jnp.float32).reshape(1, -1)
         config.ob_dims, config.action_dim = ex_observations.shape[-1], int(jnp.shape(ex_actions)[-1])
         action_size = (config.horizon_length if config.action_chunking else 1) * config.action_dim

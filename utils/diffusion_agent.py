@@ -58,8 +58,8 @@ class DiffusionAgent(ChunkedAgent):
                              f'{config.actor_loss_type!r})' + (f'; use --agent={other} for that loss.' if other else '.'))
         if config.beta_schedule != 'vp':
             raise ValueError(f'Only the "vp" beta schedule is implemented, got {config.beta_schedule!r}.')
-        if config.diffusion_steps < 1 or config.horizon_length < 1 or config.time_dim < 2 or config.time_dim % 2:
-            raise ValueError('diffusion_steps and horizon_length must be >= 1 and time_dim a positive even number.')
+        if config.time_dim < 2 or config.time_dim % 2:
+            raise ValueError(f'time_dim must be a positive even number, got {config.time_dim}.')
         if config.alpha < 0:
             raise ValueError(f'alpha must be >= 0, got {config.alpha}.')
         action_size = ex_chunks.shape[-1]
