@@ -33,7 +33,6 @@ import shutil  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
-import flax.serialization  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
@@ -44,7 +43,7 @@ from ml_collections import config_flags  # noqa: E402
 
 import agents  # noqa: E402
 from envs import data_sources, env_utils, online, tasks  # noqa: E402
-from utils import agent_base, cpu_random, datasets, evaluation, experiment, training  # noqa: E402
+from utils import agent_base, checkpoints, cpu_random, datasets, evaluation, experiment, training  # noqa: E402
 from utils.checkpoints import Checkpointer  # noqa: E402
 from utils.logger import CsvLogger  # noqa: E402
 
@@ -267,12 +266,7 @@ def restore_member(checkpointer, step, agent, dataset):
             f'{os.path.dirname(checkpointer.directory)}: its online checkpoint was written by code whose stored online '
             f'transitions were wrong (see the README, "Online results before online data version '
             f'{experiment.ONLINE_DATA_VERSION}"). Delete the run directory and run again.')
-    like = {'agent': agent_state(agent)}
-    if meta.get('online_rows'):
-        like['online_rows'] = {k: jnp.zeros((meta['online_rows'],) + dataset[k].shape[1:]) for k in datasets.TRANSITION_KEYS}
-    state, meta = checkpointer.restore(step, like)
-    agent = flax.serialization.from_state_dict(agent, dict(state['agent'], hyper=agent.hyper))
-    return agent, state.get('online_rows'), meta
+    return checkpoints.restore_agent(checkpointer, step, agent, dataset, datasets.TRANSITION_KEYS)
 
 
 def host_metrics(info):
@@ -290,13 +284,6 @@ def check_finite(member, metrics, step):
         print(f'Diverged at step {step}: non-finite {bad}. Marked {os.path.join(member.run_dir, experiment.DIVERGED)}.')
         member.active = False
     return not bad
-
-
-def agent_state(agent):
-    """What a checkpoint holds of an agent: everything but the swept values (they come from the settings)."""
-    state = flax.serialization.to_state_dict(agent)
-    state.pop('hyper')
-    return state
 
 
 def main(_):
@@ -478,7 +465,7 @@ def main(_):
 
     def save_checkpoints(step, meta, online_rows=None, environments=None):
         for m in active():
-            state = {'agent': agent_state(training.unstack(agents_state, m))}
+            state = {'agent': checkpoints.agent_state(training.unstack(agents_state, m))}
             if online_rows:
                 state['online_rows'] = {k: rows[m] for k, rows in online_rows.items()}
             member_meta = dict(meta, environment=environments.state(m)) if environments else meta

@@ -13,7 +13,6 @@ Finished runs keep their checkpoints only with main.py's --keep_checkpoints.
 import json
 import os
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,8 +20,7 @@ from absl import app, flags
 
 import agents
 from envs import data_sources, env_utils, tasks
-from utils import datasets, flow
-from utils.checkpoints import Checkpointer
+from utils import checkpoints, datasets, flow
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('run_dir', None, 'A run directory of main.py (holding flags.json and checkpoints/).', required=True)
@@ -47,17 +45,12 @@ def load_run(run_dir, step):
     config = module.get_config()
     config.update(settings['agent'])
     agent = module.Agent.create(run_flags['seed'], dataset['observations'][0], dataset['actions'][0], config)
-    checkpointer = Checkpointer(os.path.join(run_dir, 'checkpoints'))
+    checkpointer = checkpoints.Checkpointer(os.path.join(run_dir, 'checkpoints'))
     step = checkpointer.latest_step() if step is None else step
     if step is None:
         raise app.UsageError(f'{run_dir} has no checkpoint (finished runs keep theirs only with --keep_checkpoints).')
-    like = {'agent': {k: v for k, v in flax.serialization.to_state_dict(agent).items() if k != 'hyper'}}
-    online_rows = checkpointer.restore_meta(step).get('online_rows')
-    if online_rows:
-        like['online_rows'] = {k: np.zeros((online_rows,) + dataset[k].shape[1:], np.float32)
-                               for k in datasets.TRANSITION_KEYS}
-    state, _ = checkpointer.restore(step, like)
-    return flax.serialization.from_state_dict(agent, dict(state['agent'], hyper=agent.hyper)), dataset, step
+    agent, _, _ = checkpoints.restore_agent(checkpointer, step, agent, dataset, datasets.TRANSITION_KEYS)
+    return agent, dataset, step
 
 
 def main(_):

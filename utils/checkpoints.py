@@ -2,7 +2,9 @@
 
 import os
 
+import flax
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from utils import experiment
@@ -52,3 +54,23 @@ class Checkpointer:
 
     def close(self):
         self.manager.close()
+
+
+def agent_state(agent):
+    """What a checkpoint holds of an agent: everything but the swept values (they come from the settings)."""
+    state = flax.serialization.to_state_dict(agent)
+    state.pop('hyper')
+    return state
+
+
+def restore_agent(checkpointer, step, agent, dataset, transition_keys):
+    """(agent, online rows or None, metadata) of the checkpoint at `step`; `agent` gives the structure (and its
+    swept values), `dataset` the shapes of the stored online rows (`transition_keys` of them)."""
+    meta = checkpointer.restore_meta(step)
+    like = {'agent': agent_state(agent)}
+    if meta.get('online_rows'):
+        like['online_rows'] = {k: jnp.zeros((meta['online_rows'],) + dataset[k].shape[1:], jnp.float32)
+                               for k in transition_keys}
+    state, meta = checkpointer.restore(step, like)
+    agent = flax.serialization.from_state_dict(agent, dict(state['agent'], hyper=agent.hyper))
+    return agent, state.get('online_rows'), meta

@@ -33,9 +33,10 @@ import optax
 def ensemble_std(q):
     """Population std (ddof = 0) over the ensemble axis 0, with gradient 0 where every member agrees.
 
-    `jnp.std`'s gradient there is 0·∞ = NaN. Ten critics never tie exactly, but two do now and then in float32:
-    ReBRAC with 2 critics on scene met a tied sample at update 7,012 and every parameter of its actor became NaN. The value is
-    `jnp.std`'s everywhere; only the gradient at an exact tie changes, from NaN to 0 (|q1 − q2| has a kink there)."""
+    `jnp.std`'s gradient there is 0·∞ = NaN. With ten critics all ten must agree, which is vanishingly rare; two agree
+    now and then in float32: ReBRAC with 2 critics on scene met a tied sample at update 7,012 and every parameter of
+    its actor became NaN. The value is `jnp.std`'s everywhere; only the gradient at an exact tie changes, from NaN
+    to 0 (|q1 − q2| has a kink there)."""
     variance = jnp.var(q, axis=0)
     tied = variance <= 0.0
     return jnp.where(tied, 0.0, jnp.sqrt(jnp.where(tied, 1.0, variance)))
