@@ -53,7 +53,8 @@ FLAGS = flags.FLAGS
 
 # ---------------------------------------------------------------------------------------------- flags
 # Run identity.
-flags.DEFINE_string('env_name', 'cube-double-play-singletask-task2-v0', 'OGBench single-task environment name.')
+flags.DEFINE_string('env_name', 'cube-double-play-singletask-task2-v0',
+                    'OGBench single-task environment name, or a D4RL dataset id of Minari (D4RL/antmaze/umaze-v1).')
 flags.DEFINE_integer('seed', 10001, 'Seed of the agent, batch sampling and evaluation (paper: 10001*k, k=1..12).')
 flags.DEFINE_string('save_dir', 'runs', 'Root folder of run directories.')
 flags.DEFINE_integer('num_seeds', 1, 'Train this many seeds, seed + 10001*k for k < num_seeds, vmapped in one process.')
@@ -74,7 +75,8 @@ flags.DEFINE_integer('horizon_length', None, 'Action chunk length H (default: 5 
 flags.DEFINE_enum('sparse', 'auto', ['auto', 'true', 'false', 'True', 'False'], 'Sparse reward conversion (auto: scene, puzzle).')
 # Data (see envs/data_sources.py).
 flags.DEFINE_enum('dataset_source', 'auto', list(data_sources.SOURCES), 'Where the dataset comes from.')
-flags.DEFINE_string('dataset_dir', data_sources.DEFAULT_DATASET_DIR, 'Folder of the official OGBench files.')
+flags.DEFINE_string('dataset_dir', '', 'Folder of the official OGBench files, or of Minari datasets for D4RL (default: '
+                    f'{data_sources.DEFAULT_DATASET_DIR}, or Minari\'s folder).')
 flags.DEFINE_string('dataset_cache_dir', data_sources.DEFAULT_CACHE_DIR, 'Folder of locally generated datasets.')
 flags.DEFINE_integer('dataset_episodes', None, 'Episodes to generate (default: the standard size).')
 flags.DEFINE_integer('dataset_seed', 0, 'Seed of local dataset generation.')
@@ -179,6 +181,8 @@ def resolve_settings(task):
         if key in config and key not in overridden:
             setattr(config, key, getattr(task.domain, key))
     sparse = task.domain.sparse if FLAGS.sparse == 'auto' else FLAGS.sparse.lower() == 'true'
+    if sparse and task.is_minari:
+        raise app.UsageError('--sparse converts OGBench rewards; D4RL tasks use their own rewards (leave it at auto).')
     settings = {name: getattr(FLAGS, name) for name in RUN_FLAGS if name not in NON_RESULT_FLAGS}
     settings.update(agent=config.to_dict(), sparse=sparse)
     if FLAGS.online_steps:  # online results of earlier data versions are invalid: a new version is a new run
@@ -286,6 +290,14 @@ def check_finite(member, metrics, step):
     return not bad
 
 
+def final_result(evaluation_row):
+    """An evaluation's figures as a run's DONE marker records them: step, success in percent, and the D4RL score."""
+    result = {'step': int(evaluation_row['step']), 'success_pct': 100 * evaluation_row['success']}
+    if evaluation_row.get('normalized_score') is not None:
+        result['normalized_score'] = evaluation_row['normalized_score']
+    return result
+
+
 def main(_):
     logging.set_verbosity(logging.WARNING)  # orbax reports every checkpoint write at INFO
     # ------------------------------------------------------------------------------------- settings
@@ -304,7 +316,7 @@ def main(_):
     # ----------------------------------------------------------------------------------------- data
     try:  # found (or generated) first: which data a run trains on is part of what it is
         located = data_sources.locate_dataset(
-            task, source=FLAGS.dataset_source, dataset_dir=FLAGS.dataset_dir, cache_dir=FLAGS.dataset_cache_dir,
+            task, source=FLAGS.dataset_source, dataset_dir=FLAGS.dataset_dir or None, cache_dir=FLAGS.dataset_cache_dir,
             episodes=FLAGS.dataset_episodes, seed=FLAGS.dataset_seed, num_workers=FLAGS.num_workers,
             use_sharded=FLAGS.sharded_dataset, num_shards=FLAGS.dataset_shards)
     except data_sources.DatasetError as e:
@@ -321,6 +333,7 @@ def main(_):
     except data_sources.DatasetError as e:
         raise app.UsageError(str(e))
     sharded = isinstance(train_data, env_utils.ShardedDataset)
+    normalized_score = data_info['normalized_score']  # D4RL datasets with reference scores, else None
     dataset = train_data.current if sharded else train_data
     action_dim = dataset['actions'].shape[-1]
 
@@ -441,6 +454,9 @@ def main(_):
         seeds = [members[m].seed for m in indices]
         member_metrics, _ = evaluation.evaluate_members(policy, [eval_envs[m] for m in indices], seeds, eval_index,
                                                         action_dim)
+        if normalized_score:  # D4RL: the normalised score is linear in the return, so that of the mean return
+            for metrics in member_metrics:
+                metrics['normalized_score'] = normalized_score(metrics['episode_return'])
         if FLAGS.video_episodes:
             _, member_frames = evaluation.evaluate_members(policy, [video_envs[m] for m in indices], seeds,
                                                            eval_index, action_dim, FLAGS.video_episodes)
@@ -450,10 +466,12 @@ def main(_):
             eval_logs[m].log(dict(step=step, phase=phase, **metrics))
             if wandb_run:
                 wandb_run.log({f'eval/{k}': v for k, v in metrics.items()}, step=step)
-            members[m].results[phase] = dict(step=step, success=metrics['success'])
+            members[m].results[phase] = {k: metrics[k] for k in ('success', 'normalized_score') if k in metrics}
+            members[m].results[phase]['step'] = step
             name = f'seed {members[m].seed}' + (f', {swept_key}={members[m].config[swept_key]:g}' if swept_key else '')
+            score = f', normalised score {metrics["normalized_score"]:.1f}' if normalized_score else ''
             progress.write(f'step {step} ({phase}{", " + name if num_members > 1 else ""}): success '
-                           f'{100 * metrics["success"]:.1f}%, return {metrics["episode_return"]:.1f}, '
+                           f'{100 * metrics["success"]:.1f}%{score}, return {metrics["episode_return"]:.1f}, '
                            f'length {metrics["episode_length"]:.0f}')
 
     def save_videos(run_dir, frames, step):
@@ -530,7 +548,8 @@ def main(_):
         del online_rows
         act_randomly = FLAGS.offline_steps == 0  # an untrained agent explores uniformly until training starts
         environments = online.OnlineEnvironments([env] + [make_eval_env() for _ in members[1:]],  # one per member
-                                                 [member.seed for member in members], action_dim, settings['sparse'])
+                                                 [member.seed for member in members], action_dim, settings['sparse'],
+                                                 data_info['reward_shift'])
         if environment_states[0] is not None:  # the episodes in progress at the checkpoint go on
             for m, note in environments.restore(environment_states).items():
                 print(f'Note ({members[m].run_dir}): {note}.')
@@ -588,13 +607,15 @@ def main(_):
         deviations.append(f'{len(train_data)} of 100 shards')
     for m in active():
         member = members[m]
-        final = {phase: {'step': r['step'], 'success_pct': 100 * r['success']} for phase, r in member.results.items()}
+        final = {phase: final_result(r) for phase, r in member.results.items()}
         for phase in ('offline', 'online'):
             if phase not in final:  # evaluated before a resume: read it back from eval.csv
                 rows = [r for r in eval_logs[m].read() if r.get('phase') == phase]
                 if rows:
-                    final[phase] = {'step': int(rows[-1]['step']), 'success_pct': 100 * rows[-1]['success']}
-        parts = [f'{phase} success {r["success_pct"]:.1f}% at step {r["step"]}' for phase, r in final.items()]
+                    final[phase] = final_result(rows[-1])
+        parts = [f'{phase} success {r["success_pct"]:.1f}%'
+                 + (f', normalised score {r["normalized_score"]:.1f}' if 'normalized_score' in r else '')
+                 + f' at step {r["step"]}' for phase, r in final.items()]
         swept = f', {swept_key}={member.config[swept_key]:g}' if swept_key else ''
         summary = f'{config.agent_name} on {FLAGS.env_name}, seed {member.seed}{swept}: ' + '; '.join(parts or ['no evaluation'])
         experiment.write_marker(member.run_dir, experiment.DONE, dict(

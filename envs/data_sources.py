@@ -89,7 +89,7 @@ def _locomotion_help(dataset_name, dataset_dir):
 def locate_dataset(
     task,
     source='auto',
-    dataset_dir=DEFAULT_DATASET_DIR,
+    dataset_dir=None,
     cache_dir=DEFAULT_CACHE_DIR,
     episodes=None,
     seed=0,
@@ -101,13 +101,18 @@ def locate_dataset(
     """Find (or make) the files of a task's dataset.
 
     Returns a dict with `source` (the one used), `dataset_name`, and either `train_path`/`val_path` or
-    `shard_paths` for the 100M sharded sets.
+    `shard_paths` for the 100M sharded sets, or `minari_path` for a D4RL task (envs/minari_data.py).
+    `dataset_dir=None`: the default folder of the task's kind, ~/.ogbench/data or Minari's.
     """
     from envs import generate  # imported lazily: it pulls in the oracles and multiprocessing
 
     if source not in SOURCES:
         raise ValueError(f'--dataset_source={source!r} is not one of {"|".join(SOURCES)}.')
-    dataset_dir = os.path.expanduser(dataset_dir)
+    if task.is_minari:
+        from envs import minari_data  # imported lazily: it registers the gymnasium-robotics environments
+
+        return minari_data.locate(task, source, os.path.expanduser(dataset_dir or minari_data.DEFAULT_ROOT), log)
+    dataset_dir = os.path.expanduser(dataset_dir or DEFAULT_DATASET_DIR)
     cache_dir = os.path.expanduser(cache_dir)
     sharded = bool(use_sharded and task.sharded_dataset_name)
     name = task.sharded_dataset_name if sharded else task.dataset_name
@@ -184,6 +189,10 @@ def dataset_identity(located):
     dataset's name and a fingerprint of the contents of its training arrays (of every shard for a sharded set),
     with where it was found. The source and the folder are not part of the identity: the same arrays found another
     way, or generated again with the same settings, are the same data."""
+    if 'minari_path' in located:
+        from envs import minari_data
+
+        return minari_data.identity(located)
     paths = located['shard_paths'] if 'shard_paths' in located else [located['train_path']]
     contents = json.dumps([_npz_contents(path) for path in paths]).encode()
     return dict(dataset_name=located['dataset_name'], fingerprint=hashlib.sha256(contents).hexdigest()[:16],

@@ -83,7 +83,7 @@ class ShardedDataset:
 def make_env_and_datasets(
     env_name,
     dataset_source='auto',
-    dataset_dir=data_sources.DEFAULT_DATASET_DIR,
+    dataset_dir=None,
     cache_dir=data_sources.DEFAULT_CACHE_DIR,
     dataset_episodes=None,
     generation_seed=0,
@@ -94,21 +94,22 @@ def make_env_and_datasets(
     log=print,
     located=None,
 ):
-    """Environments and datasets for one single-task OGBench name.
+    """Environments and datasets for one single-task OGBench name or D4RL dataset id (envs/minari_data.py).
 
     Returns (env, make_eval_env, train, val, info):
       env            the training environment;
       make_eval_env  make_eval_env(render=False) returns a new, independent evaluation environment;
       train          a dict of float32 arrays (observations, actions, rewards, masks, terminals,
                      next_observations), or a `ShardedDataset` for the 100M sharded sets;
-      val            the validation dict, or None for sharded sets;
-      info           task, sparse flag, dataset name and paths, and which source was used.
+      val            the validation dict, or None for sharded sets and D4RL;
+      info           task, sparse flag, dataset name and paths, which source was used, `reward_shift` (added to
+                     online rewards, as in the data) and `normalized_score`: a function of the mean evaluation
+                     return for D4RL datasets with reference scores, else None.
     `sparse=None` uses the domain's setting (PROTOCOL §2). `located`: a `data_sources.locate_dataset` result to load,
     instead of locating the dataset here.
     """
     task = parse_env_name(env_name)
     sparse = task.domain.sparse if sparse is None else bool(sparse)
-    env = make_env(task)
     located = located or data_sources.locate_dataset(
         task,
         source=dataset_source,
@@ -122,6 +123,19 @@ def make_env_and_datasets(
         log=log,
     )
     log(f'Dataset {located["dataset_name"]}: source={located["source"]}.')
+    if task.is_minari:
+        if sparse:
+            raise data_sources.DatasetError(f'{env_name}: the sparse reward conversion is for OGBench tasks only.')
+        from envs import minari_data
+
+        dataset = minari_data.open_dataset(located)
+        conventions = minari_data.CONVENTIONS[task.domain.name]
+        env = minari_data.make_env(dataset, conventions)
+        train = minari_data.load_transitions(dataset, env, conventions)
+        info = dict(located, task=task, sparse=False, reward_shift=conventions.reward_shift,
+                    normalized_score=minari_data.normalizer(dataset, conventions))
+        return env, (lambda render=False: minari_data.make_env(dataset, conventions, render)), train, None, info
+    env = make_env(task)
     if 'shard_paths' in located:
         shard_env = make_env(task)  # relabelling resets its env: the loader thread gets its own
         train = ShardedDataset(
@@ -131,5 +145,5 @@ def make_env_and_datasets(
     else:
         train = data_sources.load_transitions(located['train_path'], env, sparse)
         val = data_sources.load_transitions(located['val_path'], env, sparse)
-    info = dict(located, task=task, sparse=sparse)
+    info = dict(located, task=task, sparse=sparse, normalized_score=None, reward_shift=0.0)
     return env, (lambda render=False: make_env(task, render)), train, val, info

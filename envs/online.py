@@ -34,10 +34,11 @@ class OnlineEnvironments:
             transition = environments.step(m, i)  # one environment step, as stored in the replay buffer
     """
 
-    def __init__(self, envs, seeds, action_dim, sparse):
+    def __init__(self, envs, seeds, action_dim, sparse, reward_shift=0.0):
         if len(envs) != len(seeds):
             raise ValueError(f'{len(envs)} environments for {len(seeds)} members.')
         self.envs, self.seeds, self.action_dim, self.sparse = list(envs), list(seeds), action_dim, sparse
+        self.reward_shift = reward_shift  # the domain's, as in its training data (D4RL AntMaze: r - 1)
         num_members = len(self.envs)
         self.observations = np.zeros((num_members, *self.envs[0].observation_space.shape), np.float32)
         self.queues = [[] for _ in range(num_members)]  # actions still to execute from the last policy call
@@ -71,13 +72,13 @@ class OnlineEnvironments:
 
     def step(self, m, step):
         """Execute member m's next queued action (clipped to [-1, 1]) at online step `step` and return the
-        transition to store (PROTOCOL §4.2): s, the executed action, r (sparse where the domain is), terminals =
+        transition to store (PROTOCOL §4.2): s, the executed action, r (as `training_reward` gives it), terminals =
         terminated or truncated, masks = 1 - terminated, s'. An ended episode is followed by a new one."""
         action = np.clip(self.queues[m].pop(0), -1.0, 1.0).astype(np.float32)
         observation = self.observations[m].copy()  # the row is overwritten below; the transition keeps its own copy
         next_observation, reward, terminated, truncated, info = self.envs[m].step(action)
         next_observation = np.array(next_observation, np.float32)  # a copy: never a view of the environment's state
-        reward = float(data_sources.to_sparse(reward)) if self.sparse else float(reward)
+        reward = self.training_reward(reward)
         self.episode_actions[m].append(action)
         self.episode_returns[m] += reward
         transition = dict(observations=observation, actions=action, rewards=np.float32(reward),
@@ -89,6 +90,10 @@ class OnlineEnvironments:
         else:
             self.observations[m] = next_observation
         return transition
+
+    def training_reward(self, reward):
+        """The environment's reward as the training data has it: sparse where the domain is, plus its shift."""
+        return (float(data_sources.to_sparse(reward)) if self.sparse else float(reward)) + self.reward_shift
 
     def pop_finished(self, m):
         """(success, return) of member m's episodes that ended since the last call."""
@@ -121,7 +126,7 @@ class OnlineEnvironments:
                                        'environment is not the one the checkpoint was written with.')
                 self.observations[m] = next_observation
                 self.episode_actions[m].append(action)
-                self.episode_returns[m] += float(data_sources.to_sparse(reward)) if self.sparse else float(reward)
+                self.episode_returns[m] += self.training_reward(reward)
             self.queues[m] = [np.asarray(action, np.float32) for action in state['queue']]
             self.finished[m] = [tuple(episode) for episode in state['finished']]
             saved = np.asarray(state['observation'], np.float32)
