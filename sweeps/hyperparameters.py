@@ -116,18 +116,63 @@ VARIANTS = {
 }
 
 
+# D4RL through Minari (the README's "D4RL tasks"), tuned per dataset. The QAM paper has no D4RL runs; FQL's do.
+# Source: the FQL code's README (github.com/seohongpark/fql, "FQL on D4RL", offline RL): alpha per task, 500K
+# offline steps, 2 critics, their mean on AntMaze (q_agg=mean: rho 0) and their minimum on Adroit (q_agg=min; for 2
+# critics min = mean - std: rho 1). The ids are Minari's for the D4RL datasets FQL names (antmaze-*-v2, *-v1).
+D4RL_COLUMNS = (
+    'D4RL/antmaze/umaze-v1', 'D4RL/antmaze/umaze-diverse-v1', 'D4RL/antmaze/medium-play-v1',
+    'D4RL/antmaze/medium-diverse-v1', 'D4RL/antmaze/large-play-v1', 'D4RL/antmaze/large-diverse-v1',
+    'D4RL/pen/human-v2', 'D4RL/pen/cloned-v2', 'D4RL/pen/expert-v2',
+    'D4RL/door/human-v2', 'D4RL/door/cloned-v2', 'D4RL/door/expert-v2',
+    'D4RL/hammer/human-v2', 'D4RL/hammer/cloned-v2', 'D4RL/hammer/expert-v2',
+    'D4RL/relocate/human-v2', 'D4RL/relocate/cloned-v2', 'D4RL/relocate/expert-v2',
+)
+
+
+def per_d4rl_task(antmaze, pen, door, hammer, relocate):
+    """One value per D4RL dataset, in D4RL_COLUMNS order: AntMaze's six, then (human, cloned, expert) per Adroit task."""
+    values = (*antmaze, *pen, *door, *hammer, *relocate)
+    assert len(values) == len(D4RL_COLUMNS), values
+    return dict(zip(D4RL_COLUMNS, values))
+
+
+D4RL_METHODS = {
+    #                                        umaze  -diverse medium-play -diverse large-play -diverse
+    'FQL': Method('fql', dict(num_qs=2), dict(
+        alpha=per_d4rl_task((10, 10, 10, 10, 3, 3),
+                            # human  cloned  expert
+                            (10000, 10000, 3000),  # pen
+                            (30000, 30000, 30000),  # door
+                            (30000, 10000, 30000),  # hammer
+                            (10000, 30000, 30000)),  # relocate
+        rho=per_d4rl_task((0.0,) * 6, (1.0,) * 3, (1.0,) * 3, (1.0,) * 3, (1.0,) * 3))),
+    # Not tuned (no published D4RL values): on AntMaze QAM's antmaze-large value on OGBench, elsewhere its default.
+    'QAM': Method('qam', dict(fql_alpha=0.0, edit_scale=0.0), dict(
+        inv_temp=per_d4rl_task((10.0,) * 6, (0.3,) * 3, (0.3,) * 3, (0.3,) * 3, (0.3,) * 3))),
+}
+
+
 def method_names():
     """Every method and variant name this file defines."""
     return list(METHODS) + list(VARIANTS)
 
 
 def resolve(method, domain):
-    """(agent, agent settings, main.py flags) of `method` (a METHODS or VARIANTS name) on `domain` (a COLUMNS name).
+    """(agent, agent settings, main.py flags) of `method` (a METHODS or VARIANTS name) on `domain` (a COLUMNS name,
+    or a D4RL dataset id of D4RL_COLUMNS with a D4RL_METHODS method).
 
     Agent settings are ordered: shared, defining, tuned. Raises KeyError for an unknown method or domain.
     """
+    if domain in D4RL_COLUMNS:
+        if method not in D4RL_METHODS:
+            raise KeyError(f'{method} has no D4RL settings; D4RL methods: {", ".join(D4RL_METHODS)}.')
+        base = D4RL_METHODS[method]
+        settings = {**SHARED, **base.defining, **{key: values[domain] for key, values in base.tuned.items()}}
+        return base.agent, settings, dict(base.run_flags)
     if domain not in COLUMNS:
-        raise KeyError(f'Unknown domain {domain!r}; the tuned tables have {", ".join(COLUMNS)}.')
+        raise KeyError(f'Unknown domain {domain!r}; the tuned tables have {", ".join(COLUMNS)} and the D4RL '
+                       f'datasets {", ".join(D4RL_COLUMNS)}.')
     variant = VARIANTS.get(method)
     base = METHODS[variant.base if variant else method] if (variant or method in METHODS) else None
     if base is None:

@@ -147,16 +147,19 @@ def phase_steps(grid):
     return '; '.join(parts)
 
 
-def grid_caption(grid, boot):
+def grid_caption(grid, boot, with_paper=True):
     seeds = ', '.join(str(s) for s in grid.seeds)
-    return (f'End of phase here: {phase_steps(grid)} (paper: offline 1,000,000; online 1,500,000, RLPD 500,000; '
-            f'where our runs end a phase at a step the paper evaluated, e.g. its first evaluation at 50,000, the '
-            f'paper\'s number is from that step). '
-            f'Success (%): mean over seeds [95% percentile-bootstrap interval, {boot.num_resamples:,} resamples]; '
+    paper_steps = (' (paper: offline 1,000,000; online 1,500,000, RLPD 500,000; where our runs end a phase at a step '
+                   'the paper evaluated, e.g. its first evaluation at 50,000, the paper\'s number is from that step)'
+                   if with_paper else '')
+    paper_rows = (f'*(paper)*: the QAM paper\'s number for the same cell ({tables.MARK_RECOMPUTED}: recomputed over the '
+                  f'same tasks from its per-seed values). ' if with_paper else '')
+    return (f'End of phase here: {phase_steps(grid)}{paper_steps}. '
+            f'{grid.metric_label.capitalize()}: mean over seeds [95% percentile-bootstrap interval, '
+            f'{boot.num_resamples:,} resamples]; '
             f'domain = mean of its tasks, all = mean over the {plural(len(grid.tasks), "task")}. Expected: '
             f'{len(grid.seeds)} seeds per task ({seeds}). **Bold**: best of our methods in the column. '
-            f'*(paper)*: the QAM paper\'s number for the same cell ({tables.MARK_RECOMPUTED}: recomputed over the '
-            f'same tasks from its per-seed values). {tables.MARK_INCOMPLETE} n/N: fewer runs than expected '
+            f'{paper_rows}{tables.MARK_INCOMPLETE} n/N: fewer runs than expected '
             f'(missing.csv says which and why); — : no value; n/a: phase not run (RLPD is online only).')
 
 
@@ -184,7 +187,7 @@ def make_cell(stats, pub_stats, level, key, method, phase, source):
 
 
 def build_tables(grid, stats, pub_stats, published, boot):
-    caption = grid_caption(grid, boot)
+    caption = grid_caption(grid, boot, with_paper=bool(published.rows))
     out = {}
 
     def cell_for(level, key, phase):
@@ -192,7 +195,8 @@ def build_tables(grid, stats, pub_stats, published, boot):
 
     columns = [p for p in PHASES if any(p in grid.phases[m] for m in grid.methods)]
     out['aggregate'] = [tables.Table(
-        'aggregate', f'Aggregate over {plural(len(grid.tasks), "task")}: success (%) at the end of each phase', caption, 'method',
+        'aggregate', f'Aggregate over {plural(len(grid.tasks), "task")}: {grid.metric_label} at the end of each phase',
+        caption, 'method',
         [PHASE_TITLES[p] for p in columns],
         method_rows(grid, lambda m, s: [cell_for('all', 'all', p)(m, s) for p in columns], published),
     ).mark_best()]
@@ -200,7 +204,7 @@ def build_tables(grid, stats, pub_stats, published, boot):
     for phase in columns:
         keys = [('domain', d) for d in domains] + ([('all', 'all')] if len(domains) > 1 else [])
         out[f'domains_{phase}'] = [tables.Table(
-            f'domains_{phase}', f'Domains: success (%) at the {PHASE_TITLES[phase]}', caption, 'method',
+            f'domains_{phase}', f'Domains: {grid.metric_label} at the {PHASE_TITLES[phase]}', caption, 'method',
             [f'{k} ({len(grid.domain_tasks(k)) if lvl == "domain" else len(grid.tasks)})' for lvl, k in keys],
             method_rows(grid, lambda m, s: [cell_for(lvl, k, phase)(m, s) for lvl, k in keys], published),
         ).mark_best()]
@@ -209,7 +213,8 @@ def build_tables(grid, stats, pub_stats, published, boot):
             tasks = grid.domain_tasks(domain)
             keys = [('task', t) for t in tasks] + [('domain', domain)]
             task_tables.append(tables.Table(
-                f'tasks_{phase}', f'{domain}: success (%) per task at the {PHASE_TITLES[phase]}', caption, 'method',
+                f'tasks_{phase}', f'{domain}: {grid.metric_label} per task at the {PHASE_TITLES[phase]}', caption,
+                'method',
                 [f'task{split_env_name(t)[1]}' for t in tasks] + [f'{domain} ({plural(len(tasks), "task")})'],
                 method_rows(grid, lambda m, s: [cell_for(lvl, k, phase)(m, s) for lvl, k in keys], published),
             ).mark_best())
@@ -301,7 +306,8 @@ def rliable_section(grid, published, args, fig_dir):
                                   for c in columns], kind='paper' if name.endswith('(paper)') else 'ours')
                 for name in agg_rows]
         rows = _interleave(rows)
-        caption = (f'rliable over {plural(len(grid.tasks), "task")}: interquartile mean (IQM) and mean of per-run success (%) '
+        caption = (f'rliable over {plural(len(grid.tasks), "task")}: interquartile mean (IQM) and mean of per-run '
+                   f'{grid.metric_label} '
                    f'[95% stratified-bootstrap interval, {args.rliable_reps:,} resamples]. *(paper)*: the same '
                    f'statistics of the QAM paper\'s 12 seeds on the same tasks. **Bold**: best of our methods.')
         out.append(('rliable', [tables.Table('rliable', 'Aggregate metrics (rliable)', caption, 'method', columns,
@@ -371,7 +377,7 @@ def curve_panels(grid, boot, published=None):
                 continue
             # Online-only runs (RLPD) are drawn from the start of the online phase of the others.
             shift = [offline_end if (r.offline_steps == 0 and offline_end) else 0 for r in runs]
-            lookup = [(r.env_name, r.seed, {s + d: v for s, v in zip(r.steps.tolist(), r.success.tolist())})
+            lookup = [(r.env_name, r.seed, {s + d: v for s, v in zip(r.steps.tolist(), r.scores.tolist())})
                       for r, d in zip(runs, shift)]
             steps = sorted({s for _, _, values in lookup for s in values})
             curve = dict(steps=[], mean=[], low=[], high=[], full=[])
@@ -636,14 +642,16 @@ def build_report(args):
     root, expected, sweep = resolve_target(args)
     out_dir, fig_dir, table_dir = args.out, os.path.join(args.out, 'figures'), os.path.join(args.out, 'tables')
     os.makedirs(table_dir, exist_ok=True)
-    runs = runs_lib.find_runs(root)
+    runs = runs_lib.find_runs(root, args.metric)
     if not runs:
         raise SystemExit(f'No run directories (with flags.json) under {root}.')
     conflicts = runs_lib.separate_configs(runs, args.config_policy)
     methods, tasks, seeds, origin = expected_grid(args, expected, sweep)
-    grid = runs_lib.build_grid(runs, methods, tasks, seeds, origin)
+    grid = runs_lib.build_grid(runs, methods, tasks, seeds, origin, args.metric)
     boot = Bootstrap(args.bootstrap_samples, args.bootstrap_seed)
     published = Published(args.published)
+    if args.metric != 'success' or not any(published.has_task(task) for task in grid.tasks):
+        published = Published.empty()  # nothing to set beside ours (D4RL, or a metric the paper does not report)
     stats = compute_stats(grid, boot)
     pub_stats = published_stats(published, boot, grid, stats)
     built = build_tables(grid, stats, pub_stats, published, boot)
@@ -652,10 +660,11 @@ def build_report(args):
     _write_rows(os.path.join(out_dir, 'missing.csv'), missing, ['method', 'task', 'seed', 'phase', 'reason'])
 
     command = 'python -m sweeps.report ' + ' '.join(shlex.quote(a) for a in args.argv)
-    lines = ['# Results report', '',
-             f'`{command}` ({datetime.datetime.now():%Y-%m-%d %H:%M}), from `{root}`. Paper numbers: '
-             f'`{os.path.relpath(args.published)}` (derived from the QAM paper\'s released data; see '
-             f'sweeps/report_published.py).', '']
+    paper_source = (f'Paper numbers: `{os.path.relpath(args.published)}` (derived from the QAM paper\'s released '
+                    f'data; see sweeps/report_published.py).' if published.rows else
+                    'No paper numbers: the QAM paper has none for these tasks or this metric.')
+    lines = ['# Results report', '', f'`{command}` ({datetime.datetime.now():%Y-%m-%d %H:%M}), from `{root}`. '
+             + paper_source, '']
     lines += summary_section(grid, conflicts, missing, args.config_policy)
     markdown = {}
     for name, table_list in built.items():
@@ -680,15 +689,18 @@ def build_report(args):
         pngs = [os.path.basename(p) for p in paths if p.endswith('.png')]
         lines += [f'![{name}](figures/{name})' for name in pngs] + ['']
     curve_boot = Bootstrap(args.curve_bootstrap_samples, args.bootstrap_seed)
-    paths = figures.learning_curves(curve_panels(grid, curve_boot, published), grid.methods, fig_dir)
+    paths = figures.learning_curves(curve_panels(grid, curve_boot, published), grid.methods, fig_dir,
+                                    ylabel=grid.metric_label)
     figure_paths += paths
     lines += ['## Learning curves', '',
-              f'Success (%) at every evaluation: mean over tasks of the mean over seeds, shaded 95% percentile-bootstrap '
+              f'{grid.metric_label.capitalize()} at every evaluation: mean over tasks of the mean over seeds, shaded '
+              f'95% percentile-bootstrap '
               f'interval ({args.curve_bootstrap_samples:,} resamples); dashed vertical line: end of the offline phase '
               f'(online-only methods, such as RLPD, start there). '
               f'Dotted where fewer of the method\'s runs have reached the step (unfinished or diverged runs). '
-              f'Dashed: the paper\'s mean curve, drawn when a panel has all of the paper\'s tasks of the domain and '
-              f'the runs follow its schedule (1M offline steps, evaluations every 50K).', '',
+              + ('Dashed: the paper\'s mean curve, drawn when a panel has all of the paper\'s tasks of the domain and '
+                 'the runs follow its schedule (1M offline steps, evaluations every 50K).' if published.rows else ''),
+              '',
               '![learning curves](figures/curves.png)', '']
     tables.write_csv(os.path.join(out_dir, 'results.csv'), [r for t in all_tables for r in tables.csv_rows(t)])
     lines += ['## Files', '', '- tables/*.md, *.tex (booktabs), *.csv (one line per cell): '
@@ -731,6 +743,9 @@ def parse_args(argv):
                                               'computed (comma-separated); default: QAM, QAM-F, QAM-E present.')
     parser.add_argument('--no_rliable', action='store_true', help='Skip the rliable statistics and figures.')
     parser.add_argument('--published', default=PUBLISHED_CSV, help='CSV of the published numbers.')
+    parser.add_argument('--metric', choices=tuple(runs_lib.METRICS), default='success',
+                        help="What to report from each run's eval.csv: success, or D4RL's normalised score "
+                             '(normalized_score; D4RL runs only). The paper rows are shown for success only.')
     args = parser.parse_args(argv)
     args.poi_methods = parse_list(args.poi_methods)
     args.argv = list(argv)

@@ -30,8 +30,8 @@ def save(fig, out_dir, name):
     return paths
 
 
-def learning_curves(panels, methods, out_dir, name='curves'):
-    """One panel per domain: success (%) vs total steps per method, shaded 95% interval, the end of the offline
+def learning_curves(panels, methods, out_dir, name='curves', ylabel='success (%)'):
+    """One panel per domain: the metric (success in %) vs total steps per method, shaded 95% interval, the end of the offline
     phase as a dashed line.
 
     panels: [(title, offline_end_step or None, {method: dict(steps, mean, low, high, full)})]; `full` is False at
@@ -58,8 +58,9 @@ def learning_curves(panels, methods, out_dir, name='curves'):
             ax.axvline(offline_end, color='0.4', ls='--', lw=0.8)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel('steps (offline, then online)', fontsize=8)
-        ax.set_ylabel('success (%)', fontsize=8)
-        ax.set_ylim(-2, 102)
+        ax.set_ylabel(ylabel, fontsize=8)
+        if ylabel == 'success (%)':
+            ax.set_ylim(-2, 102)
         ax.set_xlim(left=0)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)

@@ -181,6 +181,18 @@ class Published:
             self.end_steps[(key, method, phase)] = max(step, self.end_steps.get((key, method, phase), 0))
         self._lower = {m.lower(): m for m in self.methods}
 
+    @classmethod
+    def empty(cls):
+        """No published numbers: tables without "(paper)" rows, curves without the paper's."""
+        published = cls.__new__(cls)
+        published.path, published.rows, published.curves, published.methods = '', {}, {}, []
+        published.end_steps, published._lower = {}, {}
+        return published
+
+    def has_task(self, task):
+        """Whether the paper has any number for this environment name (the paper's tasks are OGBench's)."""
+        return any(key == task for key, _, _, _ in self.rows)
+
     def method_name(self, method):
         """The paper's name of a method label (case-insensitive), or None."""
         return self._lower.get(method.lower())

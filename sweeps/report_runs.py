@@ -33,15 +33,17 @@ AGENT_METHODS = {  # agent_name -> the paper's method name (QAM and CGQL variant
     'qam': 'QAM', 'bam': 'BAM', 'fql': 'FQL', 'fbrac': 'FBRAC', 'fedit': 'FEdit', 'dsrl': 'DSRL', 'ifql': 'IFQL',
     'fawac': 'FAWAC', 'cgql': 'CGQL', 'dac': 'DAC', 'qsm': 'QSM', 'rebrac': 'ReBRAC', 'rlpd': 'RLPD',
 }
+# What the report averages, by its eval.csv column: the label in tables and figures, and the factor to percent.
+METRICS = {'success': ('success (%)', 100.0), 'normalized_score': ('normalised score', 1.0)}
 _ENV_RE = re.compile(r'^(?P<domain>.+)-singletask-task(?P<task>\d+)-v0$')
 _DIR_RE = re.compile(r'^seed(?P<seed>-?\d+)-(?P<hash>[0-9a-f]+)$')
 
 
 def split_env_name(env_name):
-    """'cube-double-play-singletask-task2-v0' -> ('cube-double-play', 2)."""
+    """'cube-double-play-singletask-task2-v0' -> ('cube-double-play', 2); a D4RL id is its own domain, task 1."""
     match = _ENV_RE.match(env_name)
     if not match:
-        return env_name, 0
+        return env_name, 1 if env_name.startswith('D4RL/') else 0
     return match['domain'], int(match['task'])
 
 
@@ -103,7 +105,7 @@ class Run:
     eval_interval: int
     steps: np.ndarray  # evaluation steps (total)
     phases: list  # phase of each evaluation
-    success: np.ndarray  # success (%) of each evaluation
+    scores: np.ndarray  # the report's metric at each evaluation (METRICS: success in %, or the normalised score)
     diverged: dict = None  # DIVERGED marker: step, keys
     done: dict = None  # DONE marker
     started: str = ''
@@ -122,11 +124,11 @@ class Run:
         return self.offline_steps + self.online_steps - self.online_steps % self.eval_interval
 
     def end_value(self, phase):
-        """Success (%) at the end of `phase`, or None when that evaluation has not been written."""
+        """The metric at the end of `phase`, or None when that evaluation has not been written."""
         step = self.end_step(phase)
         if step is None:
             return None
-        for s, p, v in zip(self.steps, self.phases, self.success):
+        for s, p, v in zip(self.steps, self.phases, self.scores):
             if s == step and p == phase and math.isfinite(v):
                 return float(v)
         return None
@@ -148,20 +150,22 @@ class Run:
         return f'no evaluation at step {self.end_step(phase)}'
 
 
-def _read_eval(path):
-    steps, phases, success = [], [], []
+def _read_eval(path, metric='success'):
+    """(steps, phases, metric values) of a run's eval.csv, by step; a value the row lacks is NaN."""
+    steps, phases, scores = [], [], []
+    scale = METRICS[metric][1]
     if os.path.exists(path):
         with open(path, newline='') as f:
             for row in csv.DictReader(f):
                 try:
-                    step, value = int(float(row['step'])), float(row['success']) if row.get('success') else math.nan
+                    step, value = int(float(row['step'])), float(row[metric]) if row.get(metric) else math.nan
                 except (KeyError, ValueError):
                     continue
                 steps.append(step)
                 phases.append(row.get('phase', ''))
-                success.append(100.0 * value)
+                scores.append(scale * value)
     order = np.argsort(steps, kind='stable')
-    return np.asarray(steps, np.int64)[order], [phases[i] for i in order], np.asarray(success, np.float64)[order]
+    return np.asarray(steps, np.int64)[order], [phases[i] for i in order], np.asarray(scores, np.float64)[order]
 
 
 def csv_problems(run_dir):
@@ -191,8 +195,8 @@ def _read_json(path):
         return {}
 
 
-def read_run(path):
-    """One run directory as a Run, or None when it has no readable flags.json."""
+def read_run(path, metric='success'):
+    """One run directory as a Run (with `metric` at each evaluation), or None when it has no readable flags.json."""
     record = _read_json(os.path.join(path, 'flags.json'))
     if not record or 'flags' not in record:
         return None
@@ -205,7 +209,7 @@ def read_run(path):
     done = _read_json(os.path.join(path, experiment.DONE))
     diverged = _read_json(os.path.join(path, experiment.DIVERGED))
     status = 'diverged' if diverged is not None else 'finished' if done is not None else 'unfinished'
-    steps, phases, success = _read_eval(os.path.join(path, 'eval.csv'))
+    steps, phases, scores = _read_eval(os.path.join(path, 'eval.csv'), metric)
     label = method_label(flags, agent_config)
     return Run(
         path=path, agent=agent_config.get('agent_name', ''), method=label, base_method=label, env_name=env_name,
@@ -214,19 +218,19 @@ def read_run(path):
         offline_steps=int(flags.get('offline_steps', settings.get('offline_steps', 0))),
         online_steps=int(flags.get('online_steps', settings.get('online_steps', 0))),
         eval_interval=max(int(flags.get('eval_interval', settings.get('eval_interval', 1))), 1),
-        steps=steps, phases=phases, success=success, diverged=diverged, done=done,
+        steps=steps, phases=phases, scores=scores, diverged=diverged, done=done,
         started=record.get('started', ''), code_version=record.get('code_version', ''),
         excluded=experiment.online_results_invalid(settings), csv_problems=csv_problems(path),
     )
 
 
-def find_runs(root):
-    """Every run directory (a folder with flags.json) under `root`, read."""
+def find_runs(root, metric='success'):
+    """Every run directory (a folder with flags.json) under `root`, read with `metric` (a METRICS key)."""
     runs = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         if 'flags.json' in filenames:
-            run = read_run(dirpath)
+            run = read_run(dirpath, metric)
             if run is not None:
                 runs.append(run)
             dirnames[:] = []  # a run directory holds no other runs (what it moved aside is in its discarded/)
@@ -319,6 +323,11 @@ class Grid:
     cells: dict  # (method, task, seed) -> list of used runs (more than one = duplicates, reported)
     phases: dict  # method -> phases it has ('offline', 'online')
     origin: str  # where the expected grid comes from (inferred, the command line, a sweep)
+    metric: str = 'success'  # what the runs' values are (a METRICS key)
+
+    @property
+    def metric_label(self):
+        return METRICS[self.metric][0]
 
     def domains(self):
         return sorted({split_env_name(t)[0] for t in self.tasks}, key=domain_sort_key)
@@ -327,7 +336,7 @@ class Grid:
         return [t for t in self.tasks if split_env_name(t)[0] == domain]
 
     def value(self, method, task, seed, phase):
-        """(success %, None) or (None, reason)."""
+        """(the metric, None) or (None, reason)."""
         runs = self.cells.get((method, task, seed), [])
         if not runs:
             return None, 'no run'
@@ -338,7 +347,7 @@ class Grid:
         return None, runs[0].missing_reason(phase)
 
     def seed_values(self, method, task, phase):
-        """{seed: success %} of the seeds present, and {seed: reason} of the missing ones."""
+        """{seed: the metric} of the seeds present, and {seed: reason} of the missing ones."""
         present, missing = {}, {}
         for seed in self.seeds:
             value, reason = self.value(method, task, seed, phase)
@@ -349,7 +358,7 @@ class Grid:
         return present, missing
 
 
-def build_grid(runs, methods=None, tasks=None, seeds=None, origin=None):
+def build_grid(runs, methods=None, tasks=None, seeds=None, origin=None, metric='success'):
     """The grid methods x tasks x seeds: given, or inferred from the runs present (every method is expected on
     every task and seed seen). A given method whose runs were separated into config variants is expected as those
     variants."""
@@ -378,4 +387,4 @@ def build_grid(runs, methods=None, tasks=None, seeds=None, origin=None):
     for method in methods:
         method_runs = [r for r in used if r.method == method]
         phases[method] = [p for p in PHASES if any(r.end_step(p) is not None for r in method_runs)] or list(PHASES)
-    return Grid(methods, tasks, seeds, runs, cells, phases, origin)
+    return Grid(methods, tasks, seeds, runs, cells, phases, origin, metric)

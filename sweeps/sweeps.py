@@ -26,7 +26,7 @@ from sweeps import hyperparameters as hp
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAIN = os.path.join(REPO, 'main.py')
-SWEEP_FILES = ('paper', 'rlpd', 'quality', 'sensitivity', 'mini')  # the sweeps shipped in this folder
+SWEEP_FILES = ('paper', 'rlpd', 'quality', 'sensitivity', 'mini', 'd4rl')  # the sweeps shipped in this folder
 # A few-second version of any run (launch --tiny): checks a sweep end to end (data, agents, launcher, cluster)
 # before the real budget is spent. Only keys every agent has (ALGORITHMS §1.13); never overrides what defines a
 # method (RLPD keeps --offline_steps=0).
@@ -48,12 +48,15 @@ class Sweep:
     name: str
     description: str
     methods: tuple  # names in hyperparameters.METHODS or VARIANTS
-    datasets: tuple  # '<domain>-<dataset type>', e.g. 'cube-double-play': env names '<dataset>-singletask-task<n>-v0'
+    datasets: tuple  # '<domain>-<dataset type>', e.g. 'cube-double-play': env names '<dataset>-singletask-task<n>-v0';
+    # or D4RL dataset ids, e.g. 'D4RL/antmaze/umaze-v1', which are their env names (one task each)
     tasks: object = env_tasks.TASK_IDS  # task ids of every dataset, or {dataset: task ids}
     seeds: tuple = hp.SEEDS
     flags: tuple = ()  # (name, value) main.py flags of every run, e.g. (('agent.num_qs', 2),)
 
     def tasks_of(self, dataset):
+        if is_d4rl(dataset):
+            return (1,)
         return tuple(self.tasks[dataset] if isinstance(self.tasks, dict) else self.tasks)
 
 
@@ -71,7 +74,7 @@ class Run:
 
     @property
     def env_name(self):
-        return f'{self.dataset}-singletask-task{self.task}-v0'
+        return env_name(self.dataset, self.task)
 
     @property
     def key(self):
@@ -97,6 +100,15 @@ class Run:
 
     def command(self, root, python=None):
         return shlex.join(self.argv(root, python))
+
+
+def is_d4rl(dataset):
+    return dataset.startswith('D4RL/')
+
+
+def env_name(dataset, task):
+    """main.py's --env_name of a sweep's dataset and task."""
+    return dataset if is_d4rl(dataset) else f'{dataset}-singletask-task{task}-v0'
 
 
 def method_slug(method):
@@ -142,6 +154,13 @@ def check_sweep(sweep):
             raise SweepError(f'Sweep {sweep.name!r}: unknown method {method!r}. Known: {", ".join(hp.method_names())}.')
     for dataset in sweep.datasets:
         column = dataset_column(dataset)
+        if is_d4rl(dataset):
+            missing = [m for m in sweep.methods if m not in hp.D4RL_METHODS]
+            if column not in hp.D4RL_COLUMNS or missing:
+                raise SweepError(f'Sweep {sweep.name!r}: {dataset!r} needs D4RL settings for every method; there are '
+                                 f'none for {", ".join(missing) or "this dataset"} (sweeps/hyperparameters.py, '
+                                 f'D4RL_METHODS).')
+            continue
         if column not in hp.COLUMNS:
             raise SweepError(f'Sweep {sweep.name!r}: dataset {dataset!r} is of domain {column!r}, which has no '
                              f'tuned hyperparameters (domains: {", ".join(hp.COLUMNS)}).')
@@ -156,12 +175,17 @@ def check_sweep(sweep):
 
 
 def dataset_column(dataset):
-    """'cube-double-noisy' -> 'cube-double' (the domain whose tuned values apply); SweepError if unknown."""
+    """'cube-double-noisy' -> 'cube-double' (the domain whose tuned values apply), a D4RL id -> itself (tuned per
+    dataset); SweepError if unknown."""
     try:
+        if is_d4rl(dataset):
+            env_tasks.parse_env_name(dataset)  # an unknown id raises
+            return dataset
         return env_tasks.parse_env_name(f'{dataset}-singletask-task1-v0').domain.name
     except ValueError:
         raise SweepError(f'Unknown dataset {dataset!r}: use <domain>-<dataset type>, e.g. cube-double-play, '
-                         'antmaze-large-navigate, cube-triple-noisy.') from None
+                         'antmaze-large-navigate, cube-triple-noisy, or a D4RL dataset id such as '
+                         'D4RL/antmaze/umaze-v1.') from None
 
 
 # -------------------------------------------------------------------------------------------------- flags
@@ -227,7 +251,8 @@ def resolve_domains(sweep, names):
     for name in names:
         column = hp.ABBREVIATIONS.get(name, name)
         stripped = name[: -len('-sparse')] if name.endswith('-sparse') else name
-        matches = [d for d in sweep.datasets if stripped == d or column == dataset_column(d)]
+        matches = [d for d in sweep.datasets
+                   if stripped == d or column == dataset_column(d) or (is_d4rl(d) and d.startswith(name + '/'))]
         if not matches:
             raise SweepError(f'Unknown domain {name!r} for sweep {sweep.name!r}. Its datasets: '
                              f'{", ".join(sweep.datasets)} (also by domain, e.g. cube-double, or abbreviation: '
@@ -268,7 +293,7 @@ def expand(sweep, methods=None, domains=None, tasks=None, seeds=None, extra_args
                 if task not in tasks:
                     continue
                 for seed in seeds:
-                    flags = [('agent', agent), ('env_name', f'{dataset}-singletask-task{task}-v0'), ('seed', seed),
+                    flags = [('agent', agent), ('env_name', env_name(dataset, task)), ('seed', seed),
                              ('method', method)]
                     flags += list(run_flags.items()) + [(f'agent.{k}', v) for k, v in settings.items()]
                     flags = merge_flags(flags + list(sweep.flags), [])

@@ -25,10 +25,11 @@ SCENE = 'scene-play-singletask-task{}-v0'
 
 def write_run(root, agent_config, env_name, seed, successes, method='', offline_steps=100, online_steps=60,
               eval_interval=20, status='finished', diverged_step=None, extra_settings=None,
-              online_data_version=experiment.ONLINE_DATA_VERSION):
+              online_data_version=experiment.ONLINE_DATA_VERSION, normalized_scores=None):
     """A run directory as main.py writes it, with evaluation success fractions `successes` at every eval_interval
     steps (offline rows first, then online rows; a shorter list is an unfinished run). `online_data_version=None`
-    writes a run of the code before the online data fix (its settings have no version)."""
+    writes a run of the code before the online data fix (its settings have no version). `normalized_scores`: a
+    D4RL run's normalised score at the same evaluations."""
     agent = {'agent_name': 'qam', 'fql_alpha': 0.0, 'edit_scale': 0.0, 'batch_size': 256, **agent_config}
     settings = dict(env_name=env_name, offline_steps=offline_steps, online_steps=online_steps,
                     eval_interval=eval_interval, agent=agent, sparse=False, **(extra_settings or {}))
@@ -46,9 +47,12 @@ def write_run(root, agent_config, env_name, seed, successes, method='', offline_
     steps += [offline_steps + s for s in range(eval_interval, online_steps + 1, eval_interval)]
     with open(os.path.join(path, 'eval.csv'), 'w', newline='') as f:
         writer = csv.writer(f)
-        writer.writerow(['step', 'phase', 'success', 'episode_return', 'episode_length', 'num_episodes', 'wall_time'])
-        for step, value in zip(steps, successes):
-            writer.writerow([step, 'offline' if step <= offline_steps else 'online', value, 0.0, 100, 50, 1.0])
+        scores = [] if normalized_scores is None else ['normalized_score']
+        writer.writerow(['step', 'phase', 'success', 'episode_return', 'episode_length', 'num_episodes', 'wall_time',
+                         *scores])
+        for i, (step, value) in enumerate(zip(steps, successes)):
+            writer.writerow([step, 'offline' if step <= offline_steps else 'online', value, 0.0, 100, 50, 1.0,
+                             *([normalized_scores[i]] if scores else [])])
     if status == 'finished':
         with open(os.path.join(path, 'DONE'), 'w') as f:
             json.dump(dict(summary='', final={}, dataset='x', dataset_source='generate',
@@ -139,6 +143,34 @@ def test_table_cells_equal_a_direct_computation(tmp_path):
     assert '**' in markdown and 'QAM (paper)' in markdown and '‡' in markdown  # paper recomputed over the 3 tasks
     latex = open(tmp_path / 'out' / 'tables' / 'domains_offline.tex').read()
     assert r'\toprule' in latex and r'\midrule' in latex and r'\bottomrule' in latex and r'\textbf{' in latex
+
+
+def test_d4rl_runs_report_their_normalised_score_and_no_paper_rows(tmp_path):
+    """D4RL runs (the QAM paper has none): the tables hold the mean normalised score at the end of each phase, or the
+    success with the default metric, and no "(paper)" row or caption."""
+    rng = np.random.default_rng(5)
+    tasks = ('D4RL/antmaze/umaze-v1', 'D4RL/door/human-v2')
+    truth = {}
+    for task in tasks:
+        for seed in SEEDS:
+            successes, scores = list(rng.integers(0, 11, 8) / 10), list(np.round(rng.normal(50, 40, 8), 3))
+            write_run(tmp_path / 'runs', dict(inv_temp=10.0), task, seed, successes, method='QAM',
+                      normalized_scores=scores)
+            truth[(task, seed)] = {'success': (100 * successes[4], 100 * successes[7]),
+                                   'normalized_score': (scores[4], scores[7])}  # steps 100 and 160: ends of phases
+    for metric in ('normalized_score', 'success'):
+        out = tmp_path / metric
+        stats = run_report(tmp_path / 'runs', out, f'--metric={metric}', '--no_rliable')['stats']
+        for p, phase in enumerate(report_runs.PHASES):
+            for task in tasks:
+                expected = np.mean([truth[(task, seed)][metric][p] for seed in SEEDS])
+                assert stats[('task', task, 'QAM', phase)].mean == pytest.approx(expected)
+            overall = np.mean([truth[key][metric][p] for key in truth])
+            assert stats[('all', 'all', 'QAM', phase)].mean == pytest.approx(overall)
+        assert not [r for r in read_results(out) if r['kind'] == 'paper']
+        text = open(out / 'report.md').read()
+        assert '(paper)' not in text and 'No paper numbers' in text
+        assert ('normalised score' in text) == (metric == 'normalized_score')
 
 
 def test_bootstrap_interval_contains_the_mean_and_narrows_with_more_seeds():

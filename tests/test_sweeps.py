@@ -12,6 +12,7 @@ import shlex
 import pytest
 
 import agents
+from envs import tasks as env_tasks
 from sweeps import hyperparameters as hp
 from sweeps import launch, mini
 from sweeps import runs as run_state
@@ -77,7 +78,7 @@ def test_every_run_group_has_the_twelve_paper_seeds(name):
     seeds = {}
     for run in expand(name):
         seeds.setdefault((run.method, run.env_name), []).append(run.seed)
-    expected = PAPER_SEEDS[:3] if name == 'mini' else PAPER_SEEDS  # mini: the paper's first three
+    expected = {'mini': PAPER_SEEDS[:3], 'd4rl': PAPER_SEEDS[:8]}.get(name, PAPER_SEEDS)  # mini: the first three
     assert all(s == expected for s in seeds.values())
     assert list(hp.SEEDS) == PAPER_SEEDS
 
@@ -103,6 +104,25 @@ def test_mini_sweep_keeps_what_defines_each_method_and_names_its_reductions():
     for env_name in {r.env_name for r in runs}:
         qam_e, qam = (agent_flags(one('paper', m, env_name)) for m in ('QAM-E', 'QAM'))
         assert qam_e == qam
+
+
+def test_d4rl_sweep_runs_every_minari_dataset_with_fqls_published_settings():
+    runs = expand('d4rl')
+    assert len(runs) == 2 * 18 * 8
+    assert {r.env_name for r in runs} == set(env_tasks.minari_ids()) == set(hp.D4RL_COLUMNS)
+    for run in runs:
+        flags = run.flag_dict
+        assert env_tasks.parse_env_name(run.env_name).is_minari and run.task == 1
+        assert (flags['offline_steps'], flags['online_steps']) == ('500000', '0')
+        if run.method == 'FQL':  # FQL's critic aggregation: the mean of two on AntMaze, their minimum on Adroit
+            assert flags['agent.num_qs'] == '2'
+            assert flags['agent.rho'] == ('0' if run.env_name.startswith('D4RL/antmaze') else '1')
+    alphas = {r.env_name: r.flag_dict['agent.alpha'] for r in runs if r.method == 'FQL'}
+    assert alphas['D4RL/antmaze/large-play-v1'] == '3' and alphas['D4RL/pen/expert-v2'] == '3000'
+    assert len(expand('d4rl', domains=['D4RL/antmaze'], seeds=[10001])) == 2 * 6
+    assert len(expand('d4rl', domains=['D4RL/door/human-v2'], seeds=[10001])) == 2
+    with pytest.raises(sweeps.SweepError, match='D4RL settings'):
+        sweeps.check_sweep(sweeps.Sweep('x', '', ('ReBRAC',), ('D4RL/door/human-v2',)))
 
 
 def test_paper_grid_has_all_fifty_tasks():
@@ -181,6 +201,8 @@ def test_every_tuned_value_equals_the_protocol_table():
     # ... and on the command lines of every sweep, for every task and seed (variants: the keys they do not change).
     for name in sweeps.SWEEP_FILES:
         for run in by_key(name).values():
+            if sweeps.is_d4rl(run.dataset):  # not in the QAM paper: D4RL_METHODS, tested on its own
+                continue
             variant = hp.VARIANTS.get(run.method, hp.Variant(run.method))
             for (method, key), values in tables.items():
                 if method == variant.base and key not in variant.scale and key not in variant.settings:
