@@ -8,12 +8,14 @@ import os
 import shutil
 
 import gymnasium
+import jax
 import numpy as np
 import pytest
 
 import agents
 from envs import data_sources, env_utils, minari_data, online, tasks
 from tests.test_main import run_main
+from utils import evaluation
 
 ANTMAZE, DOOR, PEN = 'D4RL/antmaze/umaze-v1', 'D4RL/door/human-v2', 'D4RL/pen/human-v2'
 DOOR_REFERENCE = (-50.0, 2900.0)  # the test dataset's reference scores (D4RL's door: -56.51, 2880.57)
@@ -189,7 +191,35 @@ def test_online_rewards_and_masks_are_those_of_the_data(minari_datasets):
     assert environments.pop_finished(0) == [(1.0, -1.0)]
 
 
+def test_evaluation_is_lockstep_and_reproducible_on_d4rl(minari_datasets):
+    """The same evaluation index gives the same episodes (reset seeds and policy keys), another one other episodes."""
+    root, _ = minari_datasets
+    _, make_eval_env, _, _, _ = load(root, ANTMAZE)
+    weights = np.random.default_rng(0).normal(size=(29, 8)) / 10
+
+    def policy(observations, key):  # a fixed function of the observation, plus noise from the evaluation's key
+        noise = np.asarray(jax.random.uniform(key, (len(observations), 8), minval=-0.5, maxval=0.5))
+        return np.tanh(observations @ weights) + noise
+
+    def run(eval_index):
+        envs = [make_eval_env() for _ in range(3)]
+        metrics, _ = evaluation.evaluate(policy, envs, seed=11, eval_index=eval_index, action_dim=8)
+        return metrics['episode_return'], metrics['episode_length'], [env.unwrapped.data.qpos.copy() for env in envs]
+
+    first, again, other = run(1), run(1), run(2)
+    assert first[:2] == again[:2] and all(np.array_equal(a, b) for a, b in zip(first[2], again[2]))
+    assert not all(np.array_equal(a, b) for a, b in zip(first[2], other[2]))
+
+
 # ----------------------------------------------------------------------------------------------- bad input
+def test_download_without_a_network_fails_within_seconds(minari_datasets, tmp_path, monkeypatch):
+    monkeypatch.setattr(minari_data, 'DOWNLOAD_HOST', 'http://127.0.0.1:9')  # nothing listens there
+    task = tasks.parse_env_name(ANTMAZE)
+    for source in ('download', 'auto'):  # auto downloads what is not in the folder
+        with pytest.raises(data_sources.DatasetError, match="Cannot reach Minari's download server"):
+            data_sources.locate_dataset(task, source=source, dataset_dir=str(tmp_path), log=lambda m: None)
+
+
 def test_missing_and_mismatched_datasets_are_refused_with_the_fix(minari_datasets, tmp_path):
     root, _ = minari_datasets
     task = tasks.parse_env_name(ANTMAZE)
