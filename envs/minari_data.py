@@ -44,7 +44,6 @@ from envs.data_sources import ACTION_CLIP, DatasetError
 gymnasium.register_envs(gymnasium_robotics)
 
 
-
 @dataclasses.dataclass(frozen=True)
 class Conventions:
     """How one D4RL environment's data and environment are used (the module docstring)."""
@@ -165,9 +164,11 @@ class FlatObservation(gymnasium.ObservationWrapper):
 
 class D4RLDenseReward(gymnasium.Wrapper):
     """The dense reward of D4RL's door, hammer and relocate tasks. gymnasium-robotics (up to 1.4.2, the latest) rewards
-    AdroitHand{Door,Hammer,Relocate}-v1 with +0.1·‖palm − handle or object‖ where D4RL, and the data collected with
-    it, has −0.1·‖…‖ (Gymnasium-Robotics PR #220; its v2 environments fix it). Without this, online rewards and
-    evaluation returns would disagree with the dataset's. Success is not affected."""
+    AdroitHand{Door,Hammer,Relocate}-v1 with +0.1·‖palm − handle or object‖ where D4RL has −0.1·‖…‖ (a sign error,
+    Gymnasium-Robotics PR #220; its v2 environments fix it). With this, evaluation returns and normalised scores are
+    D4RL's. Success is not affected. (Minari recorded these datasets by replaying D4RL's actions in
+    gymnasium-robotics; if that version had the error, the data's rewards differ from the online ones by
+    0.2·‖…‖: see the README, "D4RL tasks".)"""
 
     def distance(self):
         env = self.env.unwrapped
