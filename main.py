@@ -181,8 +181,10 @@ def resolve_settings(task):
         if key in config and key not in overridden:
             setattr(config, key, getattr(task.domain, key))
     sparse = task.domain.sparse if FLAGS.sparse == 'auto' else FLAGS.sparse.lower() == 'true'
-    if sparse and task.is_minari:
+    if task.is_minari and sparse:
         raise app.UsageError('--sparse converts OGBench rewards; D4RL tasks use their own rewards (leave it at auto).')
+    if task.is_minari and FLAGS.dataset_episodes is not None:
+        raise app.UsageError('--dataset_episodes sizes a generated OGBench dataset; a D4RL dataset is used whole.')
     settings = {name: getattr(FLAGS, name) for name in RUN_FLAGS if name not in NON_RESULT_FLAGS}
     settings.update(agent=config.to_dict(), sparse=sparse)
     if FLAGS.online_steps:  # online results of earlier data versions are invalid: a new version is a new run

@@ -22,6 +22,8 @@ deterministic last step with the base flow, loss without h over all T steps, TD 
 policy) is kept.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -42,12 +44,17 @@ class QAMAgent(ChunkedAgent):
         name = 'target_behavior_flow' if self.config.target_actor else 'behavior_flow'
         return self.network.apply(name, observations, x, times)
 
-    def finetuned_velocity(self, observations, x, times):
-        """The field whose ODE acts: f_θ (plus the online f_β with `residual`); stored parameters (fixed call)."""
+    def finetuned_velocity(self, observations, x, times, in_sde=False):
+        """f_θ, plus a BC flow with `residual`; stored parameters (a fixed call). Which BC flow follows the reference
+        code: the online f_β where the field acts (its ODE, and the targets of QAM-F and QAM-E), the base flow
+        f_base (the EMA target by default) in the SDE whose adjoint is matched (`in_sde`), so that the control
+        there is measured against the same flow as the lean adjoint's drift."""
         velocity = self.network.apply('finetuned_flow', observations, x, times)
-        if self.config.residual:
-            velocity = velocity + self.network.apply('behavior_flow', observations, x, times)
-        return velocity
+        if not self.config.residual:
+            return velocity
+        if in_sde:
+            return velocity + self.base_flow(observations, x, times)
+        return velocity + self.network.apply('behavior_flow', observations, x, times)
 
     # ------------------------------------------------------------------------------ losses
     # critic_loss is ChunkedAgent's common TD loss (§1.4) with a' = the full acting policy.
@@ -66,10 +73,7 @@ class QAMAgent(ChunkedAgent):
         """Memoryless SDE of f_θ and the lean adjoint of f_base (§2.3): constants x, g of shape (T, B, D)."""
         noise_key, sde_key = jax.random.split(rng)
         initial_noise = jax.random.normal(noise_key, (*observations.shape[:-1], self.action_size))
-        def sde_velocity(s, x, t):  # f_θ (+ f_base with `residual`), stored parameters: fixed call
-            velocity = self.network.apply('finetuned_flow', s, x, t)
-            return velocity + self.base_flow(s, x, t) if self.config.residual else velocity
-
+        sde_velocity = functools.partial(self.finetuned_velocity, in_sde=True)
         states, final_actions = flow.memoryless_sde(sde_velocity, self.base_flow, observations, initial_noise,
                                                     sde_key, self.config.flow_steps)
         adjoints = flow.lean_adjoint(self.base_flow, observations, states,
@@ -112,8 +116,7 @@ class QAMAgent(ChunkedAgent):
         num_steps = self.config.flow_steps
         states, adjoints = self.adjoint(observations, adjoint_key)  # constants (T, B, D)
         step_observations = jnp.broadcast_to(observations, (num_steps, *observations.shape))
-        times = jnp.broadcast_to((jnp.arange(num_steps, dtype=jnp.float32) / num_steps)[:, None, None],
-                                 (*states.shape[:-1], 1))
+        times = jnp.broadcast_to(flow.time_grid(num_steps)[:, None, None], (*states.shape[:-1], 1))
         controls = self.network.apply('finetuned_flow', step_observations, states, times,
                                       params=grad_params['finetuned_flow'])
         if not self.config.residual:

@@ -246,6 +246,7 @@ def test_main_refuses_unknown_ids_missing_data_and_sparse(minari_datasets, tmp_p
         (['--env_name=D4RL/antmaze/huge-v1', f'--dataset_dir={root}'], 'Unknown D4RL dataset id'),
         ([f'--env_name={ANTMAZE}', '--dataset_source=dir', f'--dataset_dir={tmp_path}'], 'no dataset folder'),
         ([f'--env_name={ANTMAZE}', f'--dataset_dir={root}', '--sparse=true'], 'OGBench rewards'),
+        ([f'--env_name={ANTMAZE}', f'--dataset_dir={root}', '--dataset_episodes=5'], 'used whole'),
     ):
         result = run_main(base + args, tmp_path, check=False)
         assert result.returncode != 0 and message in result.stderr + result.stdout, result.stderr[-2000:]

@@ -4,7 +4,9 @@ Conventions: x_0 ~ N(0, I) is noise, x_1 the data (a flat action chunk), x_t = (
 velocity function is any callable `velocity_fn(observations, x, times)` with times of shape (*batch, 1),
 e.g. `functools.partial(train_state.apply, 'behavior_flow')`.
 
-* `euler_ode`: deterministic T-step Euler sampler (time input i/T, one clip at the end).
+* `step_time`, `time_grid`: the times t_i = i·h (h = 1/T) of every T-step discretisation (ODE, SDE, adjoint,
+  matching loss), for one step index inside a scan or for all T at once.
+* `euler_ode`: deterministic T-step Euler sampler (time input t_i, one clip at the end).
 * `bc_flow_loss`: the valid-weighted behaviour-cloning flow-matching loss.
 * `best_of_n`: draw N candidate actions per observation and keep the critic's favourite.
 * Memoryless SDE and lean adjoint (QAM; the σ schedule and SDE step are shared with BAM):
@@ -22,14 +24,25 @@ def _times(x, t):
     return jnp.full((*x.shape[:-1], 1), t, dtype=x.dtype)
 
 
+def step_time(step, num_steps, dtype=jnp.float32):
+    """t_i = i·h, h = 1/T, for step index (or indices) i, in `dtype`: the one time grid of the Euler ODE, the memoryless
+    SDE, the lean adjoint (which evaluates at t_i + h) and the adjoint-matching loss (ALGORITHMS §1.5, §2.3).
+    Computed where it is used, inside each scan, so that XLA compiles t_i + h the same way everywhere."""
+    return jnp.asarray(step).astype(dtype) * (1.0 / num_steps)
+
+
+def time_grid(num_steps, dtype=jnp.float32):
+    """t_0 … t_{T−1} of `step_time` (shape (T,))."""
+    return step_time(jnp.arange(num_steps), num_steps, dtype)
+
+
 def euler_ode(velocity_fn, observations, noises, num_steps, clip=True):
-    """x = z; x ← x + v(s, x, i/T)/T for i = 0 … T−1; return clip(x) (clip once, at the end, if `clip`).
+    """x = z; x ← x + v(s, x, t_i)/T for i = 0 … T−1; return clip(x) (clip once, at the end, if `clip`).
 
     Differentiable (a `lax.scan`), so FBRAC can backpropagate through it."""
 
     def step(x, i):
-        t = i.astype(x.dtype) / num_steps
-        return x + velocity_fn(observations, x, _times(x, t)) / num_steps, None
+        return x + velocity_fn(observations, x, _times(x, step_time(i, num_steps, x.dtype))) / num_steps, None
 
     x, _ = jax.lax.scan(step, noises, jnp.arange(num_steps))
     return jnp.clip(x, -1.0, 1.0) if clip else x
@@ -63,9 +76,9 @@ def best_of_n(sample_fn, score_fn, observations, rng, num_samples):
 
 # ------------------------------------------------------------------------- memoryless SDE, lean adjoint
 def memoryless_sigmas(num_steps):
-    """σ_i = sqrt(2·(1 − t_i + h)/(t_i + h)), t_i = i·h, h = 1/T, i = 0 … T−1 (float32, shape (T,))."""
+    """σ_i = sqrt(2·(1 − t_i + h)/(t_i + h)), t_i = i/T (`time_grid`), h = 1/T, i = 0 … T−1 (float32, shape (T,))."""
     h = 1.0 / num_steps
-    t = jnp.arange(num_steps, dtype=jnp.float32) * h
+    t = time_grid(num_steps)
     return jnp.sqrt(2.0 * (1.0 - t + h) / (t + h))
 
 
@@ -94,14 +107,14 @@ def memoryless_sde(velocity_fn, base_velocity_fn, observations, initial_noise, r
 
     def step(x, inputs):
         i, noise = inputs
-        t = i.astype(x.dtype) * h
+        t = step_time(i, num_steps, x.dtype)
         x_next = memoryless_sde_step(x, velocity_fn(observations, x, _times(x, t)), t, sigmas[i], noise, num_steps)
         return x_next, x
 
     noises = sde_noises(rng, initial_noise, num_steps)
     x_last, states = jax.lax.scan(step, initial_noise, (jnp.arange(num_steps - 1), noises))
     states = jnp.concatenate([states, x_last[None]], axis=0)
-    t_last = (num_steps - 1) * h
+    t_last = step_time(num_steps - 1, num_steps, x_last.dtype)
     x_final = x_last + h * base_velocity_fn(observations, x_last, _times(x_last, t_last))
     return states, x_final
 
@@ -116,7 +129,7 @@ def lean_adjoint(base_velocity_fn, observations, states, terminal_adjoint, num_s
 
     def step(g, inputs):
         i, x = inputs
-        t = i.astype(x.dtype) * h + h
+        t = step_time(i, num_steps, x.dtype) + h  # the VJP at x[i] takes the time argument t_i + h (KEEP, §2.3)
 
         def drift(y):
             return 2.0 * base_velocity_fn(observations, y, _times(y, t)) - y / t
@@ -156,7 +169,7 @@ def memoryless_sde_rollout(velocity_fn, base_velocity_fn, observations, initial_
     def step(carry, inputs):
         x, cost = carry
         i, noise = inputs
-        t = i.astype(x.dtype) * h
+        t = step_time(i, num_steps, x.dtype)
         base = base_velocity_fn(observations, x, _times(x, t))
         velocity = velocity_fn(observations, x, _times(x, t))
         control = velocity if residual else velocity - base
@@ -167,5 +180,5 @@ def memoryless_sde_rollout(velocity_fn, base_velocity_fn, observations, initial_
     initial_cost = jnp.zeros(initial_noise.shape[:-1], initial_noise.dtype)
     noises = sde_noises(rng, initial_noise, num_steps)
     (x_last, cost), _ = jax.lax.scan(step, (initial_noise, initial_cost), (jnp.arange(num_steps - 1), noises))
-    t_last = (num_steps - 1) * h
+    t_last = step_time(num_steps - 1, num_steps, x_last.dtype)
     return x_last + h * base_velocity_fn(observations, x_last, _times(x_last, t_last)), cost
