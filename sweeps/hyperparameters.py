@@ -13,6 +13,8 @@ that domain. Tuned values are listed in the column order of PROTOCOL §8.2 so th
 
 import dataclasses
 
+from envs import tasks as env_tasks
+
 # The ten domains of the main study, in the column order of PROTOCOL §8.2 (al, ag, hm, hl, scene, p33, p44, c2, c3,
 # c4). Names are the domain names of envs/tasks.py; the data-quality datasets (e.g. cube-double-noisy) use the
 # column of their domain (PROTOCOL §11).
@@ -119,15 +121,9 @@ VARIANTS = {
 # D4RL through Minari (the README's "D4RL tasks"), tuned per dataset. The QAM paper has no D4RL runs; FQL's do.
 # Source: the FQL code's README (github.com/seohongpark/fql, "FQL on D4RL", offline RL): alpha per task, 500K
 # offline steps, 2 critics, their mean on AntMaze (q_agg=mean: rho 0) and their minimum on Adroit (q_agg=min; for 2
-# critics min = mean - std: rho 1). The ids are Minari's for the D4RL datasets FQL names (antmaze-*-v2, *-v1).
-D4RL_COLUMNS = (
-    'D4RL/antmaze/umaze-v1', 'D4RL/antmaze/umaze-diverse-v1', 'D4RL/antmaze/medium-play-v1',
-    'D4RL/antmaze/medium-diverse-v1', 'D4RL/antmaze/large-play-v1', 'D4RL/antmaze/large-diverse-v1',
-    'D4RL/pen/human-v2', 'D4RL/pen/cloned-v2', 'D4RL/pen/expert-v2',
-    'D4RL/door/human-v2', 'D4RL/door/cloned-v2', 'D4RL/door/expert-v2',
-    'D4RL/hammer/human-v2', 'D4RL/hammer/cloned-v2', 'D4RL/hammer/expert-v2',
-    'D4RL/relocate/human-v2', 'D4RL/relocate/cloned-v2', 'D4RL/relocate/expert-v2',
-)
+# critics min = mean - std: rho 1). The ids are Minari's for the D4RL datasets FQL names (antmaze-*-v2, *-v1), in
+# the order of envs/tasks.py: AntMaze's six, then human, cloned and expert of pen, door, hammer and relocate.
+D4RL_COLUMNS = tuple(env_tasks.minari_ids())
 
 
 def per_d4rl_task(antmaze, pen, door, hammer, relocate):

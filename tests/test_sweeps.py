@@ -118,7 +118,10 @@ def test_d4rl_sweep_runs_every_minari_dataset_with_fqls_published_settings():
             assert flags['agent.num_qs'] == '2'
             assert flags['agent.rho'] == ('0' if run.env_name.startswith('D4RL/antmaze') else '1')
     alphas = {r.env_name: r.flag_dict['agent.alpha'] for r in runs if r.method == 'FQL'}
-    assert alphas['D4RL/antmaze/large-play-v1'] == '3' and alphas['D4RL/pen/expert-v2'] == '3000'
+    # A few cells of the source table (the FQL code's README), one per row kind.
+    assert (alphas['D4RL/antmaze/medium-diverse-v1'], alphas['D4RL/antmaze/large-play-v1']) == ('10', '3')
+    assert (alphas['D4RL/pen/expert-v2'], alphas['D4RL/hammer/cloned-v2'], alphas['D4RL/relocate/human-v2'],
+            alphas['D4RL/relocate/cloned-v2'], alphas['D4RL/door/human-v2']) == ('3000', '10000', '10000', '30000', '30000')
     assert len(expand('d4rl', domains=['D4RL/antmaze'], seeds=[10001])) == 2 * 6
     assert len(expand('d4rl', domains=['D4RL/door/human-v2'], seeds=[10001])) == 2
     with pytest.raises(sweeps.SweepError, match='D4RL settings'):
