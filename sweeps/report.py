@@ -6,7 +6,8 @@
 reads every run directory under `runs/` (written by main.py or sweeps.launch) and writes, under --out:
 
 * report.md: the whole report (grid, missing/diverged/unfinished runs, config conflicts, every table, figures);
-* tables/aggregate.{md,tex,csv}: success (%) over all tasks at the end of the offline and online phases;
+* tables/aggregate.{md,tex,csv}: success (%) over all tasks at the end of the offline and online phases (or D4RL's
+  normalised score with --metric=normalized_score, where the paper has no numbers);
 * tables/domains_{offline,online}.*: per domain (and all); tables/tasks_{offline,online}.*: per task, by domain;
 * tables/rliable.*: IQM and mean with stratified-bootstrap intervals; tables/improvement.*: P(QAM > baseline);
   every table has the paper's number under each of our rows ("(paper)" rows);
@@ -308,8 +309,9 @@ def rliable_section(grid, published, args, fig_dir):
         rows = _interleave(rows)
         caption = (f'rliable over {plural(len(grid.tasks), "task")}: interquartile mean (IQM) and mean of per-run '
                    f'{grid.metric_label} '
-                   f'[95% stratified-bootstrap interval, {args.rliable_reps:,} resamples]. *(paper)*: the same '
-                   f'statistics of the QAM paper\'s 12 seeds on the same tasks. **Bold**: best of our methods.')
+                   f'[95% stratified-bootstrap interval, {args.rliable_reps:,} resamples]. '
+                   + ('*(paper)*: the same statistics of the QAM paper\'s 12 seeds on the same tasks. '
+                      if published.rows else '') + '**Bold**: best of our methods.')
         out.append(('rliable', [tables.Table('rliable', 'Aggregate metrics (rliable)', caption, 'method', columns,
                                              rows).mark_best()]))
     if poi_rows:
@@ -690,7 +692,7 @@ def build_report(args):
         lines += [f'![{name}](figures/{name})' for name in pngs] + ['']
     curve_boot = Bootstrap(args.curve_bootstrap_samples, args.bootstrap_seed)
     paths = figures.learning_curves(curve_panels(grid, curve_boot, published), grid.methods, fig_dir,
-                                    ylabel=grid.metric_label)
+                                    ylabel=grid.metric_label, ylim=(-2, 102) if grid.metric == 'success' else None)
     figure_paths += paths
     lines += ['## Learning curves', '',
               f'{grid.metric_label.capitalize()} at every evaluation: mean over tasks of the mean over seeds, shaded '

@@ -30,9 +30,9 @@ def save(fig, out_dir, name):
     return paths
 
 
-def learning_curves(panels, methods, out_dir, name='curves', ylabel='success (%)'):
-    """One panel per domain: the metric (success in %) vs total steps per method, shaded 95% interval, the end of the offline
-    phase as a dashed line.
+def learning_curves(panels, methods, out_dir, name='curves', ylabel='success (%)', ylim=(-2, 102)):
+    """One panel per domain: the metric (success in %, or `ylabel`) vs total steps per method, shaded 95% interval,
+    the end of the offline phase as a dashed line. `ylim=None`: the axis fits the curves (a normalised score).
 
     panels: [(title, offline_end_step or None, {method: dict(steps, mean, low, high, full)})]; `full` is False at
     steps where fewer runs than the method has contribute (unfinished or diverged runs): drawn dotted."""
@@ -59,8 +59,8 @@ def learning_curves(panels, methods, out_dir, name='curves', ylabel='success (%)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel('steps (offline, then online)', fontsize=8)
         ax.set_ylabel(ylabel, fontsize=8)
-        if ylabel == 'success (%)':
-            ax.set_ylim(-2, 102)
+        if ylim:
+            ax.set_ylim(*ylim)
         ax.set_xlim(left=0)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
