@@ -91,7 +91,7 @@ def run_point(name, timeout_s):
             raise RuntimeError(f'{name} failed:\n{result.stderr[-3000:]}')
         (run,) = report_runs.find_runs(os.path.join(tmp, 'runs'))
     task = point.env_name.replace('-singletask', '').replace('-v0', '')
-    successes = ', '.join(f'{step / 1000:g}K: {value:.0f}' for step, value in zip(run.steps, run.success))
+    successes = ', '.join(f'{step / 1000:g}K: {value:.0f}' for step, value in zip(run.steps, run.scores))
     return (f'| {name} | {task} | {point.inv_temp:g} | {point.episodes} | {point.depth}x{point.width} | '
             f'{point.critics} | {point.batch} | '
             f'{point.steps:,} | {generation:.0f} | {total:.0f} | {successes} |')

@@ -119,6 +119,42 @@ def test_a_swept_value_updates_as_that_value_in_the_config(data, module, name, s
         static.with_swept('num_qs', 4, static.config)
 
 
+SWEEP_CONTEXT = {('cgql', 'noisy_coef'): {'mode': 'mse'}}  # settings under which a key is used at all
+
+
+def sweep_values(default):
+    """(static value, swept value) of a sweepable key: both of the default's sign (agents branch on the static
+    config, e.g. edit_scale > 0 enables QAM-E), and different."""
+    return (default, default / 2) if default > 0 else (0.5, 0.1)  # half: stays in range (IFQL's expectile)
+
+
+@pytest.mark.parametrize('name, key', [(name, key) for name in agents.available_agents()
+                                       for key in agents.load_agent(name).Agent.SWEEPABLE])
+def test_every_sweepable_key_of_every_agent_is_read_as_its_traced_value(data, name, key):
+    """A member swept to `value` over a static config holding another value updates and acts exactly as an agent
+    created with `value`: a key read from the config instead of hyperparameter() would train every member of a
+    --hyper_sweep with the first member's value (and fail here)."""
+    module = agents.load_agent(name)
+    static_value, value = sweep_values(module.get_config()[key])
+    context = SWEEP_CONTEXT.get((name, key), {})
+    reference = create(module, 0, **context, **{key: value})
+    static = create(module, 0, **context, **{key: static_value})
+    swept = create(module, 0, **context, **{key: value}).with_swept(key, value, static.config)
+    batch = datasets.sample_chunks(data, jax.random.PRNGKey(5), 8, H, 0.99)
+    observations = data['observations'][:4]
+
+    def outcome(agent):  # two updates: at initialisation some keys have no effect yet (FAWAC's weights are all 1)
+        update = jax.jit(lambda a: a.update(batch)[0])
+        updated = update(update(agent))
+        return jax.tree.leaves(updated.network.params) + [updated.sample_actions(observations, jax.random.PRNGKey(6))]
+
+    expected = outcome(reference)
+    for x, y in zip(outcome(swept), expected):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
+    # The key matters: the static value alone updates or acts differently, so the comparison above can fail.
+    assert any(not np.allclose(x, y, rtol=1e-4, atol=1e-6) for x, y in zip(outcome(static), expected)), key
+
+
 @pytest.mark.parametrize('name', agents.available_agents())
 def test_every_agents_public_update_and_sample_actions_are_compiled(name):
     agent_class = agents.load_agent(name).Agent
