@@ -3,6 +3,7 @@ Minari's DataCollector on the gymnasium-robotics environments, recording what th
 loaded through the suite. The conventions (README, "D4RL tasks") are checked against a loop over those records.
 """
 
+import csv
 import json
 import os
 import shutil
@@ -274,8 +275,6 @@ def train_on_d4rl(agent, dataset_id, horizon_length, action_chunking, root, tmp_
     (run_dir,) = [root_dir for root_dir, _, files in os.walk(tmp_path) if 'DONE' in files]
     done = json.load(open(os.path.join(run_dir, 'DONE')))
     assert 'normalised score' in done['summary'] and 'normalised score' in result.stdout
-    import csv
-
     with open(os.path.join(run_dir, 'eval.csv')) as f:
         rows = list(csv.DictReader(f))
     assert [r['phase'] for r in rows] == ['online'] * 2 if online_only else ['offline'] * 2 + ['online'] * 2
