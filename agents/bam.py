@@ -75,7 +75,7 @@ class BAMAgent(ChunkedAgent):
         bc_key, sde_key = jax.random.split(rng)
         observations, actions = batch['observations'], self.flat_actions(batch['actions'])
         bc_loss = flow.bc_flow_loss(self.network.select('behavior_flow', grad_params['behavior_flow']),
-                                    observations, actions, batch['valid'][:, -1], bc_key)
+                                    observations, actions, batch['valid'], bc_key)
         bam_loss, info = self.sde_objective(observations, grad_params, sde_key)
         loss = bc_loss + bam_loss
         return loss, {**info, 'actor/bc_flow_loss': bc_loss, 'actor/actor_loss': loss}

@@ -74,14 +74,14 @@ class CGQLAgent(ChunkedAgent):
         loss, info = td_loss, {'critic/td_loss': td_loss}
         if self.config.mode != 'simple':
             noisy_loss = self.noisy_critic_loss(batch['observations'], self.flat_actions(batch['actions']),
-                                                batch['valid'][:, -1], grad_params['critic'], noisy_key)
+                                                batch['valid'], grad_params['critic'], noisy_key)
             loss, info['critic/noisy_loss'] = td_loss + self.hyperparameter('noisy_coef') * noisy_loss, noisy_loss
         return loss, {**info, **self.critic_info(loss, q)}
 
     def actor_loss(self, batch, grad_params, rng):
         """Plain BC flow loss on f_β (valid-weighted); the policy is improved only by guidance when sampling."""
         loss = flow.bc_flow_loss(self.network.select('behavior_flow', grad_params['behavior_flow']),
-                                 batch['observations'], self.flat_actions(batch['actions']), batch['valid'][:, -1], rng)
+                                 batch['observations'], self.flat_actions(batch['actions']), batch['valid'], rng)
         return loss, {'actor/actor_loss': loss, 'actor/bc_flow_loss': loss}
 
     def total_loss(self, batch, grad_params, rng):

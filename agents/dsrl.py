@@ -64,7 +64,7 @@ class DSRLAgent(ChunkedAgent):
         bc_key, policy_key = jax.random.split(rng)
         observations, actions = batch['observations'], self.flat_actions(batch['actions'])
         bc_loss = flow.bc_flow_loss(self.network.select('behavior_flow', grad_params['behavior_flow']),
-                                    observations, actions, batch['valid'][:, -1], bc_key)
+                                    observations, actions, batch['valid'], bc_key)
         means, log_stds = self.network.apply('noise_policy', observations, params=grad_params['noise_policy'])
         latents, log_probs = rl.tanh_gaussian_sample(policy_key, means, log_stds)  # reparameterised, in (−1, 1)
         # Noise critic with its stored parameters (fixed call): the gradient reaches π_z through z.

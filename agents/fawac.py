@@ -47,7 +47,7 @@ class FAWACAgent(ChunkedAgent):
         observations, actions = batch['observations'], self.flat_actions(batch['actions'])
         target_q = jax.lax.stop_gradient(self.network.apply('target_critic', observations, actions))  # (K, B)
         v = self.network.apply('value', observations, params=grad_params['value'])
-        loss = jnp.mean(batch['valid'][:, -1][None] * (target_q - v[None]) ** 2)
+        loss = jnp.mean(batch['valid'][None] * (target_q - v[None]) ** 2)
         return loss, {'value/value_loss': loss, 'value/v_mean': v.mean(), 'value/v_max': v.max(),
                       'value/v_min': v.min()}
 
@@ -56,7 +56,7 @@ class FAWACAgent(ChunkedAgent):
         observations, actions = batch['observations'], self.flat_actions(batch['actions'])
         weights, advantages = self.advantage_weights(observations, actions)
         loss = flow.bc_flow_loss(self.network.select('flow_policy', grad_params['flow_policy']), observations,
-                                 actions, weights * batch['valid'][:, -1], rng)
+                                 actions, weights * batch['valid'], rng)
         return loss, {'actor/actor_loss': loss, 'actor/adv_mean': advantages.mean(),
                       'actor/weight_mean': weights.mean(), 'actor/weight_max': weights.max(),
                       'actor/capped_fraction': jnp.mean(weights >= MAX_WEIGHT)}

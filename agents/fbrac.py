@@ -37,7 +37,7 @@ class FBRACAgent(ChunkedAgent):
         bc_key, noise_key = jax.random.split(rng)
         observations, actions = batch['observations'], self.flat_actions(batch['actions'])
         actor_flow = self.network.select('actor_flow', grad_params['actor_flow'])  # trainable
-        bc_loss = flow.bc_flow_loss(actor_flow, observations, actions, batch['valid'][:, -1], bc_key)
+        bc_loss = flow.bc_flow_loss(actor_flow, observations, actions, batch['valid'], bc_key)
 
         noises = jax.random.normal(noise_key, actions.shape)
         # Gradients flow through every Euler step and through the final clip (zero where it saturates).

@@ -54,7 +54,7 @@ class FEditAgent(ChunkedAgent):
         bc_key, noise_key, edit_key = jax.random.split(rng, 3)
         observations, actions = batch['observations'], self.flat_actions(batch['actions'])
         bc_loss = flow.bc_flow_loss(self.network.select('behavior_flow', grad_params['behavior_flow']),
-                                    observations, actions, batch['valid'][:, -1], bc_key)
+                                    observations, actions, batch['valid'], bc_key)
 
         flow_actions = self.flow_actions(observations, jax.random.normal(noise_key, actions.shape))
         edited, log_probs = self.edited_actions(observations, flow_actions, edit_key, grad_params['edit_actor'])

@@ -45,7 +45,7 @@ class FQLAgent(ChunkedAgent):
         bc_key, noise_key = jax.random.split(rng)
         observations, actions = batch['observations'], self.flat_actions(batch['actions'])
         bc_loss = flow.bc_flow_loss(self.network.select('behavior_flow', grad_params['behavior_flow']),
-                                    observations, actions, batch['valid'][:, -1], bc_key)
+                                    observations, actions, batch['valid'], bc_key)
 
         noises = jax.random.normal(noise_key, actions.shape)
         targets = self.distillation_targets(observations, noises)  # constant

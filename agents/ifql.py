@@ -46,17 +46,17 @@ class IFQLAgent(ChunkedAgent):
     def critic_loss(self, batch, grad_params):
         """TD loss with y = r + γ^H·m·V(s') from the ONLINE value network (fixed call); no policy sample at s'."""
         observations, actions = batch['observations'], self.flat_actions(batch['actions'])
-        next_v = self.network.apply('value', batch['next_observations'][:, -1])  # stored parameters: fixed call
-        bootstrap = self.config.discount**self.config.horizon_length * batch['masks'][:, -1]
-        targets = batch['rewards'][:, -1] + bootstrap * next_v
+        next_v = self.network.apply('value', batch['next_observation'])  # stored parameters: fixed call
+        bootstrap = self.config.discount**self.config.horizon_length * batch['bootstrap_mask']
+        targets = batch['chunk_return'] + bootstrap * next_v
         q = self.network.apply('critic', observations, actions, params=grad_params['critic'])
-        loss = rl.critic_loss(q, jax.lax.stop_gradient(targets), batch['valid'][:, -1])
+        loss = rl.critic_loss(q, jax.lax.stop_gradient(targets), batch['valid'])
         return loss, self.critic_info(loss, q)
 
     def actor_loss(self, batch, grad_params, rng):
         """Plain BC flow loss on f_β (valid-weighted)."""
         loss = flow.bc_flow_loss(self.network.select('behavior_flow', grad_params['behavior_flow']),
-                                 batch['observations'], self.flat_actions(batch['actions']), batch['valid'][:, -1], rng)
+                                 batch['observations'], self.flat_actions(batch['actions']), batch['valid'], rng)
         return loss, {'actor/actor_loss': loss, 'actor/bc_flow_loss': loss}
 
     def total_loss(self, batch, grad_params, rng):

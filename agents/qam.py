@@ -110,7 +110,7 @@ class QAMAgent(ChunkedAgent):
         bc_key, adjoint_key, noise_key, edit_key = jax.random.split(rng, 4)
         observations, actions = batch['observations'], self.flat_actions(batch['actions'])
         bc_loss = flow.bc_flow_loss(self.network.select('behavior_flow', grad_params['behavior_flow']),
-                                    observations, actions, batch['valid'][:, -1], bc_key)
+                                    observations, actions, batch['valid'], bc_key)
 
         # Lean adjoint matching: every step i = 0 … T−1 regresses f_θ(s, x[i], t_i) at once.
         num_steps = self.config.flow_steps

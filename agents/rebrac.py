@@ -65,7 +65,7 @@ class ReBRACAgent(ChunkedAgent):
         q = rl.pessimistic_value(self.network.apply('critic', observations, policy_actions), self.config.rho)
         q_scale = jax.lax.stop_gradient(1.0 / jnp.mean(jnp.abs(q)))
         q_loss = -jnp.mean(q_scale * q)
-        bc_loss = jnp.mean(batch['valid'][:, -1] * jnp.sum((policy_actions - actions) ** 2, axis=-1))
+        bc_loss = jnp.mean(batch['valid'] * jnp.sum((policy_actions - actions) ** 2, axis=-1))
         loss = q_loss + self.hyperparameter('alpha_actor') * bc_loss
         return loss, {'actor/actor_loss': loss, 'actor/q_loss': q_loss, 'actor/bc_loss': bc_loss,
                       'actor/q': q.mean(), 'actor/q_scale': q_scale,

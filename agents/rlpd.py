@@ -53,7 +53,7 @@ class RLPDAgent(ChunkedAgent):
         policy_loss = sac_loss - alpha_loss
         # Log-likelihood of the dataset chunks (clipped to ±(1 − 1e-5) inside), masked by `valid`.
         bc_log_probs = rl.tanh_gaussian_log_prob(means, log_stds, actions)
-        bc_loss = -self.hyperparameter('bc_alpha') * jnp.mean(batch['valid'][:, -1] * bc_log_probs)
+        bc_loss = -self.hyperparameter('bc_alpha') * jnp.mean(batch['valid'] * bc_log_probs)
         loss = sac_loss + bc_loss
         return loss, {'actor/actor_loss': loss, 'actor/policy_loss': policy_loss, 'actor/q': q.mean(),
                       'actor/bc_loss': bc_loss, 'actor/bc_log_prob': bc_log_probs.mean(), 'actor/alpha': alpha,

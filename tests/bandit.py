@@ -2,7 +2,7 @@
 
 The observation is constant, H = 1, and the behaviour data has two well-separated action modes in equal
 proportion: every action dimension near +0.5 (reward 1) or every dimension near −0.5 (reward 0), with tiny
-Gaussian noise. Every transition is terminal (masks 0, valid 1), so Q(s, a) = r. Behaviour cloning puts
+Gaussian noise. Every transition is terminal (bootstrap_mask 0, valid 1), so Q(s, a) = r. Behaviour cloning puts
 half of its samples in each mode; a policy improved with the critic should prefer the +0.5 mode.
 
     fraction = high_mode_fraction(agent_module, {'inv_temp': 3.0}, num_updates=300)
@@ -36,7 +36,7 @@ SMALL_CONFIG = dict(
 
 
 def make_dataset(num_samples=1024, noise=0.05, seed=0):
-    """The bandit data as (B, H=1, ·) arrays in the batch format of ALGORITHMS §1.1; exactly half per mode."""
+    """The bandit data in the sampler's batch format (utils/datasets.py) with H = 1; exactly half per mode."""
     rng = np.random.default_rng(seed)
     high = np.arange(num_samples) % 2 == 0
     centres = np.where(high, HIGH_MODE, LOW_MODE)[:, None]
@@ -46,11 +46,10 @@ def make_dataset(num_samples=1024, noise=0.05, seed=0):
     data = dict(
         observations=observations,
         actions=actions[:, None, :],
-        rewards=rewards[:, None],
-        masks=np.zeros((num_samples, 1)),
-        valid=np.ones((num_samples, 1)),
-        terminals=np.ones((num_samples, 1)),
-        next_observations=observations[:, None, :],
+        chunk_return=rewards,
+        bootstrap_mask=np.zeros(num_samples),
+        valid=np.ones(num_samples),
+        next_observation=observations,
     )
     return {key: jnp.asarray(value, jnp.float32) for key, value in data.items()}
 

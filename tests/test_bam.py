@@ -20,6 +20,7 @@ from jax.flatten_util import ravel_pytree
 
 from agents import bam
 from tests import bandit
+from tests.batches import random_batch
 from utils import flow, rl
 
 O, A, H = 5, 2, 2
@@ -41,17 +42,7 @@ def create(seed=0, **overrides):
 
 
 def make_batch(key, batch_size=B):
-    keys = jax.random.split(key, 4)
-    valid = jnp.ones((batch_size, H)).at[::4, -1].set(0.0)
-    return dict(
-        observations=jax.random.normal(keys[0], (batch_size, O)),
-        actions=jax.random.uniform(keys[1], (batch_size, H, A), minval=-1, maxval=1),
-        rewards=jax.random.normal(keys[2], (batch_size, H)),
-        masks=jnp.ones((batch_size, H)).at[1::3, -1].set(0.0),
-        valid=valid,
-        terminals=1.0 - valid,
-        next_observations=jax.random.normal(keys[3], (batch_size, H, O)),
-    )
+    return random_batch(key, O, A, H, batch_size)
 
 
 def with_params(agent, name, params):
@@ -161,7 +152,7 @@ def test_sde_objective_gradient_equals_backprop_through_the_unrolled_chain(optio
     grads = jax.jit(jax.grad(lambda p: loss_fn(p)[0]))(params)
 
     bc_key, sde_key = jax.random.split(key)
-    s, a, w = batch['observations'], batch['actions'].reshape(B, D), batch['valid'][:, -1]
+    s, a, w = batch['observations'], batch['actions'].reshape(B, D), batch['valid']
     unrolled = jax.jit(lambda p: unrolled_sde_objective(agent, p, s, sde_key))
     expected, (q, cost, final) = unrolled(params['finetuned_flow'])
     assert np.abs(np.asarray(final)).max() > 1  # the terminal action enters the critic unclipped
@@ -236,14 +227,14 @@ def test_critic_loss_matches_direct_computation(agent):
     batch = make_batch(jax.random.PRNGKey(2))
     key = jax.random.PRNGKey(3)
     loss, info = jax.jit(type(agent).critic_loss)(agent, batch, agent.network.trainable_params, key)
-    next_observations = batch['next_observations'][:, -1]
+    next_observations = batch['next_observation']
     next_actions = euler_loop(agent.network.select('finetuned_flow'), next_observations,  # acting ODE, critic key
                               jax.random.normal(key, (B, D)))
     next_q = np.asarray(agent.network.apply('target_critic', next_observations, next_actions), np.float64)
     v = next_q.mean(0) - 0.5 * np.sqrt(np.mean((next_q - next_q.mean(0)) ** 2, axis=0))
-    y = np.asarray(batch['rewards'][:, -1]) + 0.9**H * np.asarray(batch['masks'][:, -1]) * v
+    y = np.asarray(batch['chunk_return']) + 0.9**H * np.asarray(batch['bootstrap_mask']) * v
     q = np.asarray(agent.network.apply('critic', batch['observations'], batch['actions'].reshape(B, D)))
-    w = np.asarray(batch['valid'][:, -1])
+    w = np.asarray(batch['valid'])
     assert w.min() == 0  # rows with w = 0 stay in the denominator K·B
     np.testing.assert_allclose(loss, np.sum(w * (q - y) ** 2) / (2 * B), rtol=1e-5)
     np.testing.assert_allclose([info['critic/q_mean'], info['critic/q_max'], info['critic/q_min']],

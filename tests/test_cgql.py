@@ -17,6 +17,7 @@ import pytest
 
 from agents import cgql
 from tests import bandit
+from tests.batches import random_batch
 
 O, A, H = 5, 2, 2
 D = H * A
@@ -37,17 +38,7 @@ def create(seed=0, **overrides):
 
 
 def make_batch(key, batch_size=B):
-    keys = jax.random.split(key, 4)
-    valid = jnp.ones((batch_size, H)).at[::4, -1].set(0.0)
-    return dict(
-        observations=jax.random.normal(keys[0], (batch_size, O)),
-        actions=jax.random.uniform(keys[1], (batch_size, H, A), minval=-1, maxval=1),
-        rewards=jax.random.normal(keys[2], (batch_size, H)),
-        masks=jnp.ones((batch_size, H)).at[1::3, -1].set(0.0),
-        valid=valid,
-        terminals=1.0 - valid,
-        next_observations=jax.random.normal(keys[3], (batch_size, H, O)),
-    )
+    return random_batch(key, O, A, H, batch_size)
 
 
 def with_params(agent, name, params):
@@ -190,12 +181,12 @@ def direct_noisy_terms(agent, batch, key):
     nq = np.asarray(agent.network.apply('critic', observations, noisy, jnp.asarray(t, jnp.float32)), np.float64)
     tq = np.asarray(agent.network.apply('target_critic', observations, jnp.asarray(actions), jnp.ones((B, 1))),
                     np.float64)
-    return nq, tq, np.asarray(batch['valid'][:, -1])
+    return nq, tq, np.asarray(batch['valid'])
 
 
 def test_noisy_critic_losses_match_direct_computation(agent):
     batch, key = make_batch(jax.random.PRNGKey(7)), jax.random.PRNGKey(8)
-    observations, actions, valid = batch['observations'], batch['actions'].reshape(B, D), batch['valid'][:, -1]
+    observations, actions, valid = batch['observations'], batch['actions'].reshape(B, D), batch['valid']
     nq, tq, w = direct_noisy_terms(agent, batch, key)
     params = agent.network.params['critic']
 
@@ -222,16 +213,16 @@ def test_critic_loss_is_td_at_time_one_plus_noisy_term(agent, mode):
     batch, key = make_batch(jax.random.PRNGKey(9)), jax.random.PRNGKey(10)
     loss, info = jax.jit(type(candidate).critic_loss)(candidate, batch, candidate.network.trainable_params, key)
     next_key, noisy_key = jax.random.split(key)
-    next_observations = batch['next_observations'][:, -1]
+    next_observations = batch['next_observation']
     next_actions = candidate.sample_actions(next_observations, next_key)
     ones = jnp.ones((B, 1))
     next_q = np.asarray(candidate.network.apply('target_critic', next_observations,
                                                 jnp.asarray(next_actions, jnp.float32), ones), np.float64)
     v = next_q.mean(0) - 0.5 * np.sqrt(np.mean((next_q - next_q.mean(0)) ** 2, axis=0))
-    y = np.asarray(batch['rewards'][:, -1]) + 0.9**H * np.asarray(batch['masks'][:, -1]) * v
+    y = np.asarray(batch['chunk_return']) + 0.9**H * np.asarray(batch['bootstrap_mask']) * v
     q = np.asarray(candidate.network.apply('critic', batch['observations'], batch['actions'].reshape(B, D), ones),
                    np.float64)
-    w = np.asarray(batch['valid'][:, -1])
+    w = np.asarray(batch['valid'])
     td = np.sum(w * (q - y) ** 2) / (2 * B)
     np.testing.assert_allclose(info['critic/td_loss'], td, rtol=1e-4)
     if mode == 'simple':
@@ -259,7 +250,7 @@ def test_actor_loss_is_bc_flow_loss_on_online_flow(agent):
     x0, t = np.asarray(jax.random.normal(x0_key, (B, D))), np.asarray(jax.random.uniform(t_key, (B, 1)))
     velocity = np.asarray(agent.network.apply('behavior_flow', batch['observations'],
                                               jnp.asarray((1 - t) * x0 + t * actions), jnp.asarray(t)))
-    w = np.asarray(batch['valid'][:, -1])
+    w = np.asarray(batch['valid'])
     np.testing.assert_allclose(loss, np.mean(w * np.mean((velocity - (actions - x0)) ** 2, axis=-1)), rtol=1e-4)
     grads = jax.jit(jax.grad(lambda p: agent.actor_loss(batch, p, key)[0]))(params)
     assert global_norm(grads['behavior_flow']) > 0 and global_norm(grads['critic']) == 0

@@ -25,14 +25,14 @@ def reference_chunk(d, t, horizon, discount):
         rewards.append(rewards[-1] + discount**i * d['rewards'][c] * valid[i])
         masks.append(min(masks[-1], d['masks'][c]) if valid[i] else masks[-1])
         next_obs.append(d['next_observations'][c] if valid[i] else next_obs[-1])
+    # The batch holds what the recursion reached at the chunk's last step.
     return dict(
         observations=d['observations'][t],
         actions=np.stack([d['actions'][t + i] for i in range(horizon)]),
-        rewards=np.array(rewards),
-        masks=np.array(masks),
-        valid=np.array(valid),
-        terminals=np.array(terminals),
-        next_observations=np.stack(next_obs),
+        chunk_return=rewards[-1],
+        bootstrap_mask=masks[-1],
+        valid=valid[-1],
+        next_observation=next_obs[-1],
     )
 
 
@@ -61,7 +61,8 @@ def worked_example():
     )
 
 
-# PROTOCOL §5 table: start -> (rewards, masks, valid, terminals, next-observation rows).
+# PROTOCOL §5 table: start -> (rewards, masks, valid, terminals, next-observation rows) at steps i = 0, 1, 2. A chunk of
+# length h ends at step h - 1, so sampling with h = 1, 2, 3 reads every column of the table.
 WORKED_TABLE = {
     0: ([-1, -1.9, -2.71], [1, 1, 0], [1, 1, 1], [0, 0, 0], [0, 1, 2]),
     1: ([-1, -1.9, -2.71], [1, 0, 0], [1, 1, 1], [0, 0, 1], [1, 2, 3]),
@@ -73,20 +74,22 @@ WORKED_TABLE = {
 
 
 @pytest.mark.parametrize('backend', ['numpy', 'jax'])
-def test_worked_example(backend):
+@pytest.mark.parametrize('horizon', [1, 2, 3])
+def test_worked_example(backend, horizon):
     data = worked_example()
     starts = np.arange(6)
     if backend == 'numpy':
-        batch = datasets.sample_chunks_at_np(data, starts, 3, 0.9)
+        batch = datasets.sample_chunks_at_np(data, starts, horizon, 0.9)
     else:
-        batch = jax.tree.map(np.asarray, datasets.sample_chunks_at(datasets.to_device(data), jnp.asarray(starts), 3, 0.9))
-    for t, (rewards, masks, valid, terminals, next_rows) in WORKED_TABLE.items():
-        np.testing.assert_allclose(batch['rewards'][t], rewards, atol=1e-6)
-        np.testing.assert_array_equal(batch['masks'][t], masks)
-        np.testing.assert_array_equal(batch['valid'][t], valid)
-        np.testing.assert_array_equal(batch['terminals'][t], terminals)
-        np.testing.assert_array_equal(batch['next_observations'][t, :, 0], 100 + np.array(next_rows))
-        np.testing.assert_array_equal(batch['actions'][t, :, 0], t + np.arange(3))
+        batch = jax.tree.map(np.asarray,
+                             datasets.sample_chunks_at(datasets.to_device(data), jnp.asarray(starts), horizon, 0.9))
+    end = horizon - 1
+    for t, (rewards, masks, valid, _, next_rows) in WORKED_TABLE.items():
+        np.testing.assert_allclose(batch['chunk_return'][t], rewards[end], atol=1e-6)
+        assert batch['bootstrap_mask'][t] == masks[end]
+        assert batch['valid'][t] == valid[end]
+        assert batch['next_observation'][t, 0] == 100 + next_rows[end]
+        np.testing.assert_array_equal(batch['actions'][t, :, 0], t + np.arange(horizon))
         assert batch['observations'][t, 0] == t
 
 
@@ -116,9 +119,9 @@ def test_random_starts_cover_range_and_shapes():
     for batch in (host, device):
         assert batch['observations'].shape == (500, 4)
         assert batch['actions'].shape == (500, 5, 3)
-        assert batch['next_observations'].shape == (500, 5, 4)
-        for key in ('rewards', 'masks', 'valid', 'terminals'):
-            assert batch[key].shape == (500, 5)
+        assert batch['next_observation'].shape == (500, 4)
+        for key in ('chunk_return', 'bootstrap_mask', 'valid'):
+            assert batch[key].shape == (500,)
         assert all(batch[k].dtype == np.float32 for k in batch)
         # Starts lie in {0..N-H}: every first observation is one of those rows, and all of them occur.
         first = np.asarray(batch['observations'])

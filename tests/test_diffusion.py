@@ -3,7 +3,7 @@
 gradient against finite differences, the masked noise-prediction loss, and the DDPM sampler against an unrolled
 loop and against known Gaussian data with the exact optimal noise predictor.
 
-The helpers at the top (`ddpm_loop`, `make_batch`, …) are reused by tests/test_dac.py and tests/test_qsm.py."""
+The helpers at the top (`ddpm_loop`, `perturbed`, …) are reused by tests/test_dac.py and tests/test_qsm.py."""
 
 import jax
 import jax.numpy as jnp
@@ -54,19 +54,6 @@ def ddpm_loop(noise_fn, observations, rng, action_size, num_steps, clip_before, 
     return x
 
 
-def make_batch(key, obs_dim, action_dim, horizon, batch_size=16):
-    """A random batch in the format of §1.1; every 4th row has valid[−1] = 0, every 3rd (from 1) masks[−1] = 0."""
-    keys = jax.random.split(key, 4)
-    valid = jnp.ones((batch_size, horizon)).at[::4, -1].set(0.0)
-    return dict(
-        observations=jax.random.normal(keys[0], (batch_size, obs_dim)),
-        actions=jax.random.uniform(keys[1], (batch_size, horizon, action_dim), minval=-1, maxval=1),
-        rewards=jax.random.normal(keys[2], (batch_size, horizon)),
-        masks=jnp.ones((batch_size, horizon)).at[1::3, -1].set(0.0),
-        valid=valid,
-        terminals=1.0 - valid,
-        next_observations=jax.random.normal(keys[3], (batch_size, horizon, obs_dim)),
-    )
 
 
 def with_params(agent, name, params):

@@ -19,6 +19,7 @@ import pytest
 
 from agents import dsrl
 from tests import bandit
+from tests.batches import random_batch
 
 O, A, H = 5, 2, 2
 D = H * A
@@ -38,17 +39,7 @@ def create(seed=0, **overrides):
 
 
 def make_batch(key, batch_size=16):
-    keys = jax.random.split(key, 4)
-    valid = jnp.ones((batch_size, H)).at[::4, -1].set(0.0)
-    return dict(
-        observations=jax.random.normal(keys[0], (batch_size, O)),
-        actions=jax.random.uniform(keys[1], (batch_size, H, A), minval=-1, maxval=1),
-        rewards=jax.random.normal(keys[2], (batch_size, H)),
-        masks=jnp.ones((batch_size, H)).at[1::3, -1].set(0.0),
-        valid=valid,
-        terminals=1.0 - valid,
-        next_observations=jax.random.normal(keys[3], (batch_size, H, O)),
-    )
+    return random_batch(key, O, A, H, batch_size)
 
 
 def with_config(agent, **changes):
@@ -136,14 +127,14 @@ def test_critic_loss_is_td_plus_memberwise_distillation(agent):
     loss, info = jax.jit(type(agent).critic_loss)(agent, batch, params, key)
     target_key, distill_key = jax.random.split(key)
 
-    next_observations = batch['next_observations'][:, -1]
+    next_observations = batch['next_observation']
     latents, _ = np_noise_policy_sample(agent, next_observations, target_key)
     next_actions = euler_loop(agent, 'target_behavior_flow', next_observations, jnp.asarray(0.7 * latents, jnp.float32))
     next_q = agent.network.apply('target_critic', next_observations, next_actions)
-    y = np.asarray(batch['rewards'][:, -1]) + 0.9**H * np.asarray(batch['masks'][:, -1]) * np_pessimistic(next_q, 0.5)
+    y = np.asarray(batch['chunk_return']) + 0.9**H * np.asarray(batch['bootstrap_mask']) * np_pessimistic(next_q, 0.5)
     observations = batch['observations']
     q = np.asarray(agent.network.apply('critic', observations, batch['actions'].reshape(16, D)), np.float64)
-    w = np.asarray(batch['valid'][:, -1])
+    w = np.asarray(batch['valid'])
     td_loss = np.sum(w * (q - y) ** 2) / (2 * 16)
 
     noises = jax.random.normal(distill_key, (16, D))  # plain N(0, I): not scaled by noise_scale, not clipped
@@ -181,7 +172,7 @@ def test_actor_loss_matches_direct_computation_and_routes_gradients(agent):
     x_t = (1 - t) * x0 + t * actions
     velocity = np.asarray(agent.network.apply('behavior_flow', observations, jnp.asarray(x_t, jnp.float32),
                                               jnp.asarray(t, jnp.float32)), np.float64)
-    bc_loss = np.mean(np.asarray(batch['valid'][:, -1]) * np.mean((velocity - (actions - x0)) ** 2, axis=-1))
+    bc_loss = np.mean(np.asarray(batch['valid']) * np.mean((velocity - (actions - x0)) ** 2, axis=-1))
 
     latents, log_probs = np_noise_policy_sample(agent, observations, policy_key)
     q = np.asarray(agent.network.apply('noise_critic', observations, jnp.asarray(0.7 * latents, jnp.float32)),

@@ -16,6 +16,7 @@ import pytest
 
 from agents import fawac
 from tests import bandit
+from tests.batches import random_batch
 
 O, A, H = 5, 2, 2
 D = H * A
@@ -35,17 +36,7 @@ def create(seed=0, **overrides):
 
 
 def make_batch(key, batch_size=B):
-    keys = jax.random.split(key, 4)
-    valid = jnp.ones((batch_size, H)).at[::4, -1].set(0.0)
-    return dict(
-        observations=jax.random.normal(keys[0], (batch_size, O)),
-        actions=jax.random.uniform(keys[1], (batch_size, H, A), minval=-1, maxval=1),
-        rewards=jax.random.normal(keys[2], (batch_size, H)),
-        masks=jnp.ones((batch_size, H)).at[1::3, -1].set(0.0),
-        valid=valid,
-        terminals=1.0 - valid,
-        next_observations=jax.random.normal(keys[3], (batch_size, H, O)),
-    )
+    return random_batch(key, O, A, H, batch_size)
 
 
 def with_params(agent, name, params):
@@ -99,13 +90,13 @@ def test_advantage_weights_are_capped_exponentials(agent):
 def test_critic_loss_matches_direct_computation(agent):
     batch, key = make_batch(jax.random.PRNGKey(1)), jax.random.PRNGKey(2)
     loss, info = jax.jit(type(agent).critic_loss)(agent, batch, agent.network.trainable_params, key)
-    next_observations = batch['next_observations'][:, -1]
+    next_observations = batch['next_observation']
     next_actions = euler_loop(agent, next_observations, jax.random.normal(key, (B, D)))  # the acting policy
     next_q = np.asarray(agent.network.apply('target_critic', next_observations, jnp.asarray(next_actions)), np.float64)
     v = next_q.mean(0) - 0.5 * np.sqrt(np.mean((next_q - next_q.mean(0)) ** 2, axis=0))
-    y = np.asarray(batch['rewards'][:, -1]) + 0.9**H * np.asarray(batch['masks'][:, -1]) * v
+    y = np.asarray(batch['chunk_return']) + 0.9**H * np.asarray(batch['bootstrap_mask']) * v
     q = np.asarray(agent.network.apply('critic', batch['observations'], batch['actions'].reshape(B, D)), np.float64)
-    w = np.asarray(batch['valid'][:, -1])
+    w = np.asarray(batch['valid'])
     assert w.min() == 0
     np.testing.assert_allclose(loss, np.sum(w * (q - y) ** 2) / (2 * B), rtol=1e-4)
     np.testing.assert_allclose([info['critic/q_mean'], info['critic/q_max'], info['critic/q_min']],
@@ -118,7 +109,7 @@ def test_value_loss_regresses_every_target_critic_member(agent):
     target_q = np.asarray(agent.network.apply('target_critic', batch['observations'],
                                               batch['actions'].reshape(B, D)), np.float64)  # (K, B)
     v = np.asarray(agent.network.apply('value', batch['observations']), np.float64)
-    w = np.asarray(batch['valid'][:, -1])
+    w = np.asarray(batch['valid'])
     np.testing.assert_allclose(loss, np.sum(w * (target_q - v) ** 2) / (2 * B), rtol=1e-5)
 
 
@@ -131,7 +122,7 @@ def test_actor_loss_is_the_weighted_flow_matching_loss(agent):
     velocity = np.asarray(agent.network.apply('flow_policy', batch['observations'],
                                               jnp.asarray((1 - t) * x0 + t * actions), jnp.asarray(t)))
     weights = np.minimum(np.exp(10.0 * direct_advantages(agent, batch)), 100.0)
-    w = np.asarray(batch['valid'][:, -1])
+    w = np.asarray(batch['valid'])
     expected = np.mean(weights * w * np.mean((velocity - (actions - x0)) ** 2, axis=-1))
     np.testing.assert_allclose(loss, expected, rtol=1e-4)
     np.testing.assert_allclose(info['actor/weight_max'], weights.max(), rtol=1e-4)

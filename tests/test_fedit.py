@@ -15,6 +15,7 @@ import pytest
 
 from agents import fedit
 from tests import bandit
+from tests.batches import random_batch
 
 O, A, H = 5, 2, 2
 D = H * A
@@ -34,17 +35,7 @@ def create(seed=0, **overrides):
 
 
 def make_batch(key, batch_size=B):
-    keys = jax.random.split(key, 4)
-    valid = jnp.ones((batch_size, H)).at[::4, -1].set(0.0)
-    return dict(
-        observations=jax.random.normal(keys[0], (batch_size, O)),
-        actions=jax.random.uniform(keys[1], (batch_size, H, A), minval=-1, maxval=1),
-        rewards=jax.random.normal(keys[2], (batch_size, H)),
-        masks=jnp.ones((batch_size, H)).at[1::3, -1].set(0.0),
-        valid=valid,
-        terminals=1.0 - valid,
-        next_observations=jax.random.normal(keys[3], (batch_size, H, O)),
-    )
+    return random_batch(key, O, A, H, batch_size)
 
 
 def with_params(agent, name, params):
@@ -97,14 +88,14 @@ def agent():
 def test_critic_loss_matches_direct_computation(agent):
     batch, key = make_batch(jax.random.PRNGKey(0)), jax.random.PRNGKey(1)
     loss, info = jax.jit(type(agent).critic_loss)(agent, batch, agent.network.trainable_params, key)
-    next_observations = batch['next_observations'][:, -1]
+    next_observations = batch['next_observation']
     next_actions = direct_sample(agent, next_observations, key)  # flow + stochastic edit, the acting policy
     next_q = np.asarray(agent.network.apply('target_critic', next_observations, jnp.asarray(next_actions, jnp.float32)),
                         np.float64)
     v = next_q.mean(0) - 0.5 * np.sqrt(np.mean((next_q - next_q.mean(0)) ** 2, axis=0))
-    y = np.asarray(batch['rewards'][:, -1]) + 0.9**H * np.asarray(batch['masks'][:, -1]) * v
+    y = np.asarray(batch['chunk_return']) + 0.9**H * np.asarray(batch['bootstrap_mask']) * v
     q = np.asarray(agent.network.apply('critic', batch['observations'], batch['actions'].reshape(B, D)), np.float64)
-    w = np.asarray(batch['valid'][:, -1])
+    w = np.asarray(batch['valid'])
     assert w.min() == 0  # rows with w = 0 stay in the denominator K·B
     np.testing.assert_allclose(loss, np.sum(w * (q - y) ** 2) / (2 * B), rtol=1e-4)
     np.testing.assert_allclose([info['critic/q_mean'], info['critic/q_max'], info['critic/q_min']],
@@ -123,7 +114,7 @@ def test_actor_loss_matches_direct_computation_and_routes_gradients(agent):
     x0, t = np.asarray(jax.random.normal(x0_key, (B, D))), np.asarray(jax.random.uniform(t_key, (B, 1)))
     x_t = (1 - t) * x0 + t * actions
     v = np.asarray(agent.network.apply('behavior_flow', observations, jnp.asarray(x_t), jnp.asarray(t)))
-    bc = np.mean(np.asarray(batch['valid'][:, -1]) * np.mean((v - (actions - x0)) ** 2, axis=-1))
+    bc = np.mean(np.asarray(batch['valid']) * np.mean((v - (actions - x0)) ** 2, axis=-1))
 
     flow_actions = euler_loop(agent, observations, jax.random.normal(noise_key, (B, D)))
     edits, log_probs = edit_sample(agent, observations, flow_actions, edit_key)

@@ -15,6 +15,7 @@ import pytest
 
 from agents import fql
 from tests import bandit
+from tests.batches import random_batch
 
 O, A, H = 5, 2, 2
 D = H * A
@@ -34,17 +35,7 @@ def create(seed=0, **overrides):
 
 
 def make_batch(key, batch_size=B):
-    keys = jax.random.split(key, 4)
-    valid = jnp.ones((batch_size, H)).at[::4, -1].set(0.0)
-    return dict(
-        observations=jax.random.normal(keys[0], (batch_size, O)),
-        actions=jax.random.uniform(keys[1], (batch_size, H, A), minval=-1, maxval=1),
-        rewards=jax.random.normal(keys[2], (batch_size, H)),
-        masks=jnp.ones((batch_size, H)).at[1::3, -1].set(0.0),
-        valid=valid,
-        terminals=1.0 - valid,
-        next_observations=jax.random.normal(keys[3], (batch_size, H, O)),
-    )
+    return random_batch(key, O, A, H, batch_size)
 
 
 def with_params(agent, name, params):
@@ -110,7 +101,7 @@ def test_actor_loss_and_gradients_match_direct_recomputation(agent):
     loss, info = loss_fn(params)
 
     bc_key, noise_key = jax.random.split(key)
-    s, a, w = batch['observations'], batch['actions'].reshape(B, D), batch['valid'][:, -1]
+    s, a, w = batch['observations'], batch['actions'].reshape(B, D), batch['valid']
     noises = jax.random.normal(noise_key, (B, D))
     net = agent.network
 
@@ -146,14 +137,14 @@ def test_critic_loss_matches_direct_computation(agent):
     key = jax.random.PRNGKey(3)
     agent = with_params(agent, 'target_critic', perturbed(agent.network.params['target_critic'], jax.random.PRNGKey(4)))
     loss, info = jax.jit(type(agent).critic_loss)(agent, batch, agent.network.trainable_params, key)
-    next_observations = batch['next_observations'][:, -1]
+    next_observations = batch['next_observation']
     next_actions = np.clip(np.asarray(agent.network.apply(  # the one-step policy with the critic's key
         'one_step_actor', next_observations, jax.random.normal(key, (B, D)))), -1, 1)
     next_q = np.asarray(agent.network.apply('target_critic', next_observations, next_actions), np.float64)
     v = next_q.mean(0) - 0.5 * np.sqrt(np.mean((next_q - next_q.mean(0)) ** 2, axis=0))
-    y = np.asarray(batch['rewards'][:, -1]) + 0.9**H * np.asarray(batch['masks'][:, -1]) * v
+    y = np.asarray(batch['chunk_return']) + 0.9**H * np.asarray(batch['bootstrap_mask']) * v
     q = np.asarray(agent.network.apply('critic', batch['observations'], batch['actions'].reshape(B, D)))
-    w = np.asarray(batch['valid'][:, -1])
+    w = np.asarray(batch['valid'])
     assert w.min() == 0  # rows with w = 0 stay in the denominator K·B
     np.testing.assert_allclose(loss, np.sum(w * (q - y) ** 2) / (2 * B), rtol=1e-5)
     np.testing.assert_allclose([info['critic/q_mean'], info['critic/q_max'], info['critic/q_min']],

@@ -16,6 +16,7 @@ import pytest
 
 from agents import ifql
 from tests import bandit
+from tests.batches import random_batch
 from utils import rl
 
 O, A, H = 5, 2, 2
@@ -37,17 +38,7 @@ def create(seed=0, **overrides):
 
 
 def make_batch(key, batch_size=B):
-    keys = jax.random.split(key, 4)
-    valid = jnp.ones((batch_size, H)).at[::4, -1].set(0.0)
-    return dict(
-        observations=jax.random.normal(keys[0], (batch_size, O)),
-        actions=jax.random.uniform(keys[1], (batch_size, H, A), minval=-1, maxval=1),
-        rewards=jax.random.normal(keys[2], (batch_size, H)),
-        masks=jnp.ones((batch_size, H)).at[1::3, -1].set(0.0),
-        valid=valid,
-        terminals=1.0 - valid,
-        next_observations=jax.random.normal(keys[3], (batch_size, H, O)),
-    )
+    return random_batch(key, O, A, H, batch_size)
 
 
 def with_params(agent, name, params):
@@ -107,10 +98,10 @@ def test_value_loss_matches_direct_computation(agent):
 def test_critic_loss_bootstraps_from_online_value(agent):
     batch = make_batch(jax.random.PRNGKey(1))
     loss, info = jax.jit(type(agent).critic_loss)(agent, batch, agent.network.trainable_params)
-    next_v = np.asarray(agent.network.apply('value', batch['next_observations'][:, -1]), np.float64)
-    y = np.asarray(batch['rewards'][:, -1]) + 0.9**H * np.asarray(batch['masks'][:, -1]) * next_v
+    next_v = np.asarray(agent.network.apply('value', batch['next_observation']), np.float64)
+    y = np.asarray(batch['chunk_return']) + 0.9**H * np.asarray(batch['bootstrap_mask']) * next_v
     q = np.asarray(agent.network.apply('critic', batch['observations'], batch['actions'].reshape(B, D)), np.float64)
-    w = np.asarray(batch['valid'][:, -1])
+    w = np.asarray(batch['valid'])
     assert w.min() == 0
     np.testing.assert_allclose(loss, np.sum(w * (q - y) ** 2) / (2 * B), rtol=1e-5)
     np.testing.assert_allclose([info['critic/q_mean'], info['critic/q_max'], info['critic/q_min']],
@@ -128,7 +119,7 @@ def test_total_loss_sums_components_and_routes_gradients(agent):
     x0, t = np.asarray(jax.random.normal(x0_key, (B, D))), np.asarray(jax.random.uniform(t_key, (B, 1)))
     v = np.asarray(agent.network.apply('behavior_flow', batch['observations'], jnp.asarray((1 - t) * x0 + t * actions),
                                        jnp.asarray(t)))
-    bc = np.mean(np.asarray(batch['valid'][:, -1]) * np.mean((v - (actions - x0)) ** 2, axis=-1))
+    bc = np.mean(np.asarray(batch['valid']) * np.mean((v - (actions - x0)) ** 2, axis=-1))
     np.testing.assert_allclose(info['actor/bc_flow_loss'], bc, rtol=1e-4)
     np.testing.assert_allclose(total, info['value/value_loss'] + info['critic/critic_loss'] + bc, rtol=1e-5)
     # Each loss trains only its own network: V(s') and the target critic are fixed calls.

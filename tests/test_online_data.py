@@ -103,17 +103,20 @@ def check_rows(rows, expected, episodes, horizon, discount):
     assert same_episode.sum() > 0 and (~same_episode).sum() >= 2  # crossed episode ends
     assert rows['terminals'][:-1][~same_episode].all() and not rows['terminals'][:-1][same_episode].any()
     assert (rows['masks'] == 0).any() and ((rows['masks'] == 1) & (rows['terminals'] == 1)).any()  # both end kinds
-    # Every chunk that a batch can draw from these rows: H consecutive steps of one episode while valid.
-    starts = np.arange(len(episodes) - horizon + 1)
-    chunks = datasets.sample_chunks_at_np(rows, starts, horizon, discount)
-    for t in starts:
-        for i in range(horizon):
-            ended_before = episodes[t + i] != episodes[t]
-            assert chunks['valid'][t, i] == float(not ended_before)
-            np.testing.assert_array_equal(chunks['actions'][t, i], expected['actions'][t + i])
-            if not ended_before:
-                np.testing.assert_array_equal(chunks['next_observations'][t, i], expected['next_observations'][t + i])
-        np.testing.assert_array_equal(chunks['observations'][t], expected['observations'][t])
+    # Every chunk that a batch can draw from these rows: H consecutive steps of one episode while valid. A chunk of
+    # length h ends at step h - 1, so lengths 1..H check every step.
+    for length in range(1, horizon + 1):
+        starts = np.arange(len(episodes) - length + 1)
+        chunks = datasets.sample_chunks_at_np(rows, starts, length, discount)
+        for t in starts:
+            steps = [t + i for i in range(length) if episodes[t + i] == episodes[t]]  # the valid steps
+            assert chunks['valid'][t] == float(len(steps) == length)
+            np.testing.assert_array_equal(chunks['actions'][t], expected['actions'][t:t + length])
+            np.testing.assert_array_equal(chunks['next_observation'][t], expected['next_observations'][steps[-1]])
+            np.testing.assert_allclose(chunks['chunk_return'][t], sum(
+                discount**(row - t) * expected['rewards'][row] for row in steps), rtol=1e-6)
+            assert chunks['bootstrap_mask'][t] == min(expected['masks'][row] for row in steps)
+            np.testing.assert_array_equal(chunks['observations'][t], expected['observations'][t])
 
 
 def test_online_rows_are_the_recorded_steps_for_vmapped_members_across_a_resume(tmp_path, generated_datasets_dir):

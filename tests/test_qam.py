@@ -16,6 +16,7 @@ import pytest
 
 from agents import qam
 from tests import bandit
+from tests.batches import random_batch
 from utils import flow, rl
 from utils.networks import VelocityField
 
@@ -38,17 +39,7 @@ def create(seed=0, **overrides):
 
 
 def make_batch(key, batch_size=16, horizon=H):
-    keys = jax.random.split(key, 5)
-    valid = jnp.ones((batch_size, horizon)).at[::4, -1].set(0.0)
-    return dict(
-        observations=jax.random.normal(keys[0], (batch_size, O)),
-        actions=jax.random.uniform(keys[1], (batch_size, horizon, A), minval=-1, maxval=1),
-        rewards=jax.random.normal(keys[2], (batch_size, horizon)),
-        masks=jnp.ones((batch_size, horizon)).at[1::3, -1].set(0.0),
-        valid=valid,
-        terminals=1.0 - valid,
-        next_observations=jax.random.normal(keys[3], (batch_size, horizon, O)),
-    )
+    return random_batch(key, O, A, horizon, batch_size)
 
 
 def with_config(agent, **changes):
@@ -276,13 +267,13 @@ def test_critic_loss_matches_direct_computation(agent):
     key = jax.random.PRNGKey(1)
     agent = with_params(agent, 'target_critic', perturbed(agent.network.params['target_critic'], jax.random.PRNGKey(2)))
     loss, info = jax.jit(type(agent).critic_loss)(agent, batch, agent.network.trainable_params, key)
-    next_observations = batch['next_observations'][:, -1]
+    next_observations = batch['next_observation']
     next_actions = agent.sample_actions(next_observations, key)
     next_q = np.asarray(agent.network.apply('target_critic', next_observations, next_actions), np.float64)
     v = next_q.mean(0) - 0.5 * np.sqrt(np.mean((next_q - next_q.mean(0)) ** 2, axis=0))
-    y = np.asarray(batch['rewards'][:, -1]) + 0.9**H * np.asarray(batch['masks'][:, -1]) * v
+    y = np.asarray(batch['chunk_return']) + 0.9**H * np.asarray(batch['bootstrap_mask']) * v
     q = np.asarray(agent.network.apply('critic', batch['observations'], batch['actions'].reshape(16, D)))
-    w = np.asarray(batch['valid'][:, -1])
+    w = np.asarray(batch['valid'])
     assert w.min() == 0  # rows with w = 0 count in the denominator
     np.testing.assert_allclose(loss, np.sum(w * (q - y) ** 2) / (2 * 16), rtol=1e-5)
     np.testing.assert_allclose([info['critic/q_mean'], info['critic/q_max'], info['critic/q_min']],

@@ -16,8 +16,9 @@ import pytest
 
 from agents import qsm
 from tests import bandit
+from tests.batches import random_batch
 from tests.test_diffusion import (closed_form_schedule, ddpm_loop, finite_difference_q_gradient, global_norm,
-                                  make_batch, perturbed, to_float64, with_params)
+                                  perturbed, to_float64, with_params)
 
 O, A, H = 5, 2, 2
 D, T, B = H * A, 10, 16
@@ -40,7 +41,7 @@ def with_config(agent, **changes):
 
 
 def batch(seed=0):
-    return make_batch(jax.random.PRNGKey(seed), O, A, H, B)
+    return random_batch(jax.random.PRNGKey(seed), O, A, H, B)
 
 
 TRACES = []
@@ -85,14 +86,14 @@ def test_sample_actions_shapes_range_and_clipped_sampler(agent):
 def test_critic_loss_matches_direct_computation(agent):
     data, key = batch(), jax.random.PRNGKey(1)
     loss, info = jax.jit(type(agent).critic_loss)(agent, data, agent.network.trainable_params, key)
-    next_observations = data['next_observations'][:, -1]
+    next_observations = data['next_observation']
     next_actions = ddpm_loop(agent.network.select('actor'), next_observations, key, D, T, False, True)
     next_q = np.asarray(agent.network.apply('target_critic', next_observations, jnp.asarray(next_actions, jnp.float32)),
                         np.float64)
     v = next_q.mean(0) - 0.5 * np.sqrt(np.mean((next_q - next_q.mean(0)) ** 2, axis=0))
-    y = np.asarray(data['rewards'][:, -1]) + 0.9**H * np.asarray(data['masks'][:, -1]) * v
+    y = np.asarray(data['chunk_return']) + 0.9**H * np.asarray(data['bootstrap_mask']) * v
     q = np.asarray(agent.network.apply('critic', data['observations'], data['actions'].reshape(B, D)), np.float64)
-    w = np.asarray(data['valid'][:, -1])
+    w = np.asarray(data['valid'])
     assert w.min() == 0  # rows with w = 0 count in the denominator K·B
     np.testing.assert_allclose(loss, np.sum(w * (q - y) ** 2) / (2 * B), rtol=1e-4)
     np.testing.assert_allclose([info['critic/q_mean'], info['critic/q_max'], info['critic/q_min']],
@@ -119,7 +120,7 @@ def test_actor_loss_matches_direct_computation(agent, use_target_critic_grad):
         g = finite_difference_q_gradient(q_fn, noisy)
         predicted = np.asarray(agent64.network.apply('actor', data['observations'], noisy,
                                                      steps[:, None].astype(np.float64)))
-    w = np.asarray(data['valid'][:, -1])
+    w = np.asarray(data['valid'])
     bc_rows = np.mean((noises - predicted) ** 2, axis=-1)
     qsm_rows = np.mean((-2.0 * g - predicted) ** 2, axis=-1)  # inv_temp = 2
     np.testing.assert_allclose(info['actor/bc_loss'], np.sum(w * bc_rows) / B, rtol=1e-6)
@@ -140,7 +141,7 @@ def adam_first_moment(opt_state):
 
 def test_update_compiles_once_moves_targets_exactly_and_clips_the_global_norm(agent):
     data = batch()
-    data['rewards'] = 30.0 * data['rewards']  # a large critic gradient, so the clipping at 1.0 is active
+    data['chunk_return'] = 30.0 * data['chunk_return']  # a large critic gradient, so the clipping at 1.0 is active
     TRACES.clear()
     new_agent, info = UPDATE(agent, data)
     newer_agent, _ = UPDATE(new_agent, batch(1))

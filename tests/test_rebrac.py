@@ -18,6 +18,7 @@ import pytest
 
 from agents import rebrac
 from tests import bandit
+from tests.batches import random_batch
 from utils.networks import DeterministicTanhActor
 
 O, A, H = 5, 2, 2
@@ -37,17 +38,7 @@ def create(seed=0, **overrides):
 
 
 def make_batch(key, batch_size=16):
-    keys = jax.random.split(key, 4)
-    valid = jnp.ones((batch_size, H)).at[::4, -1].set(0.0)
-    return dict(
-        observations=jax.random.normal(keys[0], (batch_size, O)),
-        actions=jax.random.uniform(keys[1], (batch_size, H, A), minval=-1, maxval=1),
-        rewards=jax.random.normal(keys[2], (batch_size, H)),
-        masks=jnp.ones((batch_size, H)).at[1::3, -1].set(0.0),
-        valid=valid,
-        terminals=1.0 - valid,
-        next_observations=jax.random.normal(keys[3], (batch_size, H, O)),
-    )
+    return random_batch(key, O, A, H, batch_size)
 
 
 def with_config(agent, **changes):
@@ -114,14 +105,14 @@ def test_critic_loss_uses_smoothed_target_actor(agent, actor_noise):
     key = jax.random.PRNGKey(1)
     loss, info = jax.jit(type(agent).critic_loss)(agent, batch, agent.network.trainable_params, key)
 
-    next_observations = batch['next_observations'][:, -1]
+    next_observations = batch['next_observation']
     target_actions = np.asarray(agent.network.apply('target_actor', next_observations), np.float64)
     noise = np.clip(actor_noise * np.asarray(jax.random.normal(key, target_actions.shape), np.float64), -0.5, 0.5)
     next_actions = np.clip(target_actions + noise, -1, 1)
     next_q = agent.network.apply('target_critic', next_observations, jnp.asarray(next_actions, jnp.float32))
-    y = np.asarray(batch['rewards'][:, -1]) + 0.9**H * np.asarray(batch['masks'][:, -1]) * np_pessimistic(next_q, 0.5)
+    y = np.asarray(batch['chunk_return']) + 0.9**H * np.asarray(batch['bootstrap_mask']) * np_pessimistic(next_q, 0.5)
     q = np.asarray(agent.network.apply('critic', batch['observations'], batch['actions'].reshape(16, D)), np.float64)
-    w = np.asarray(batch['valid'][:, -1])
+    w = np.asarray(batch['valid'])
     np.testing.assert_allclose(loss, np.sum(w * (q - y) ** 2) / (2 * 16), rtol=1e-5)
     np.testing.assert_allclose([info['critic/q_mean'], info['critic/q_max'], info['critic/q_min']],
                                [q.mean(), q.max(), q.min()], rtol=1e-5)
@@ -147,7 +138,7 @@ def test_actor_loss_normalises_pessimistic_q_with_stop_gradient(agent):
     policy_actions = np.asarray(agent.network.apply('actor', observations), np.float64)
     q = np_pessimistic(agent.network.apply('critic', observations, jnp.asarray(policy_actions, jnp.float32)), 0.5)
     scale = 1 / np.mean(np.abs(q))
-    w = np.asarray(batch['valid'][:, -1])
+    w = np.asarray(batch['valid'])
     bc = np.mean(w * np.sum((policy_actions - actions) ** 2, axis=-1))
     np.testing.assert_allclose(info['actor/q_scale'], scale, rtol=1e-4)
     np.testing.assert_allclose(info['actor/q_loss'], -np.mean(scale * q), rtol=1e-4)
@@ -160,7 +151,7 @@ def test_actor_loss_normalises_pessimistic_q_with_stop_gradient(agent):
         qs = agent.network.apply('critic', observations, a)
         pessimistic = qs.mean(0) - 0.5 * jnp.sqrt(jnp.mean((qs - qs.mean(0)) ** 2, axis=0))
         lam = 1 / jnp.mean(jnp.abs(pessimistic)) if normalise_with_gradient else scale
-        return -jnp.mean(lam * pessimistic) + 0.7 * jnp.mean(batch['valid'][:, -1] * jnp.sum((a - batch['actions']
+        return -jnp.mean(lam * pessimistic) + 0.7 * jnp.mean(batch['valid'] * jnp.sum((a - batch['actions']
                                                                                             .reshape(16, D)) ** 2, -1))
 
     grads = jax.jit(jax.grad(lambda p: loss_fn(agent, p)[0]))(params)

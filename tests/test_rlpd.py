@@ -17,6 +17,7 @@ import pytest
 
 from agents import rlpd
 from tests import bandit
+from tests.batches import random_batch
 
 O, A, H = 5, 2, 2
 D = H * A
@@ -35,17 +36,8 @@ def create(seed=0, **overrides):
 
 
 def make_batch(key, batch_size=16):
-    keys = jax.random.split(key, 4)
-    valid = jnp.ones((batch_size, H)).at[::4, -1].set(0.0)
-    return dict(
-        observations=jax.random.normal(keys[0], (batch_size, O)),
-        actions=jax.random.uniform(keys[1], (batch_size, H, A), minval=-1, maxval=1).at[0, 0, 0].set(1.0),
-        rewards=jax.random.normal(keys[2], (batch_size, H)),
-        masks=jnp.ones((batch_size, H)).at[1::3, -1].set(0.0),
-        valid=valid,
-        terminals=1.0 - valid,
-        next_observations=jax.random.normal(keys[3], (batch_size, H, O)),
-    )
+    batch = random_batch(key, O, A, H, batch_size)
+    return {**batch, 'actions': batch['actions'].at[0, 0, 0].set(1.0)}
 
 
 def with_params(agent, name, params):
@@ -95,13 +87,13 @@ def test_critic_loss_matches_direct_computation_with_no_entropy_term(agent):
     critic_loss = jax.jit(type(agent).critic_loss)
     loss, info = critic_loss(agent, batch, agent.network.trainable_params, key)
 
-    next_observations = batch['next_observations'][:, -1]
+    next_observations = batch['next_observation']
     means, log_stds = np_policy(agent, next_observations)
     next_actions = np.tanh(means + np.exp(log_stds) * np.asarray(jax.random.normal(key, means.shape), np.float64))
     next_q = agent.network.apply('target_critic', next_observations, jnp.asarray(next_actions, jnp.float32))
-    y = np.asarray(batch['rewards'][:, -1]) + 0.9**H * np.asarray(batch['masks'][:, -1]) * np_pessimistic(next_q, 0.5)
+    y = np.asarray(batch['chunk_return']) + 0.9**H * np.asarray(batch['bootstrap_mask']) * np_pessimistic(next_q, 0.5)
     q = np.asarray(agent.network.apply('critic', batch['observations'], batch['actions'].reshape(16, D)), np.float64)
-    w = np.asarray(batch['valid'][:, -1])
+    w = np.asarray(batch['valid'])
     assert w.min() == 0  # rows with w = 0 count in the denominator
     np.testing.assert_allclose(loss, np.sum(w * (q - y) ** 2) / (2 * 16), rtol=1e-5)
     np.testing.assert_allclose([info['critic/q_mean'], info['critic/q_max'], info['critic/q_min']],
@@ -133,7 +125,7 @@ def test_actor_loss_matches_direct_computation_and_routes_gradients(agent):
     u_data = np.arctanh(y)
     gaussian = -0.5 * ((u_data - means) / np.exp(log_stds)) ** 2 - log_stds - 0.5 * np.log(2 * np.pi)
     bc_log_probs = np.sum(gaussian - np.log(1 - y**2), axis=-1)
-    w = np.asarray(batch['valid'][:, -1])
+    w = np.asarray(batch['valid'])
     bc_loss = -0.3 * np.mean(w * bc_log_probs)
     expected = np.mean(log_probs * alpha - q) + alpha * (-log_probs.mean() - target) + bc_loss
     np.testing.assert_allclose(info['actor/bc_loss'], bc_loss, rtol=1e-4)

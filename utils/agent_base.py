@@ -103,15 +103,14 @@ class ChunkedAgent(flax.struct.PyTreeNode):
 
     def td_loss(self, batch, grad_params, rng):
         """The common TD loss (§1.4) of the online critic against the target critic at (s', a'), and the online
-        Q of shape (K, B). The chunk's last step carries the H-step reward sum, mask and s' (PROTOCOL batches)."""
+        Q of shape (K, B), from the batch's chunk-end fields (utils/datasets.py): the H-step return, mask and s'."""
         observations, actions = batch['observations'], self.flat_actions(batch['actions'])
-        next_observations = batch['next_observations'][:, -1]
-        next_actions = self.bootstrap_actions(next_observations, rng)
-        next_q = self.critic_values('target_critic', next_observations, next_actions)  # target: fixed call
-        targets = rl.td_target(next_q, batch['rewards'][:, -1], batch['masks'][:, -1], self.config.discount,
+        next_actions = self.bootstrap_actions(batch['next_observation'], rng)
+        next_q = self.critic_values('target_critic', batch['next_observation'], next_actions)  # target: fixed call
+        targets = rl.td_target(next_q, batch['chunk_return'], batch['bootstrap_mask'], self.config.discount,
                                self.config.horizon_length, self.config.rho)
         q = self.critic_values('critic', observations, actions, params=grad_params['critic'])
-        return rl.critic_loss(q, jax.lax.stop_gradient(targets), batch['valid'][:, -1]), q
+        return rl.critic_loss(q, jax.lax.stop_gradient(targets), batch['valid']), q
 
     @staticmethod
     def critic_info(loss, q):

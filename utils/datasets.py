@@ -2,14 +2,16 @@
 
 A dataset is a dict of per-row arrays: observations, actions, rewards, masks, terminals (1 on the last
 transition of an episode) and next_observations. A batch row starts at a uniformly drawn t in
-{0, ..., N - H} and covers rows t .. t + H - 1:
+{0, ..., N - H} and covers rows t .. t + H - 1. Within it, step i is valid when no episode ended strictly
+before it (d[t..t+i-1] all 0); steps after an episode's end are cut off. A batch holds what the losses need,
+the TD target's fields already taken at the chunk's end:
 
-  terminals[i]  = max(d[t..t+i])                     "an episode ended at or before step i"
-  valid[i]      = 1 - terminals[i - 1], valid[0] = 1  "no episode ended strictly before step i"
-  rewards[i]    = sum_{j <= i} gamma^j r[t + j] valid[j]   (cumulative discounted chunk returns)
-  masks[i]      = running minimum of m over the valid steps
-  next_observations[i] = s'[t + i] while valid, else the last valid one (carried)
-  observations  = o[t];  actions[i] = a[t + i] (never masked)
+  observations      o[t]                                   (B, O)
+  actions           a[t .. t + H - 1] (never masked)       (B, H, A)
+  chunk_return      sum_{valid i} gamma^i r[t + i]         (B,)    the H-step discounted reward sum
+  bootstrap_mask    min_{valid i} m[t + i]                 (B,)    0 when a valid step reached a terminal state
+  valid             1 when the chunk's last step is valid  (B,)    the weight of the row in every loss
+  next_observation  s'[t + i] at the last valid step i     (B, O)  the state the target bootstraps from
 
 The NumPy and the JAX version compute the same thing from the same start indices; the JAX one runs
 inside `jit`/`lax.scan` on arrays already on the device, so training needs no host round trip.
@@ -26,26 +28,23 @@ TRANSITION_KEYS = ('observations', 'actions', 'rewards', 'masks', 'terminals', '
 def _chunk_fields(xp, data, starts, horizon, discount):
     """Gather and combine one chunk per start index; `xp` is numpy or jax.numpy."""
     rows = starts[:, None] + xp.arange(horizon)[None, :]  # (B, H)
-    terminals = xp.maximum.accumulate(data['terminals'][rows], axis=1) if xp is np else (
+    # ended[i] = max(d[t..t+i]): an episode ended at or before step i, so steps after i are invalid.
+    ended = xp.maximum.accumulate(data['terminals'][rows], axis=1) if xp is np else (
         jax.lax.cummax(data['terminals'][rows], axis=1)
     )
-    valid = xp.concatenate([xp.ones_like(terminals[:, :1]), 1.0 - terminals[:, :-1]], axis=1)
+    valid = xp.concatenate([xp.ones_like(ended[:, :1]), 1.0 - ended[:, :-1]], axis=1)  # 1...1 0...0
     step_discounts = discount ** xp.arange(horizon, dtype=xp.float32)
-    rewards = xp.cumsum(data['rewards'][rows] * step_discounts * valid, axis=1)
-    # Invalid steps are replaced by 1, which never lowers the running minimum: masks[i] = masks[i - 1] there.
-    masked = xp.where(valid > 0, data['masks'][rows], 1.0)
-    masks = xp.minimum.accumulate(masked, axis=1) if xp is np else jax.lax.cummin(masked, axis=1)
-    # valid is 1...1 0...0, so the last valid step is sum(valid) - 1; later steps carry its next observation.
-    last_valid = valid.sum(axis=1, keepdims=True).astype(xp.int32) - 1
-    carried_rows = starts[:, None] + xp.minimum(xp.arange(horizon)[None, :], last_valid)
+    chunk_return = xp.sum(data['rewards'][rows] * step_discounts * valid, axis=1)
+    # Invalid steps are replaced by 1, which never lowers the minimum.
+    bootstrap_mask = xp.min(xp.where(valid > 0, data['masks'][rows], 1.0), axis=1)
+    last_valid = valid.sum(axis=1).astype(xp.int32) - 1
     return dict(
         observations=data['observations'][starts],
         actions=data['actions'][rows],
-        rewards=rewards.astype(xp.float32),
-        masks=masks.astype(xp.float32),
-        valid=valid.astype(xp.float32),
-        terminals=terminals.astype(xp.float32),
-        next_observations=data['next_observations'][carried_rows],
+        chunk_return=chunk_return.astype(xp.float32),
+        bootstrap_mask=bootstrap_mask.astype(xp.float32),
+        valid=valid[:, -1].astype(xp.float32),
+        next_observation=data['next_observations'][starts + last_valid],
     )
 
 

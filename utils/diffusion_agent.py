@@ -27,7 +27,7 @@ class DiffusionAgent(ChunkedAgent):
         """What both actor losses read, at noisy dataset actions x_t = sqrt(ᾱ_t)·a + sqrt(1 − ᾱ_t)·ε:
         (valid (B,), steps t (B,), noises ε (B, D), q_grads g = ∇_x Q̄*(s, x_t) (B, D, constant), predicted
         ε̂ = ε_θ(s, x_t, t) (B, D)). Keys: rng → forward noising (t, ε)."""
-        observations, actions, valid = batch['observations'], self.flat_actions(batch['actions']), batch['valid'][:, -1]
+        observations, actions, valid = batch['observations'], self.flat_actions(batch['actions']), batch['valid']
         noisy_actions, steps, noises = diffusion.forward_noising(rng, actions, self.config.diffusion_steps)
         critic = 'target_critic' if self.config.use_target_critic_grad else 'critic'
         q_grads = diffusion.ensemble_mean_action_gradient(self.network.select(critic), observations,
