@@ -1,4 +1,10 @@
-"""Figures of the report (matplotlib, Agg backend): learning curves and rliable plots, each as PNG and PDF."""
+"""Figures of the report (matplotlib, Agg backend): learning curves and rliable plots, each as PNG and PDF.
+
+curve_panels gives the learning-curve figure its panels (one per domain, and all: the mean over tasks at every
+evaluation, with the paper's curve where the runs follow its schedule); rliable_section makes the report's rliable
+section (IQM, mean, performance profiles and probability of improvement of ours and the paper's: figures, tables
+and notes).
+"""
 
 import os
 
@@ -8,8 +14,14 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from sweeps import report_tables as tables  # noqa: E402
+from sweeps.report_published import EVAL_INTERVAL, PAPER_OFFLINE_STEPS, paper_curve_key  # noqa: E402
+from sweeps.report_runs import PHASE_TITLES, PHASES, base_method, plural  # noqa: E402
+from sweeps.report_stats import (  # noqa: E402
+    Stat, rliable_aggregates, rliable_improvement, rliable_profiles, score_matrices)
 
 PAPER = ' (paper)'
+QAM_FAMILY = ('QAM', 'QAM-F', 'QAM-E')  # the methods whose probability of improvement is computed by default
 
 
 def _colors(names):
@@ -159,3 +171,163 @@ def improvement(points, intervals, out_dir, name, title=''):
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return save(fig, out_dir, name)
+
+
+# ----------------------------------------------------------------------------------------- learning curves
+
+
+def curve_panels(grid, boot, published=None):
+    """Panels of the learning-curve figure: one per domain (and all). The paper's mean curve of a method is added
+    when the panel has exactly the paper's tasks of that domain and the runs follow the paper's schedule."""
+    domains = grid.domains()
+    groups = [(d, grid.domain_tasks(d)) for d in domains] + ([('all', grid.tasks)] if len(domains) > 1 else [])
+    panels = []
+    for title, tasks in groups:
+        curves, notes = {}, []
+        panel_runs = {m: [rs[0] for t in tasks for s in grid.seeds for rs in [grid.cells.get((m, t, s), [])] if rs]
+                      for m in grid.methods}
+        offline_ends = {r.offline_steps for runs in panel_runs.values() for r in runs if r.offline_steps > 0}
+        offline_end = offline_ends.pop() if len(offline_ends) == 1 else None
+        for method in grid.methods:
+            runs = panel_runs[method]
+            if not runs:
+                continue
+            # Online-only runs (RLPD) are drawn from the start of the online phase of the others.
+            shift = [offline_end if (r.offline_steps == 0 and offline_end) else 0 for r in runs]
+            lookup = [(r.env_name, r.seed, {s + d: v for s, v in zip(r.steps.tolist(), r.scores.tolist())})
+                      for r, d in zip(runs, shift)]
+            steps = sorted({s for _, _, values in lookup for s in values})
+            curve = dict(steps=[], mean=[], low=[], high=[], full=[])
+            for step in steps:
+                per_task = {t: ({}, {}) for t in tasks}
+                for task, seed, values in lookup:
+                    if step in values and np.isfinite(values[step]):
+                        per_task[task][0][seed] = values[step]
+                stat = boot.pooled_stat(per_task)
+                if stat.mean is None:
+                    continue
+                curve['steps'].append(step)
+                curve['mean'].append(stat.mean)
+                curve['low'].append(stat.mean if stat.low is None else stat.low)
+                curve['high'].append(stat.mean if stat.high is None else stat.high)
+                curve['full'].append(stat.n == len(runs))
+            paper_key = paper_curve_key(published, title, tasks) if published is not None else None
+            paper = published.curve(paper_key, base_method(method)) if paper_key else None
+            if paper is not None and offline_end == PAPER_OFFLINE_STEPS and runs[0].eval_interval == EVAL_INTERVAL:
+                steps_p, means_p = paper
+                curve['paper'] = (steps_p + (offline_end if len(steps_p) == 10 else 0), means_p)  # RLPD: online only
+            curves[method] = curve
+            expected = len(tasks) * len(grid.seeds)
+            covered = len({r.env_name for r in runs})
+            if covered < len(tasks):
+                notes.append(f'{method}: {covered}/{len(tasks)} tasks, not drawn')
+            elif len(runs) < expected:
+                notes.append(f'{method}: {len(runs)}/{expected} runs')
+        label = f'{title} ({plural(len(tasks), "task")}, {plural(len(grid.seeds), "seed")})'
+        if notes:
+            label += '\n' + '\n'.join(f'{tables.MARK_INCOMPLETE} {n}' for n in notes)
+        panels.append((label, offline_end, curves))
+    return panels
+
+
+# ------------------------------------------------------------------------------------------------- rliable
+
+
+def focus_methods(methods, chosen):
+    if chosen:
+        return [m for m in methods if m in chosen or base_method(m) in chosen]
+    return [m for m in methods if base_method(m) in QAM_FAMILY]
+
+
+def rliable_section(grid, published, fig_dir, reps, seed=0, poi_methods=None):
+    """rliable tables (IQM/mean; probability of improvement) and figures for each phase: ([(name, tables)], notes,
+    figure paths). `reps` stratified-bootstrap resamples from `seed`; `poi_methods`: the methods whose probability
+    of improvement over every other is computed (None: those of the QAM family present)."""
+    agg_rows, poi_rows, notes, figure_paths = {}, {}, [], []
+    columns, poi_columns = [], []
+    taus = np.linspace(0, 1, 51)
+    for phase in PHASES:
+        ours, paper, phase_notes = score_matrices(grid, published, phase)
+        notes += [f'{PHASE_TITLES[phase]}: {n}' for n in phase_notes]
+        if not ours:
+            continue
+        scores = {**ours, **paper}
+        points, intervals = rliable_aggregates(scores, reps, seed)
+        columns += [f'IQM, {phase}', f'mean, {phase}']
+        for name, matrix in scores.items():
+            stats = [Stat(mean=100 * points[name][k], low=100 * intervals[name][0][k], high=100 * intervals[name][1][k],
+                          n=matrix.shape[0] * matrix.shape[1], expected=matrix.shape[0] * matrix.shape[1],
+                          method='stratified (rliable)') for k in range(2)]
+            agg_rows.setdefault(name, {}).update({f'IQM, {phase}': stats[0], f'mean, {phase}': stats[1]})
+        names = [r.label for r in _interleave([tables.Row(n, [], 'paper' if n in paper else 'ours') for n in scores])]
+        figure_paths += interval_estimates(
+            {n: 100 * points[n] for n in names}, {n: 100 * intervals[n] for n in names}, names, ['IQM', 'mean'],
+            fig_dir, f'aggregates_{phase}', f'{PHASE_TITLES[phase]} ({plural(len(grid.tasks), "task")})')
+        profiles, profile_cis = rliable_profiles(scores, taus, reps, seed)
+        figure_paths += performance_profiles(taus, profiles, profile_cis, names, fig_dir, f'profiles_{phase}',
+                                             f'Performance profiles, {PHASE_TITLES[phase]}')
+        focus = focus_methods(list(ours), poi_methods)
+        pairs = {}
+        for x in focus:
+            for y in ours:
+                if y not in focus:
+                    pairs[(x, y, 'ours')] = (ours[x], ours[y])
+                    px, py = (f'{published.method_name(base_method(m))} (paper)' for m in (x, y))
+                    if px in paper and py in paper:
+                        pairs[(x, y, 'paper')] = (paper[px], paper[py])
+        if not pairs:
+            notes.append(f'{PHASE_TITLES[phase]}: no probability of improvement (needs a QAM method and a baseline; '
+                         f'--poi_methods picks the methods to compare)')
+            continue
+        poi, poi_cis = rliable_improvement(pairs, reps, seed)
+        poi_columns.append(phase)
+        for (x, y, source), value in poi.items():
+            low, high = np.ravel(poi_cis[(x, y, source)])[:2]
+            poi_rows.setdefault((x, y), {})[(phase, source)] = Stat(mean=float(value), low=float(low), high=float(high),
+                                                                   n=1, expected=1, method='stratified (rliable)')
+        figure_paths += improvement(poi, poi_cis, fig_dir, f'improvement_{phase}',
+                                    f'Probability of improvement, {PHASE_TITLES[phase]}')
+    out = []
+    if agg_rows:
+        rows = [tables.Row(name, [tables.Cell(agg_rows[name].get(c)) if c in agg_rows[name] else tables.Cell(None)
+                                  for c in columns], kind='paper' if name.endswith('(paper)') else 'ours')
+                for name in agg_rows]
+        rows = _interleave(rows)
+        caption = (f'rliable over {plural(len(grid.tasks), "task")}: interquartile mean (IQM) and mean of per-run '
+                   f'{grid.metric_label} '
+                   f'[95% stratified-bootstrap interval, {reps:,} resamples]. '
+                   + ('*(paper)*: the same statistics of the QAM paper\'s 12 seeds on the same tasks. '
+                      if published.rows else '') + '**Bold**: best of our methods.')
+        out.append(('rliable', [tables.Table('rliable', 'Aggregate metrics (rliable)', caption, 'method', columns,
+                                             rows).mark_best()]))
+    if poi_rows:
+        cols = [(p, s) for p in poi_columns for s in ('ours', 'paper')]
+        def poi_cell(pair, phase, source):
+            if (phase, source) in poi_rows[pair]:
+                return tables.Cell(poi_rows[pair][(phase, source)])
+            if (phase, 'ours') not in poi_rows[pair]:
+                return tables.Cell(None)  # a method without this phase (RLPD offline): n/a
+            return tables.Cell(Stat(note='not in the paper'))
+
+        rows = [tables.Row(f'{x} > {y}', [poi_cell((x, y), p, s) for p, s in cols]) for (x, y) in poi_rows]
+        caption = (f'rliable probability of improvement P(X > Y): the probability that a run of X beats a run of Y '
+                   f'on a task drawn at random (ties count half), [95% stratified independent bootstrap interval, '
+                   f'{reps:,} resamples]; *paper*: the same from the QAM paper\'s per-seed values.')
+        out.append(('improvement', [tables.Table('improvement', 'Probability of improvement (rliable)', caption,
+                                                 'X > Y', [f'{p} ({s})' for p, s in cols], rows, digits=2)]))
+    return out, notes, figure_paths
+
+
+def _interleave(rows):
+    """Each paper row right after the first of our rows of the same method."""
+    ours = [r for r in rows if r.kind == 'ours']
+    paper = {r.label: r for r in rows if r.kind == 'paper'}
+    out, used = [], set()
+    for row in ours:
+        out.append(row)
+        key = f'{base_method(row.label)} (paper)'
+        for label, paper_row in paper.items():
+            if label.lower() == key.lower() and label not in used:
+                out.append(paper_row)
+                used.add(label)
+    return out + [r for label, r in paper.items() if label not in used]

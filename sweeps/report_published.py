@@ -30,6 +30,10 @@ separated by spaces), drawn next to ours when a report's runs follow the paper's
 Re-derive both (about a minute on 2 cores) and compare with the committed files (git diff):
 
     python -m sweeps.report_published --reference_dir=../shared/reference
+
+The report (sweeps/report.py) reads them through `Published`, and sets the paper's number beside each of ours with
+`paper_step` and `paper_row` (the paper's row at the step where our runs end a phase, else at the paper's end of that
+phase) and `paper_curve_key` (the paper's curve of a learning-curve panel with exactly its tasks).
 """
 
 import argparse
@@ -39,6 +43,7 @@ import pickle
 
 import numpy as np
 
+from sweeps.report_runs import split_env_name
 from utils import files
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -55,6 +60,7 @@ EVAL_INTERVAL = 50_000
 # have only the online phase.
 PHASE_ROWS = (('offline', 0), ('offline', 19), ('offline_to_online', 29))
 ONLINE_ONLY_ROW = 9
+PAPER_OFFLINE_STEPS = 1_000_000  # the paper's schedule: evaluations every 50K steps, 1M offline then 500K online
 NUM_RESAMPLES = 500_000  # as the reference (PROTOCOL §7)
 BOOTSTRAP_SEED = 0
 COLUMNS = ('study', 'level', 'task', 'method', 'phase', 'step', 'mean', 'ci95_low', 'ci95_high', 'seeds', 'seed_values')
@@ -219,6 +225,26 @@ class Published:
     def tasks(self, level='task', study=None):
         return sorted({k for (k, _, _, _), r in self.rows.items()
                        if r['level'] == level and (study is None or r['study'] == study)})
+
+
+def paper_step(grid, method, phase):
+    """The total step at which all of `method`'s runs end `phase`, or None when they end it at different steps."""
+    steps = {r.end_step(phase) for r in grid.runs if r.method == method} - {None}
+    return steps.pop() if len(steps) == 1 else None
+
+
+def paper_row(published, key, method, phase, step=None):
+    """The paper's row at our runs' step where it has a number there (its first evaluation, step 50,000, is where
+    the `mini` sweep's offline phase ends), else at the end of its phase."""
+    return (step is not None and published.get(key, method, phase, step)) or published.get(key, method, phase)
+
+
+def paper_curve_key(published, title, tasks):
+    """The paper's domain or aggregate entry that covers exactly these tasks, or None."""
+    if title == 'all':
+        return 'all' if sorted(tasks) == published.tasks(study='main') else None
+    paper_tasks = [t for t in published.tasks() if split_env_name(t)[0] == title]
+    return title if sorted(tasks) == sorted(paper_tasks) else None
 
 
 def main(argv=None):

@@ -4,7 +4,10 @@ A run directory is `<save_dir>/<agent>/<env_name>/seed<seed>-<hash>/` with flags
 DIVERGED marker (see utils/experiment.py). This module turns a folder of them into `Run` records, labels each
 run with its method (the `--method` flag, else derived from the agent config), separates runs of one method
 whose settings differ on the same task (never averaged together), and builds the expected grid
-methods x tasks x seeds with the reason for every missing cell.
+methods x tasks x seeds with the reason for every missing cell. The grid's extent comes from the report's command
+line: resolve_target finds the runs folder (given, or a sweep's --save_dir) and the runs a sweep expects, and
+expected_grid narrows them to the methods, tasks and seeds given. It also holds what every report module shares:
+the phases (PHASES, PHASE_TITLES), base_method and plural.
 """
 
 import csv
@@ -20,6 +23,7 @@ import numpy as np
 from utils import experiment
 
 PHASES = ('offline', 'online')  # end of the offline phase; end of the online phase (offline-to-online, or online only)
+PHASE_TITLES = {'offline': 'end of the offline phase', 'online': 'end of the online phase'}
 # Order of the paper's tables (PROTOCOL §2, §12.1); other names follow alphabetically.
 DOMAIN_ORDER = (
     'antmaze-large-navigate', 'antmaze-giant-navigate', 'humanoidmaze-medium-navigate', 'humanoidmaze-large-navigate',
@@ -56,9 +60,18 @@ def task_sort_key(env_name):
     return domain_sort_key(domain) + (task, env_name)
 
 
+def base_method(method):
+    """A method label without the config-variant suffix separate_configs gives it: 'QAM [batch_size=64]' -> 'QAM'."""
+    return method.split(' [')[0]
+
+
 def method_sort_key(method):
-    base = method.split(' [')[0]
+    base = base_method(method)
     return (METHOD_ORDER.index(base), method) if base in METHOD_ORDER else (len(METHOD_ORDER), method)
+
+
+def plural(n, word):
+    return f'{n} {word}' + ('s' if n != 1 else '')
 
 
 def method_label(flags, agent_config):
@@ -388,3 +401,52 @@ def build_grid(runs, methods=None, tasks=None, seeds=None, origin=None, metric='
         method_runs = [r for r in used if r.method == method]
         phases[method] = [p for p in PHASES if any(r.end_step(p) is not None for r in method_runs)] or list(PHASES)
     return Grid(methods, tasks, seeds, runs, cells, phases, origin, metric)
+
+
+def load_sweep(name):
+    """The runs a sweep expects (sweeps/sweeps.py: a shipped sweep name or a .py file), or None when `name` is not
+    a sweep."""
+    try:
+        from sweeps import sweeps as sweep_lib
+    except ImportError:
+        return None
+    try:
+        return sweep_lib.expand(sweep_lib.load(name))
+    except sweep_lib.SweepError:
+        return None
+
+
+def resolve_target(runs, sweep=None, save_dir='runs'):
+    """(runs directory, expected runs of a sweep or None, sweep name or None) from the report's command line: `runs`
+    (its positional argument) is a runs directory, or a sweep whose runs are under `save_dir` (as
+    `python -m sweeps.launch` wrote them); `sweep` (--sweep) names the sweep of a runs directory."""
+    root = runs
+    if not os.path.isdir(root):
+        if sweep is None and load_sweep(root) is not None:
+            sweep, root = root, save_dir
+        else:
+            raise SystemExit(f'{runs!r} is not a directory of runs (nor a sweep). Give the folder that main.py or '
+                             f'the launcher wrote into (--save_dir), e.g. `python -m sweeps.report runs --out '
+                             f'reports/main`, or a sweep: `python -m sweeps.report paper --save_dir runs --out ...`.')
+        if not os.path.isdir(root):
+            raise SystemExit(f'Sweep {sweep!r}: its runs directory {root!r} (--save_dir) does not exist.')
+    expected = None
+    if sweep is not None:
+        expected = load_sweep(sweep)
+        if expected is None:
+            raise SystemExit(f'Unknown sweep {sweep!r} (sweeps/sweeps.py: a shipped sweep name or a .py file).')
+    return root, expected, sweep
+
+
+def expected_grid(methods, tasks, seeds, expected=None, sweep=None):
+    """(methods, tasks, seeds, origin) of the expected grid: the runs `expected` by a sweep, narrowed to the
+    methods, tasks and seeds given (on the command line; None: all of the sweep's), or, without a sweep, those given
+    (None for each to infer it from the runs present)."""
+    if expected is None:
+        return methods, tasks, seeds, None
+    sweep_methods = list(dict.fromkeys(r.method for r in expected))
+    sweep_tasks = sorted({r.env_name for r in expected}, key=task_sort_key)
+    sweep_seeds = sorted({r.seed for r in expected})
+    narrow = lambda given, full: full if given is None else [x for x in full if x in given]  # noqa: E731
+    origin = f'the sweep {sweep!r}' + (', narrowed on the command line' if methods or tasks or seeds else '')
+    return narrow(methods, sweep_methods), narrow(tasks, sweep_tasks), narrow(seeds, sweep_seeds), origin

@@ -9,9 +9,14 @@ Cell statistics (success in %):
   independently and the resampled task means averaged (stratified bootstrap); the cell says so. A domain or
   aggregate with a task that has no value at all has no number: averaging over fewer tasks changes what it means.
 
+compute_stats gives every cell of the report's tables (each method and phase, per task, per domain and over all
+tasks); published_stats the paper's number for each of those cells (sweeps/report_published.py), recomputed from
+its per-seed values when our tasks are not exactly the paper's.
+
 rliable (Agarwal et al., 2021): scores are per-run success fractions arranged runs x tasks; IQM and mean with
 stratified-bootstrap intervals, score-distribution performance profiles, and the probability of improvement
-P(X > Y) = mean over tasks of P(x > y) + P(x = y) / 2 for a run x of X and y of Y on that task.
+P(X > Y) = mean over tasks of P(x > y) + P(x = y) / 2 for a run x of X and y of Y on that task. score_matrices
+arranges ours and the paper's so.
 """
 
 import contextlib
@@ -19,6 +24,9 @@ import dataclasses
 import warnings
 
 import numpy as np
+
+from sweeps.report_published import paper_row, paper_step
+from sweeps.report_runs import PHASES, base_method, plural, split_env_name
 
 
 @dataclasses.dataclass
@@ -111,6 +119,72 @@ class Bootstrap:
         return stat
 
 
+# -------------------------------------------------------------------------------------------- report cells
+
+
+def compute_stats(grid, boot):
+    """{(level, key, method, phase): Stat} for level task (key: env name), domain and all; phases a method did
+    not run are absent (n/a)."""
+    stats = {}
+    for m, method in enumerate(grid.methods):
+        for p, phase in enumerate(PHASES):
+            if phase not in grid.phases[method]:
+                continue
+            per_task = {t: grid.seed_values(method, t, phase) for t in grid.tasks}
+            for task, (present, missing) in per_task.items():
+                stats[('task', task, method, phase)] = boot.task_stat(present, missing, task)
+            for d, domain in enumerate(grid.domains()):
+                stats[('domain', domain, method, phase)] = boot.pooled_stat(
+                    {t: per_task[t] for t in grid.domain_tasks(domain)}, stream=(m, p, d + 1))
+            stats[('all', 'all', method, phase)] = boot.pooled_stat(per_task, stream=(m, p, 0))
+    return stats
+
+
+def stat_from_row(row):
+    return Stat(mean=row['mean'], low=row['ci95_low'], high=row['ci95_high'], n=row['seeds'], expected=row['seeds'])
+
+
+def published_stat(published, boot, level, key, tasks, method, phase, step=None):
+    """(Stat of the paper's number for the same cell, recomputed?) or (None, False) when the paper has none.
+
+    A domain or `all` cell whose tasks are exactly the paper's is the paper's row; over another set of tasks
+    it is recomputed from the paper's per-seed task values (mean of the task means; the interval from the
+    per-seed averages over those tasks, the paper's seed columns taken as aligned). `step`: see paper_row."""
+    method = base_method(method)
+    if level == 'task' or len(tasks) == 1:  # a domain or aggregate of one task is that task
+        row = paper_row(published, key if level == 'task' else tasks[0], method, phase, step)
+        return (stat_from_row(row), False) if row else (None, False)
+    rows = {t: paper_row(published, t, method, phase, step) for t in tasks}
+    if not tasks or any(r is None or r['seed_values'] is None for r in rows.values()):
+        return None, False
+    if len({r['step'] for r in rows.values()}) > 1:  # some tasks at our step, some at the paper's end: no number
+        return None, False
+    domains = {split_env_name(t)[0] for t in tasks}
+    paper_key = key if level == 'domain' else 'all' if len(domains) > 1 else domains.pop()  # all of one domain
+    row = paper_row(published, paper_key, method, phase, next(iter(rows.values()))['step'])
+    if row is not None:
+        if paper_key == 'all':
+            paper_tasks = published.tasks(study=row['study'])
+        else:
+            paper_tasks = [t for t in published.tasks() if split_env_name(t)[0] == paper_key]
+        if sorted(paper_tasks) == sorted(tasks):
+            return stat_from_row(row), False
+    per_task = {t: ({i: v for i, v in enumerate(r['seed_values'])}, {}) for t, r in rows.items()}
+    stat = boot.pooled_stat(per_task)
+    stat.note = f'paper, recomputed over {plural(len(tasks), "task")}'
+    return stat, True
+
+
+def published_stats(published, boot, grid, stats):
+    out = {}
+    groups = {'all': grid.tasks, **{d: grid.domain_tasks(d) for d in grid.domains()}}
+    for (level, key, method, phase) in stats:
+        tasks = [key] if level == 'task' else groups[key]
+        out[(level, key, method, phase)] = published_stat(published, boot, level, key, tasks, method, phase,
+                                                          paper_step(grid, method, phase))
+    return out
+
+
 # ------------------------------------------------------------------------------------------------- rliable
 
 
@@ -166,3 +240,26 @@ def rliable_improvement(pairs, reps, seed=0):
     with _quiet():
         return rly.get_interval_estimates(pairs, probability_of_improvement, reps=reps,
                                           random_state=np.random.RandomState(seed))
+
+
+def score_matrices(grid, published, phase):
+    """{name: (runs, tasks) success fractions} for our methods (the seeds with a value on every task) and the
+    paper's (its 12 seeds on the same tasks), and notes on what was left out."""
+    ours, paper, notes = {}, {}, []
+    for method in grid.methods:
+        if phase not in grid.phases[method]:
+            continue
+        values = {s: [grid.value(method, t, s, phase)[0] for t in grid.tasks] for s in grid.seeds}
+        seeds = [s for s, v in values.items() if all(x is not None for x in v)]
+        if not seeds:
+            notes.append(f'{method}: left out (no seed has a value on every task)')
+            continue
+        if len(seeds) < len(grid.seeds):
+            notes.append(f'{method}: {len(seeds)} of {len(grid.seeds)} seeds used (those with a value on every task)')
+        ours[method] = np.array([values[s] for s in seeds]) / 100
+        name = published.method_name(base_method(method))
+        step = paper_step(grid, method, phase)
+        rows = [paper_row(published, t, name, phase, step) for t in grid.tasks] if name else [None]
+        if all(r is not None and r['seed_values'] is not None for r in rows):
+            paper[f'{name} (paper)'] = np.stack([r['seed_values'] for r in rows], axis=1) / 100
+    return ours, paper, notes

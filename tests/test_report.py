@@ -12,9 +12,9 @@ import pickle
 import numpy as np
 import pytest
 
-from sweeps import report, report_published, report_runs
-from sweeps.report_published import Published
-from sweeps.report_stats import Bootstrap, probability_of_improvement
+from sweeps import report, report_figures, report_published, report_runs
+from sweeps.report_published import Published, paper_step
+from sweeps.report_stats import Bootstrap, probability_of_improvement, published_stat
 from utils import experiment
 
 REFERENCE_DIR = report_published.DEFAULT_REFERENCE_DIR
@@ -497,37 +497,37 @@ def test_paper_curves_are_drawn_only_on_the_paper_schedule(tmp_path, messy_repor
     runs = report_runs.find_runs(tmp_path)
     grid = report_runs.build_grid(runs)
     published = Published()
-    ((title, offline_end, curves),) = report.curve_panels(grid, Bootstrap(100), published)
+    ((title, offline_end, curves),) = report_figures.curve_panels(grid, Bootstrap(100), published)
     assert offline_end == 1_000_000 and len(curves['QAM']['steps']) == 30
     steps, means = curves['QAM']['paper']
     assert list(steps) == [50_000 * (j + 1) for j in range(30)]
     assert means[19] == pytest.approx(published.get('cube-double-play', 'QAM', 'offline')['mean'], abs=0.01)
     assert means[29] == pytest.approx(published.get('cube-double-play', 'QAM', 'online')['mean'], abs=0.01)
-    paths = report.figures.learning_curves([(title, offline_end, curves)], grid.methods, str(tmp_path / 'fig'))
+    paths = report_figures.learning_curves([(title, offline_end, curves)], grid.methods, str(tmp_path / 'fig'))
     assert all(os.path.getsize(p) > 2000 for p in paths)
     # Another schedule (the tiny runs) or a partial domain: no paper curve.
     result, out, truth = messy_report
-    for _, _, panel in report.curve_panels(result['grid'], Bootstrap(100), published):
+    for _, _, panel in report_figures.curve_panels(result['grid'], Bootstrap(100), published):
         assert all('paper' not in curve for curve in panel.values())
 
 
 def test_paper_cells_cover_the_same_tasks_as_ours():
     published, boot = Published(), Bootstrap(2000)
     main_tasks = published.tasks(study='main')
-    stat, recomputed = report.published_stat(published, boot, 'all', 'all', main_tasks, 'QAM', 'offline')
+    stat, recomputed = published_stat(published, boot, 'all', 'all', main_tasks, 'QAM', 'offline')
     assert not recomputed and stat.mean == published.get('all', 'QAM', 'offline')['mean'] == 44.39
     cube = [t for t in main_tasks if t.startswith('cube-double-play')]
-    stat, recomputed = report.published_stat(published, boot, 'all', 'all', cube, 'QAM-E', 'online')
+    stat, recomputed = published_stat(published, boot, 'all', 'all', cube, 'QAM-E', 'online')
     assert not recomputed and stat.mean == published.get('cube-double-play', 'QAM-E', 'online')['mean']
     two = cube[:2]
-    stat, recomputed = report.published_stat(published, boot, 'domain', 'cube-double-play', two, 'FQL', 'offline')
+    stat, recomputed = published_stat(published, boot, 'domain', 'cube-double-play', two, 'FQL', 'offline')
     task_means = [published.get(t, 'FQL', 'offline')['mean'] for t in two]
     assert recomputed and stat.mean == pytest.approx(np.mean(task_means), abs=0.01) and stat.low <= stat.mean <= stat.high
     # A variant label maps to the paper's method; a method the paper does not have has no paper cell.
-    assert report.published_stat(published, boot, 'task', two[0], [two[0]], 'QAM [batch_size=64]', 'offline')[0].mean \
+    assert published_stat(published, boot, 'task', two[0], [two[0]], 'QAM [batch_size=64]', 'offline')[0].mean \
         == published.get(two[0], 'QAM', 'offline')['mean']
-    assert report.published_stat(published, boot, 'task', two[0], [two[0]], 'MyMethod', 'offline') == (None, False)
-    assert report.published_stat(published, boot, 'task', two[0], [two[0]], 'RLPD', 'offline') == (None, False)
+    assert published_stat(published, boot, 'task', two[0], [two[0]], 'MyMethod', 'offline') == (None, False)
+    assert published_stat(published, boot, 'task', two[0], [two[0]], 'RLPD', 'offline') == (None, False)
 
 
 def test_runs_that_end_offline_at_the_papers_first_evaluation_are_compared_with_it():
@@ -535,12 +535,12 @@ def test_runs_that_end_offline_at_the_papers_first_evaluation_are_compared_with_
     arrays, 90.33% for QAM on scene task 1), not its 1M ones; the online phase (ends at 75K) keeps the paper's end."""
     published, boot = Published(), Bootstrap(2000)
     scene = ['scene-play-singletask-task1-v0', 'scene-play-singletask-task2-v0']
-    stat, recomputed = report.published_stat(published, boot, 'task', scene[0], scene[:1], 'QAM', 'offline', 50_000)
+    stat, recomputed = published_stat(published, boot, 'task', scene[0], scene[:1], 'QAM', 'offline', 50_000)
     assert stat.mean == 90.33 and not recomputed
-    assert report.published_stat(published, boot, 'task', scene[0], scene[:1], 'QAM', 'offline')[0].mean == 100.0
-    stat, recomputed = report.published_stat(published, boot, 'domain', 'scene-play', scene, 'FQL', 'offline', 50_000)
+    assert published_stat(published, boot, 'task', scene[0], scene[:1], 'QAM', 'offline')[0].mean == 100.0
+    stat, recomputed = published_stat(published, boot, 'domain', 'scene-play', scene, 'FQL', 'offline', 50_000)
     assert recomputed and stat.mean == pytest.approx((15.67 + 9.50) / 2, abs=0.01)
-    assert report.published_stat(published, boot, 'task', scene[0], scene[:1], 'QAM', 'online', 75_000)[0].mean \
+    assert published_stat(published, boot, 'task', scene[0], scene[:1], 'QAM', 'online', 75_000)[0].mean \
         == published.get(scene[0], 'QAM', 'online')['mean']
 
 
@@ -549,7 +549,7 @@ def test_paper_step_is_the_common_end_of_a_methods_runs(tmp_path):
         write_run(tmp_path, METHODS['QAM'], SCENE.format(1), seed, [0.5, 0.6, 0.7], offline_steps=50_000,
                   online_steps=25_000, eval_interval=25_000)
     grid = report_runs.build_grid(report_runs.find_runs(tmp_path))
-    assert report.paper_step(grid, 'QAM', 'offline') == 50_000 and report.paper_step(grid, 'QAM', 'online') == 75_000
+    assert paper_step(grid, 'QAM', 'offline') == 50_000 and paper_step(grid, 'QAM', 'online') == 75_000
     write_run(tmp_path, METHODS['QAM'], SCENE.format(2), 1, [0.5] * 8)  # another schedule: no common step
     grid = report_runs.build_grid(report_runs.find_runs(tmp_path))
-    assert report.paper_step(grid, 'QAM', 'offline') is None
+    assert paper_step(grid, 'QAM', 'offline') is None
