@@ -16,38 +16,28 @@ PRNG keys, replay buffer, environment and run directory, and gets exactly the re
 its own (up to floating-point reassociation).
 """
 
+from utils import runtime_setup  # noqa: F401  (first: its settings must be made before JAX is imported)
+
+import dataclasses
+import math
 import os
+import shutil
+import sys
+import time
 
-os.environ.setdefault('MUJOCO_GL', 'egl')
-# Compiled programs are cached across runs (a grid of runs compiles each shape once).
-os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.expanduser('~/.cache/qam_suite/jax'))
-os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '1')
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import tqdm
+from absl import app, flags, logging
+from ml_collections import config_flags
 
-from utils import host_memory  # noqa: E402
-
-host_memory.keep_freed_memory()  # XLA:CPU's per-call temporaries stay mapped (see utils/host_memory.py)
-
-import dataclasses  # noqa: E402
-import math  # noqa: E402
-import shutil  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import ml_collections  # noqa: E402
-import numpy as np  # noqa: E402
-import tqdm  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-import agents  # noqa: E402
-from envs import data_sources, env_utils, online, tasks  # noqa: E402
-from utils import agent_base, checkpoints, cpu_random, datasets, evaluation, experiment, training  # noqa: E402
-from utils.checkpoints import Checkpointer  # noqa: E402
-from utils.logger import CsvLogger  # noqa: E402
-
-cpu_random.unroll_threefry_on_cpu()  # the same random bits, fewer XLA:CPU kernels per draw (see utils/cpu_random.py)
+import agents
+from envs import data_sources, env_utils, online, tasks
+from utils import agent_base, checkpoints, datasets, evaluation, experiment, training
+from utils.checkpoints import Checkpointer
+from utils.logger import CsvLogger
 
 FLAGS = flags.FLAGS
 
@@ -300,6 +290,401 @@ def final_result(evaluation_row):
     return result
 
 
+def save_videos(run_dir, frames, step):
+    import imageio
+
+    os.makedirs(os.path.join(run_dir, 'videos'), exist_ok=True)
+    for i, episode in enumerate(frames):
+        imageio.mimsave(os.path.join(run_dir, 'videos', f'step{step}_episode{i}.gif'), episode[::2], duration=0.04)
+
+
+@dataclasses.dataclass
+class TaskData:
+    """The task's environments and training data (envs/env_utils.py)."""
+
+    env: object  # the training environment of the first member (the others get their own from make_env)
+    make_env: object  # make_env(render=False): a new, independent environment
+    transitions: object  # a dict of arrays, or an env_utils.ShardedDataset trained on one shard at a time
+    info: dict  # the dataset's name and source, reward_shift, normalized_score (D4RL with reference scores, else None)
+
+    @classmethod
+    def load(cls, located, sparse):
+        """The data of `located` (data_sources.locate_dataset) and the task's environments."""
+        try:
+            env, make_env, transitions, _, info = env_utils.make_env_and_datasets(
+                FLAGS.env_name, sparse=sparse, located=located)
+        except data_sources.DatasetError as e:
+            raise app.UsageError(str(e))
+        return cls(env, make_env, transitions, info)
+
+    @property
+    def sharded(self):
+        return isinstance(self.transitions, env_utils.ShardedDataset)
+
+    @property
+    def current(self):
+        """The transitions trained on now: the dataset, or its current shard."""
+        return self.transitions.current if self.sharded else self.transitions
+
+    @property
+    def shard_index(self):
+        return self.transitions.index if self.sharded else 0
+
+    @property
+    def action_dim(self):
+        return self.current['actions'].shape[-1]
+
+
+def create_agents(agent_class, members, swept_key, dataset):
+    """Each member's agent, built from its seed and config (`dataset` gives the shapes)."""
+    member_agents = []
+    for member in members:
+        try:
+            agent = agent_class.create(member.seed, dataset['observations'][0], dataset['actions'][0], member.config)
+        except (ValueError, TypeError) as e:  # a config value the agent cannot be built with
+            raise app.UsageError(f'{member.config.agent_name} cannot be created with this config: {e}')
+        if swept_key is not None:  # members stack only with one static config: the first member's
+            static_config = member_agents[0].config if member_agents else agent.config
+            agent = agent.with_swept(swept_key, member.config[swept_key], static_config)
+        member_agents.append(agent)
+    return member_agents
+
+
+@dataclasses.dataclass
+class ResumePoint:
+    """The step the members start from (0, or one that every member saved) and what its checkpoints hold besides the
+    agents: their metadata (the last member's), and per member the online rows and the online environment's state
+    (None where the checkpoint has none)."""
+
+    step: int
+    meta: dict
+    online_rows: list
+    environment_states: list
+
+
+def open_run_directory(member, data_identity):
+    """Makes a member's run directory, takes its lock (one writer per run) and, at the run's first start, records
+    what the run is. Returns the lock, which holds as long as it is referenced (closing its file releases it)."""
+    os.makedirs(member.run_dir, exist_ok=True)
+    try:
+        lock = experiment.RunLock(member.run_dir).acquire()
+    except experiment.RunInUse as e:
+        raise app.UsageError(str(e))
+    if experiment.read_marker(member.run_dir, experiment.DONE) is not None:  # finished by the last holder
+        raise app.UsageError(f'{member.run_dir} was finished by another process meanwhile: run again to skip it.')
+    if 'data' not in (experiment.read_flags(member.run_dir) or {}):  # the first start records what the run is
+        run_flags = {name: getattr(FLAGS, name) for name in RUN_FLAGS} | {'seed': member.seed}
+        experiment.write_flags(member.run_dir, run_flags, member.settings, data_identity)
+    print(f'Run directory: {member.run_dir}')
+    return lock
+
+
+class Run:
+    """The members trained by this program and what they write: their run directories (one writer each), train and
+    eval logs, checkpoints and W&B run; from `resume` on also their agents (`agents`, stacked; `act` samples their
+    actions), evaluation environments and progress bar."""
+
+    def __init__(self, members, swept_key, settings, data, data_identity, act):
+        self.members, self.swept_key, self.settings, self.data, self.act = members, swept_key, settings, data, act
+        # Held while the program runs: a lock's file must stay referenced (closing it would release it).
+        self.locks = [open_run_directory(member, data_identity) for member in members]
+        self.train_logs = [CsvLogger(os.path.join(member.run_dir, 'train.csv')) for member in members]
+        self.eval_logs = [CsvLogger(os.path.join(member.run_dir, 'eval.csv')) for member in members]
+        self.checkpointers = [Checkpointer(os.path.join(member.run_dir, 'checkpoints')) for member in members]
+        self.wandb = None
+        if FLAGS.wandb:
+            try:
+                import wandb
+            except ImportError:
+                raise app.UsageError('--wandb needs the wandb package: pip install wandb.')
+            self.wandb = wandb.init(project=FLAGS.wandb_project, name=os.path.basename(members[0].run_dir),
+                                    config=settings, dir=members[0].run_dir,
+                                    id=experiment.config_hash([settings, FLAGS.seed]), resume='allow')
+
+    def resume(self, member_agents):
+        """Restores the members from the latest step that every one of them has saved and that restores (a damaged
+        checkpoint is moved aside and the one before is tried), else starts them from `member_agents`; removes what
+        was written after that step. Stacks the agents in `agents`, makes the evaluation environments and the
+        progress bar, and returns the ResumePoint."""
+        num_members = len(self.members)
+        start_step, meta, online_rows, environment_states = 0, {}, [None] * num_members, [None] * num_members
+        while common_steps := set.intersection(*(set(checkpointer.all_steps()) for checkpointer in self.checkpointers)):
+            start_step, restored = max(common_steps), []
+            for m, member in enumerate(self.members):
+                try:
+                    restored.append(restore_member(self.checkpointers[m], start_step, member_agents[m],
+                                                   self.data.current))
+                except app.UsageError:
+                    raise
+                except Exception as e:  # a damaged checkpoint: kept aside for inspection, and the one before is tried
+                    moved = self.checkpointers[m].move_aside(start_step, member.run_dir,
+                                                             f'cannot be restored: {e!r}'[:2000])
+                    print(f'The checkpoint at step {start_step} of {member.run_dir} cannot be restored '
+                          f'({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}); moved it to {moved}.')
+                    break
+            if len(restored) == num_members:
+                break
+            start_step = 0
+        if start_step:
+            member_agents = [agent for agent, _, _ in restored]
+            online_rows = [rows for _, rows, _ in restored]
+            environment_states = [member_meta.get('environment') for _, _, member_meta in restored]
+            meta = restored[-1][2]
+            if self.data.sharded:
+                self.data.transitions.seek(meta['shard_index'])
+            print(f'Resumed from the checkpoint at step {start_step}.')
+        elif any(checkpointer.latest_step() is not None for checkpointer in self.checkpointers):
+            print('These runs have no checkpoint step in common that restores: all of them start again from step 0.')
+        for checkpointer in self.checkpointers:
+            checkpointer.discard_after(start_step)
+        for log in self.train_logs + self.eval_logs:
+            log.truncate_after(start_step)  # rows written after that checkpoint are redone
+        self.agents = training.stack(member_agents)
+        self.eval_envs = [[self.data.make_env() for _ in range(FLAGS.eval_episodes)] for _ in self.members]
+        self.video_envs = [[self.data.make_env(render=True) for _ in range(FLAGS.video_episodes)] for _ in self.members]
+        self.progress = tqdm.tqdm(total=FLAGS.offline_steps + FLAGS.online_steps, initial=start_step, unit='step',
+                                  disable=not FLAGS.progress, dynamic_ncols=True, smoothing=0.05)
+        self.last_log = (time.time(), start_step)
+        return ResumePoint(start_step, meta, online_rows, environment_states)
+
+    def catch_stop_signals(self):
+        """From here on a signal (Slurm preemption or time limit, Ctrl-C) checkpoints at the end of the current step."""
+        self.stop_signals = experiment.StopSignals().install()
+
+    def active(self):
+        """The indices of the members that have not diverged; the program ends once none is left."""
+        indices = [m for m, member in enumerate(self.members) if member.active]
+        if not indices:
+            self.progress.close()
+            raise SystemExit(f'Every run diverged; see the {experiment.DIVERGED} markers in their run directories.')
+        return indices
+
+    def log_train(self, step, phase, member_metrics):
+        """Checks each active member's metrics (marking non-finite ones DIVERGED) and logs the rest."""
+        now = time.time()
+        steps_per_second = (step - self.last_log[1]) / (now - self.last_log[0])
+        self.last_log = (now, step)
+        for m in self.active():
+            metrics = member_metrics[m]
+            if not check_finite(self.members[m], metrics, step):
+                continue
+            row = dict(step=step, phase=phase, **metrics, steps_per_second=steps_per_second)
+            self.train_logs[m].log(row)
+            if self.wandb:
+                self.wandb.log({f'train/{k}': v for k, v in row.items() if k != 'phase'}, step=step)
+        self.active()
+
+    def evaluate(self, step, phase, eval_index):
+        """Runs the active members' evaluation episodes in lockstep, logs them and keeps them as the phase's result."""
+        indices, num_members, action_dim = self.active(), len(self.members), self.data.action_dim
+        normalized_score = self.data.info['normalized_score']
+
+        def policy(observations, keys):  # the active members' observations (M', N, O) and keys (M', 2)
+            all_observations = np.zeros((num_members, *observations.shape[1:]), np.float32)
+            all_keys = np.zeros((num_members, *keys.shape[1:]), keys.dtype)
+            all_observations[indices], all_keys[indices] = observations, keys
+            return np.asarray(self.act(self.agents, jnp.asarray(all_observations), jnp.asarray(all_keys)))[indices]
+
+        seeds = [self.members[m].seed for m in indices]
+        member_metrics, _ = evaluation.evaluate_members(policy, [self.eval_envs[m] for m in indices], seeds, eval_index,
+                                                        action_dim)
+        if normalized_score:  # D4RL: the normalised score is linear in the return, so that of the mean return
+            for metrics in member_metrics:
+                metrics['normalized_score'] = normalized_score(metrics['episode_return'])
+        if FLAGS.video_episodes:
+            _, member_frames = evaluation.evaluate_members(policy, [self.video_envs[m] for m in indices], seeds,
+                                                           eval_index, action_dim, FLAGS.video_episodes)
+            for m, frames in zip(indices, member_frames):
+                save_videos(self.members[m].run_dir, frames, step)
+        for m, metrics in zip(indices, member_metrics):
+            member = self.members[m]
+            self.eval_logs[m].log(dict(step=step, phase=phase, **metrics))
+            if self.wandb:
+                self.wandb.log({f'eval/{k}': v for k, v in metrics.items()}, step=step)
+            member.results[phase] = {k: metrics[k] for k in ('success', 'normalized_score') if k in metrics}
+            member.results[phase]['step'] = step
+            name = f', seed {member.seed}{self.swept_value(member)}' if num_members > 1 else ''
+            score = f', normalised score {metrics["normalized_score"]:.1f}' if normalized_score else ''
+            self.progress.write(f'step {step} ({phase}{name}): success '
+                                f'{100 * metrics["success"]:.1f}%{score}, return {metrics["episode_return"]:.1f}, '
+                                f'length {metrics["episode_length"]:.0f}')
+
+    def save_checkpoints(self, step, meta, online_rows=None, environments=None):
+        """Saves each active member's agent, online rows and online environment's state, with `meta`."""
+        for m in self.active():
+            state = {'agent': checkpoints.agent_state(training.unstack(self.agents, m))}
+            if online_rows:
+                state['online_rows'] = {k: rows[m] for k, rows in online_rows.items()}
+            member_meta = dict(meta, environment=environments.state(m)) if environments else meta
+            self.checkpointers[m].save(step, state, member_meta)
+
+    def stopping(self, step):
+        """Whether to checkpoint and stop after this step: --stop_at_step, or a signal (utils/experiment.py)."""
+        return (FLAGS.stop_at_step is not None and step >= FLAGS.stop_at_step) or self.stop_signals.received is not None
+
+    def stop(self, step):
+        """Ends the program after the checkpoint of `step` (by the signal that asked for it, if one did)."""
+        self.close()
+        reason = f'after {self.stop_signals.received}' if self.stop_signals.received else '(--stop_at_step)'
+        print(f'Stopped at step {step} {reason}, with a checkpoint; run the same command again to resume. '
+              f'Run{"s" if len(self.members) > 1 else ""}: {" ".join(member.run_dir for member in self.members)}',
+              flush=True)
+        if self.wandb:
+            self.wandb.finish()
+        if self.stop_signals.received:
+            self.stop_signals.exit()
+
+    def summarise(self):
+        """Writes each finished member's DONE marker (its final results and the deviations from the protocol) and
+        deletes its checkpoints; ends with an error if some member diverged."""
+        self.stop_signals.restore()  # training is over: finishing the summary beats a checkpoint now
+        self.close()
+        deviations = []
+        if self.data.info['source'] in ('generate', 'cache'):
+            deviations.append('locally generated dataset (not the official files)')
+        if self.data.sharded and len(self.data.transitions) < 100:
+            deviations.append(f'{len(self.data.transitions)} of 100 shards')
+        for m in self.active():
+            member = self.members[m]
+            final = {phase: final_result(r) for phase, r in member.results.items()}
+            for phase in ('offline', 'online'):
+                if phase not in final:  # evaluated before a resume: read it back from eval.csv
+                    rows = [r for r in self.eval_logs[m].read() if r.get('phase') == phase]
+                    if rows:
+                        final[phase] = final_result(rows[-1])
+            parts = [f'{phase} success {r["success_pct"]:.1f}%'
+                     + (f', normalised score {r["normalized_score"]:.1f}' if 'normalized_score' in r else '')
+                     + f' at step {r["step"]}' for phase, r in final.items()]
+            summary = (f'{member.config.agent_name} on {FLAGS.env_name}, seed {member.seed}{self.swept_value(member)}: '
+                       + '; '.join(parts or ['no evaluation']))
+            experiment.write_marker(member.run_dir, experiment.DONE, dict(
+                summary=summary, final=final, dataset=self.data.info['dataset_name'],
+                dataset_source=self.data.info['source'], deviations=deviations + experiment.read_notes(member.run_dir)))
+            if not FLAGS.keep_checkpoints:  # a finished run is never resumed; its checkpoints are large
+                shutil.rmtree(os.path.join(member.run_dir, 'checkpoints'), ignore_errors=True)
+            print(f'Finished. {summary}. Results in {member.run_dir}')
+        if self.wandb:
+            self.wandb.finish()
+        diverged = [member.run_dir for member in self.members if not member.active]
+        if diverged:
+            raise SystemExit(f'{len(diverged)} of {len(self.members)} runs diverged (marked {experiment.DIVERGED}): '
+                             f'{" ".join(diverged)}')
+
+    def swept_value(self, member):
+        """', <key>=<value>' of the member's swept hyperparameter, or '' without --hyper_sweep."""
+        return f', {self.swept_key}={member.config[self.swept_key]:g}' if self.swept_key else ''
+
+    def close(self):
+        """Closes the progress bar and the checkpointers (at the end of training, or at a stop)."""
+        self.progress.close()
+        for checkpointer in self.checkpointers:
+            checkpointer.close()
+
+
+def offline_phase(run, start, offline_updates, offline_keys):
+    """Gradient steps on the dataset up to --offline_steps, many per call; False if the run stopped (checkpointed)."""
+    if start.step >= FLAGS.offline_steps:
+        return True
+    data = run.data
+    device_data = datasets.to_device(data.current)
+    boundaries = [FLAGS.log_interval, FLAGS.eval_interval, FLAGS.save_interval, FLAGS.offline_steps]
+    scan_length = math.gcd(*boundaries, FLAGS.shard_interval if data.sharded else 0)
+    for step in range(start.step + scan_length, FLAGS.offline_steps + 1, scan_length):
+        run.agents, info = offline_updates(run.agents, device_data, offline_keys, step, scan_length)
+        run.progress.update(scan_length)
+        if data.sharded and step % FLAGS.shard_interval == 0:
+            device_data = datasets.to_device(data.transitions.advance())
+        if step % FLAGS.log_interval == 0:
+            run.log_train(step, 'offline', host_metrics(info))
+        if step % FLAGS.eval_interval == 0:
+            run.evaluate(step, 'offline', step // FLAGS.eval_interval)
+        stop_here = run.stopping(step)
+        if step % FLAGS.save_interval == 0 or step == FLAGS.offline_steps or stop_here:
+            run.save_checkpoints(step, dict(phase='offline', shard_index=data.shard_index))
+        if stop_here:
+            run.stop(step)
+            return False
+    return True
+
+
+def online_phase(run, start, online_step, act_step, online_keys, act_keys):
+    """Environment steps up to --online_steps, each one call that steps every member's environment and, from
+    --start_training on, updates the agents --utd_ratio times; False if the run stopped (checkpointed)."""
+    first_online = max(start.step - FLAGS.offline_steps, 0) + 1
+    if first_online > FLAGS.online_steps:
+        return True
+    members, data, num_members = run.members, run.data, len(run.members)
+    # The dataset is on the device once, shared by the members; each member's buffer holds its online rows.
+    offline_data = datasets.to_device(data.current)
+    buffers = replay_buffers(data.current, num_members, start)
+    act_randomly = FLAGS.offline_steps == 0  # an untrained agent explores uniformly until training starts
+    environments = online.OnlineEnvironments([data.env] + [data.make_env() for _ in members[1:]],  # one per member
+                                             [member.seed for member in members], data.action_dim,
+                                             run.settings['sparse'], data.info['reward_shift'])
+    if start.environment_states[0] is not None:  # the episodes in progress at the checkpoint go on
+        for m, note in environments.restore(start.environment_states).items():
+            print(f'Note ({members[m].run_dir}): {note}.')
+            experiment.add_note(members[m].run_dir, note)
+    else:
+        environments.start(first_online)
+    # A member that diverged is no longer stepped: its slot of the vmapped step gets this placeholder.
+    idle_transition = {k: np.asarray(data.current[k][0], np.float32) for k in datasets.TRANSITION_KEYS}
+    for i in range(first_online, FLAGS.online_steps + 1):
+        step = FLAGS.offline_steps + i
+        if data.sharded and i % FLAGS.shard_interval == 0:  # the shard in front of the online rows (PROTOCOL §4.4)
+            offline_data = datasets.to_device(data.transitions.advance())
+        needs_actions = environments.needs_actions(run.active())
+        if needs_actions and act_randomly and i < FLAGS.start_training:
+            for m in needs_actions:  # one action per call (PROTOCOL §4.3)
+                environments.enqueue(m, np.random.default_rng([members[m].seed, i]).uniform(-1, 1, data.action_dim))
+        elif needs_actions:
+            policy_outputs = np.asarray(act_step(run.agents, jnp.asarray(environments.observations), act_keys, i))
+            for m in needs_actions:
+                environments.enqueue(m, policy_outputs[m])
+        transitions = [idle_transition] * num_members
+        for m in run.active():
+            transitions[m] = environments.step(m, i)
+        transitions = {k: np.stack([np.asarray(t[k], np.float32) for t in transitions]) for k in datasets.TRANSITION_KEYS}
+        run.agents, buffers, info = online_step(run.agents, buffers, offline_data, transitions, online_keys, i,
+                                                update=i >= FLAGS.start_training)
+        run.progress.update(1)
+        if i % FLAGS.log_interval == 0 and info:
+            member_metrics = host_metrics(info)
+            for m, metrics in enumerate(member_metrics):
+                finished = environments.pop_finished(m)
+                if finished:
+                    metrics['online/episode_success'], metrics['online/episode_return'] = np.mean(finished, 0)
+            run.log_train(step, 'online', member_metrics)
+        if i % FLAGS.eval_interval == 0:
+            run.evaluate(step, 'online', (FLAGS.offline_steps // FLAGS.eval_interval) + i // FLAGS.eval_interval)
+        stop_here = run.stopping(step)
+        if i % FLAGS.save_interval == 0 or i == FLAGS.online_steps or stop_here:
+            filled = int(buffers.size[0])
+            rows = {k: buffers.data[k][:, :filled] for k in datasets.TRANSITION_KEYS}
+            meta = dict(phase='online', online_rows=filled, online_data_version=experiment.ONLINE_DATA_VERSION,
+                        shard_index=data.shard_index)
+            run.save_checkpoints(step, meta, rows, environments)
+        if stop_here:
+            run.stop(step)
+            return False
+    return True
+
+
+def replay_buffers(dataset, num_members, start):
+    """The members' online replay buffers, stacked, holding the online rows of the checkpoint they resume from."""
+    row = {k: dataset[k][0] for k in datasets.TRANSITION_KEYS}
+    buffers = jax.tree.map(lambda x: jnp.repeat(x[None], num_members, axis=0),  # one per member
+                           datasets.ReplayBuffer.create(row, FLAGS.online_steps))
+    if start.online_rows[0] is not None:
+        filled = start.meta['online_rows']
+        buffers = buffers.replace(
+            data={k: buffers.data[k].at[:, :filled].set(jnp.stack([rows[k] for rows in start.online_rows]))
+                  for k in datasets.TRANSITION_KEYS},
+            size=jnp.full((num_members,), filled, jnp.int32),
+        )
+    return buffers
+
+
 def main(_):
     logging.set_verbosity(logging.WARNING)  # orbax reports every checkpoint write at INFO
     # ------------------------------------------------------------------------------------- settings
@@ -328,309 +713,31 @@ def main(_):
                if not already_finished(member, data_identity)]
     if not members:
         return
-    num_members = len(members)
-    try:
-        env, make_eval_env, train_data, _, data_info = env_utils.make_env_and_datasets(
-            FLAGS.env_name, sparse=settings['sparse'], located=located)
-    except data_sources.DatasetError as e:
-        raise app.UsageError(str(e))
-    sharded = isinstance(train_data, env_utils.ShardedDataset)
-    normalized_score = data_info['normalized_score']  # D4RL datasets with reference scores, else None
-    dataset = train_data.current if sharded else train_data
-    action_dim = dataset['actions'].shape[-1]
+    data = TaskData.load(located, settings['sparse'])
 
     # -------------------------------------------------------------------------------- agents and keys
-    member_agents = []
-    for member in members:
-        try:
-            agent = agent_class.create(member.seed, dataset['observations'][0], dataset['actions'][0], member.config)
-        except (ValueError, TypeError) as e:  # a config value the agent cannot be built with
-            raise app.UsageError(f'{config.agent_name} cannot be created with this config: {e}')
-        if swept_key is not None:  # members stack only with one static config: the first member's
-            static_config = member_agents[0].config if member_agents else agent.config
-            agent = agent.with_swept(swept_key, member.config[swept_key], static_config)
-        member_agents.append(agent)
+    member_agents = create_agents(agent_class, members, swept_key, data.current)
     offline_updates, online_step, act, act_step = training.make_train_functions(
         config, FLAGS.balanced_sampling, FLAGS.utd_ratio)
     root_keys = [jax.random.PRNGKey(member.seed) for member in members]
     offline_keys, online_keys, act_keys = (jnp.stack([jax.random.fold_in(key, i) for key in root_keys]) for i in (1, 2, 3))
 
-    # ------------------------------------------------------------------ run directories: one writer each
-    run_locks = []  # held until the process ends: a lock's file must stay referenced (closing it would release it)
-    for member in members:
-        os.makedirs(member.run_dir, exist_ok=True)
-        try:
-            run_locks.append(experiment.RunLock(member.run_dir).acquire())
-        except experiment.RunInUse as e:
-            raise app.UsageError(str(e))
-        if experiment.read_marker(member.run_dir, experiment.DONE) is not None:  # finished by the last holder
-            raise app.UsageError(f'{member.run_dir} was finished by another process meanwhile: run again to skip it.')
-        if 'data' not in (experiment.read_flags(member.run_dir) or {}):  # the first start records what the run is
-            run_flags = {name: getattr(FLAGS, name) for name in RUN_FLAGS} | {'seed': member.seed}
-            experiment.write_flags(member.run_dir, run_flags, member.settings, data_identity)
-        print(f'Run directory: {member.run_dir}')
-
-    # ------------------------------------------------------------------------- logging and resume
-    train_logs = [CsvLogger(os.path.join(member.run_dir, 'train.csv')) for member in members]
-    eval_logs = [CsvLogger(os.path.join(member.run_dir, 'eval.csv')) for member in members]
-    checkpointers = [Checkpointer(os.path.join(member.run_dir, 'checkpoints')) for member in members]
-    wandb_run = None
-    if FLAGS.wandb:
-        try:
-            import wandb
-        except ImportError:
-            raise app.UsageError('--wandb needs the wandb package: pip install wandb.')
-        wandb_run = wandb.init(project=FLAGS.wandb_project, name=os.path.basename(members[0].run_dir), config=settings,
-                               dir=members[0].run_dir, id=experiment.config_hash([settings, FLAGS.seed]), resume='allow')
-    # Members resume together, from the latest step that every one of them has saved and that restores.
-    start_step, meta, online_rows, environment_states = 0, {}, [None] * num_members, [None] * num_members
-    while common_steps := set.intersection(*(set(checkpointer.all_steps()) for checkpointer in checkpointers)):
-        start_step, restored = max(common_steps), []
-        for m, member in enumerate(members):
-            try:
-                restored.append(restore_member(checkpointers[m], start_step, member_agents[m], dataset))
-            except app.UsageError:
-                raise
-            except Exception as e:  # a damaged checkpoint: kept aside for inspection, and the one before is tried
-                moved = checkpointers[m].move_aside(start_step, member.run_dir, f'cannot be restored: {e!r}'[:2000])
-                print(f'The checkpoint at step {start_step} of {member.run_dir} cannot be restored '
-                      f'({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}); moved it to {moved}.')
-                break
-        if len(restored) == num_members:
-            break
-        start_step = 0
-    if start_step:
-        member_agents = [agent for agent, _, _ in restored]
-        online_rows = [rows for _, rows, _ in restored]
-        environment_states = [member_meta.get('environment') for _, _, member_meta in restored]
-        meta = restored[-1][2]
-        if sharded:
-            dataset = train_data.seek(meta['shard_index'])
-        print(f'Resumed from the checkpoint at step {start_step}.')
-    elif any(checkpointer.latest_step() is not None for checkpointer in checkpointers):
-        print('These runs have no checkpoint step in common that restores: all of them start again from step 0.')
-    for checkpointer in checkpointers:
-        checkpointer.discard_after(start_step)
-    for log in train_logs + eval_logs:
-        log.truncate_after(start_step)  # rows written after that checkpoint are redone
-    agents_state = training.stack(member_agents)
-    del member_agents
-    eval_envs = [[make_eval_env() for _ in range(FLAGS.eval_episodes)] for _ in members]
-    video_envs = [[make_eval_env(render=True) for _ in range(FLAGS.video_episodes)] for _ in members]
-    progress = tqdm.tqdm(total=FLAGS.offline_steps + FLAGS.online_steps, initial=start_step, unit='step',
-                         disable=not FLAGS.progress, dynamic_ncols=True, smoothing=0.05)
-
-    def active():
-        indices = [m for m, member in enumerate(members) if member.active]
-        if not indices:
-            progress.close()
-            raise SystemExit(f'Every run diverged; see the {experiment.DIVERGED} markers in their run directories.')
-        return indices
-
-    last_log = [time.time(), start_step]
-
-    def log_train(step, phase, member_metrics):
-        """Checks each active member's metrics (marking non-finite ones DIVERGED) and logs the rest."""
-        now = time.time()
-        steps_per_second = (step - last_log[1]) / (now - last_log[0])
-        last_log[:] = [now, step]
-        for m in active():
-            metrics = member_metrics[m]
-            if not check_finite(members[m], metrics, step):
-                continue
-            row = dict(step=step, phase=phase, **metrics, steps_per_second=steps_per_second)
-            train_logs[m].log(row)
-            if wandb_run:
-                wandb_run.log({f'train/{k}': v for k, v in row.items() if k != 'phase'}, step=step)
-        active()
-
-    def run_evaluation(step, phase, eval_index):
-        indices = active()
-
-        def policy(observations, keys):  # the active members' observations (M', N, O) and keys (M', 2)
-            all_observations = np.zeros((num_members, *observations.shape[1:]), np.float32)
-            all_keys = np.zeros((num_members, *keys.shape[1:]), keys.dtype)
-            all_observations[indices], all_keys[indices] = observations, keys
-            return np.asarray(act(agents_state, jnp.asarray(all_observations), jnp.asarray(all_keys)))[indices]
-
-        seeds = [members[m].seed for m in indices]
-        member_metrics, _ = evaluation.evaluate_members(policy, [eval_envs[m] for m in indices], seeds, eval_index,
-                                                        action_dim)
-        if normalized_score:  # D4RL: the normalised score is linear in the return, so that of the mean return
-            for metrics in member_metrics:
-                metrics['normalized_score'] = normalized_score(metrics['episode_return'])
-        if FLAGS.video_episodes:
-            _, member_frames = evaluation.evaluate_members(policy, [video_envs[m] for m in indices], seeds,
-                                                           eval_index, action_dim, FLAGS.video_episodes)
-            for m, frames in zip(indices, member_frames):
-                save_videos(members[m].run_dir, frames, step)
-        for m, metrics in zip(indices, member_metrics):
-            eval_logs[m].log(dict(step=step, phase=phase, **metrics))
-            if wandb_run:
-                wandb_run.log({f'eval/{k}': v for k, v in metrics.items()}, step=step)
-            members[m].results[phase] = {k: metrics[k] for k in ('success', 'normalized_score') if k in metrics}
-            members[m].results[phase]['step'] = step
-            name = f'seed {members[m].seed}' + (f', {swept_key}={members[m].config[swept_key]:g}' if swept_key else '')
-            score = f', normalised score {metrics["normalized_score"]:.1f}' if normalized_score else ''
-            progress.write(f'step {step} ({phase}{", " + name if num_members > 1 else ""}): success '
-                           f'{100 * metrics["success"]:.1f}%{score}, return {metrics["episode_return"]:.1f}, '
-                           f'length {metrics["episode_length"]:.0f}')
-
-    def save_videos(run_dir, frames, step):
-        import imageio
-
-        os.makedirs(os.path.join(run_dir, 'videos'), exist_ok=True)
-        for i, episode in enumerate(frames):
-            imageio.mimsave(os.path.join(run_dir, 'videos', f'step{step}_episode{i}.gif'), episode[::2], duration=0.04)
-
-    def save_checkpoints(step, meta, online_rows=None, environments=None):
-        for m in active():
-            state = {'agent': checkpoints.agent_state(training.unstack(agents_state, m))}
-            if online_rows:
-                state['online_rows'] = {k: rows[m] for k, rows in online_rows.items()}
-            member_meta = dict(meta, environment=environments.state(m)) if environments else meta
-            checkpointers[m].save(step, state, member_meta)
-
-    def stopping(step):
-        """Whether to checkpoint and stop after this step: --stop_at_step, or a signal (utils/experiment.py)."""
-        return (FLAGS.stop_at_step is not None and step >= FLAGS.stop_at_step) or stop_signals.received is not None
-
-    def stop(step):
-        progress.close()
-        for checkpointer in checkpointers:
-            checkpointer.close()
-        reason = f'after {stop_signals.received}' if stop_signals.received else '(--stop_at_step)'
-        print(f'Stopped at step {step} {reason}, with a checkpoint; run the same command again to resume. '
-              f'Run{"s" if num_members > 1 else ""}: {" ".join(member.run_dir for member in members)}', flush=True)
-        if wandb_run:
-            wandb_run.finish()
-        if stop_signals.received:
-            stop_signals.exit()
-
-    # From here on a signal (Slurm preemption or time limit, Ctrl-C) checkpoints at the end of the current step.
-    stop_signals = experiment.StopSignals().install()
+    # ------------------------------------------------- run directories (one writer each), logging and resume
+    run = Run(members, swept_key, settings, data, data_identity, act)
+    start = run.resume(member_agents)
+    del member_agents  # trained stacked in run.agents: these copies would only hold device memory
+    run.catch_stop_signals()
 
     # ---------------------------------------------------------------------------------- offline phase
-    if start_step < FLAGS.offline_steps:
-        data = datasets.to_device(dataset)
-        boundaries = [FLAGS.log_interval, FLAGS.eval_interval, FLAGS.save_interval, FLAGS.offline_steps]
-        scan_length = math.gcd(*boundaries, FLAGS.shard_interval if sharded else 0)
-        for step in range(start_step + scan_length, FLAGS.offline_steps + 1, scan_length):
-            agents_state, info = offline_updates(agents_state, data, offline_keys, step, scan_length)
-            progress.update(scan_length)
-            if sharded and step % FLAGS.shard_interval == 0:
-                data = datasets.to_device(train_data.advance())
-            if step % FLAGS.log_interval == 0:
-                log_train(step, 'offline', host_metrics(info))
-            if step % FLAGS.eval_interval == 0:
-                run_evaluation(step, 'offline', step // FLAGS.eval_interval)
-            stop_here = stopping(step)
-            if step % FLAGS.save_interval == 0 or step == FLAGS.offline_steps or stop_here:
-                save_checkpoints(step, dict(phase='offline', shard_index=train_data.index if sharded else 0))
-            if stop_here:
-                return stop(step)
-        del data
-        dataset = train_data.current if sharded else dataset
+    if not offline_phase(run, start, offline_updates, offline_keys):
+        return  # stopped with a checkpoint, to be resumed
 
     # ----------------------------------------------------------------------------------- online phase
-    first_online = max(start_step - FLAGS.offline_steps, 0) + 1
-    if first_online <= FLAGS.online_steps:
-        # The dataset is on the device once, shared by the members; each member's buffer holds its online rows.
-        offline_data = datasets.to_device(dataset)
-        buffer = datasets.ReplayBuffer.create({k: dataset[k][0] for k in datasets.TRANSITION_KEYS}, FLAGS.online_steps)
-        buffers = jax.tree.map(lambda x: jnp.repeat(x[None], num_members, axis=0), buffer)  # one per member
-        del buffer
-        if online_rows[0] is not None:
-            filled = meta['online_rows']
-            buffers = buffers.replace(
-                data={k: buffers.data[k].at[:, :filled].set(jnp.stack([rows[k] for rows in online_rows]))
-                      for k in datasets.TRANSITION_KEYS},
-                size=jnp.full((num_members,), filled, jnp.int32),
-            )
-        del online_rows
-        act_randomly = FLAGS.offline_steps == 0  # an untrained agent explores uniformly until training starts
-        environments = online.OnlineEnvironments([env] + [make_eval_env() for _ in members[1:]],  # one per member
-                                                 [member.seed for member in members], action_dim, settings['sparse'],
-                                                 data_info['reward_shift'])
-        if environment_states[0] is not None:  # the episodes in progress at the checkpoint go on
-            for m, note in environments.restore(environment_states).items():
-                print(f'Note ({members[m].run_dir}): {note}.')
-                experiment.add_note(members[m].run_dir, note)
-        else:
-            environments.start(first_online)
-        # A member that diverged is no longer stepped: its slot of the vmapped step gets this placeholder.
-        idle_transition = {k: np.asarray(dataset[k][0], np.float32) for k in datasets.TRANSITION_KEYS}
-        for i in range(first_online, FLAGS.online_steps + 1):
-            step = FLAGS.offline_steps + i
-            if sharded and i % FLAGS.shard_interval == 0:  # the shard in front of the online rows (PROTOCOL §4.4)
-                offline_data = datasets.to_device(train_data.advance())
-            needs_actions = environments.needs_actions(active())
-            if needs_actions and act_randomly and i < FLAGS.start_training:
-                for m in needs_actions:  # one action per call (PROTOCOL §4.3)
-                    environments.enqueue(m, np.random.default_rng([members[m].seed, i]).uniform(-1, 1, action_dim))
-            elif needs_actions:
-                policy_outputs = np.asarray(act_step(agents_state, jnp.asarray(environments.observations), act_keys, i))
-                for m in needs_actions:
-                    environments.enqueue(m, policy_outputs[m])
-            transitions = [idle_transition] * num_members
-            for m in active():
-                transitions[m] = environments.step(m, i)
-            transitions = {k: np.stack([np.asarray(t[k], np.float32) for t in transitions]) for k in datasets.TRANSITION_KEYS}
-            agents_state, buffers, info = online_step(agents_state, buffers, offline_data, transitions, online_keys, i,
-                                                      update=i >= FLAGS.start_training)
-            progress.update(1)
-            if i % FLAGS.log_interval == 0 and info:
-                member_metrics = host_metrics(info)
-                for m, metrics in enumerate(member_metrics):
-                    finished = environments.pop_finished(m)
-                    if finished:
-                        metrics['online/episode_success'], metrics['online/episode_return'] = np.mean(finished, 0)
-                log_train(step, 'online', member_metrics)
-            if i % FLAGS.eval_interval == 0:
-                run_evaluation(step, 'online', (FLAGS.offline_steps // FLAGS.eval_interval) + i // FLAGS.eval_interval)
-            stop_here = stopping(step)
-            if i % FLAGS.save_interval == 0 or i == FLAGS.online_steps or stop_here:
-                filled = int(buffers.size[0])
-                rows = {k: buffers.data[k][:, :filled] for k in datasets.TRANSITION_KEYS}
-                save_checkpoints(step, dict(phase='online', online_rows=filled, online_data_version=experiment.ONLINE_DATA_VERSION,
-                                            shard_index=train_data.index if sharded else 0), rows, environments)
-            if stop_here:
-                return stop(step)
+    if not online_phase(run, start, online_step, act_step, online_keys, act_keys):
+        return
 
     # ------------------------------------------------------------------------------------ summary
-    stop_signals.restore()  # training is over: finishing the summary beats a checkpoint now
-    progress.close()
-    for checkpointer in checkpointers:
-        checkpointer.close()
-    deviations = []
-    if data_info['source'] in ('generate', 'cache'):
-        deviations.append('locally generated dataset (not the official files)')
-    if sharded and len(train_data) < 100:
-        deviations.append(f'{len(train_data)} of 100 shards')
-    for m in active():
-        member = members[m]
-        final = {phase: final_result(r) for phase, r in member.results.items()}
-        for phase in ('offline', 'online'):
-            if phase not in final:  # evaluated before a resume: read it back from eval.csv
-                rows = [r for r in eval_logs[m].read() if r.get('phase') == phase]
-                if rows:
-                    final[phase] = final_result(rows[-1])
-        parts = [f'{phase} success {r["success_pct"]:.1f}%'
-                 + (f', normalised score {r["normalized_score"]:.1f}' if 'normalized_score' in r else '')
-                 + f' at step {r["step"]}' for phase, r in final.items()]
-        swept = f', {swept_key}={member.config[swept_key]:g}' if swept_key else ''
-        summary = f'{config.agent_name} on {FLAGS.env_name}, seed {member.seed}{swept}: ' + '; '.join(parts or ['no evaluation'])
-        experiment.write_marker(member.run_dir, experiment.DONE, dict(
-            summary=summary, final=final, dataset=data_info['dataset_name'], dataset_source=data_info['source'],
-            deviations=deviations + experiment.read_notes(member.run_dir)))
-        if not FLAGS.keep_checkpoints:  # a finished run is never resumed; its checkpoints are large
-            shutil.rmtree(os.path.join(member.run_dir, 'checkpoints'), ignore_errors=True)
-        print(f'Finished. {summary}. Results in {member.run_dir}')
-    if wandb_run:
-        wandb_run.finish()
-    diverged = [member.run_dir for member in members if not member.active]
-    if diverged:
-        raise SystemExit(f'{len(diverged)} of {num_members} runs diverged (marked {experiment.DIVERGED}): {" ".join(diverged)}')
+    run.summarise()
 
 
 def command_line_main(argv):
