@@ -189,11 +189,18 @@ def published_stats(published, boot, grid, stats):
 
 
 @contextlib.contextmanager
-def _quiet():
-    """rliable passes a seeded RandomState to arch, which warns that the argument is deprecated."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings('ignore', message='random_state is deprecated', category=FutureWarning)
-        yield
+def _seeded_rliable(seed):
+    """Makes rliable's bootstrap reproducible: rliable 1.2's StratifiedBootstrap draws its resamples from numpy's
+    global generator (np.random.choice), whatever random_state it is given, so that generator is seeded here and
+    restored afterwards. Also silences arch's warning that the random_state argument is deprecated."""
+    saved = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings('ignore', message='random_state is deprecated', category=FutureWarning)
+            yield np.random.RandomState(seed)
+    finally:
+        np.random.set_state(saved)
 
 
 def probability_of_improvement(scores_x, scores_y):
@@ -212,8 +219,8 @@ def rliable_aggregates(score_dict, reps, seed=0):
     def aggregate(scores):
         return np.array([metrics.aggregate_iqm(scores), metrics.aggregate_mean(scores)])
 
-    with _quiet():
-        return rly.get_interval_estimates(score_dict, aggregate, reps=reps, random_state=np.random.RandomState(seed))
+    with _seeded_rliable(seed) as random_state:
+        return rly.get_interval_estimates(score_dict, aggregate, reps=reps, random_state=random_state)
 
 
 def rliable_profiles(score_dict, taus, reps, seed=0):
@@ -226,8 +233,8 @@ def rliable_profiles(score_dict, taus, reps, seed=0):
     def profile(scores):
         return np.array([np.mean(scores > tau) for tau in taus])
 
-    with _quiet():
-        return rly.get_interval_estimates(score_dict, profile, reps=reps, random_state=np.random.RandomState(seed))
+    with _seeded_rliable(seed) as random_state:
+        return rly.get_interval_estimates(score_dict, profile, reps=reps, random_state=random_state)
 
 
 def rliable_improvement(pairs, reps, seed=0):
@@ -237,9 +244,8 @@ def rliable_improvement(pairs, reps, seed=0):
 
     if not pairs:
         return {}, {}
-    with _quiet():
-        return rly.get_interval_estimates(pairs, probability_of_improvement, reps=reps,
-                                          random_state=np.random.RandomState(seed))
+    with _seeded_rliable(seed) as random_state:
+        return rly.get_interval_estimates(pairs, probability_of_improvement, reps=reps, random_state=random_state)
 
 
 def score_matrices(grid, published, phase):

@@ -14,7 +14,8 @@ import pytest
 
 from sweeps import report, report_figures, report_published, report_runs
 from sweeps.report_published import Published, paper_step
-from sweeps.report_stats import Bootstrap, probability_of_improvement, published_stat
+from sweeps.report_stats import (Bootstrap, probability_of_improvement, published_stat, rliable_aggregates,
+                                 rliable_improvement, rliable_profiles)
 from utils import experiment
 
 REFERENCE_DIR = report_published.DEFAULT_REFERENCE_DIR
@@ -198,6 +199,25 @@ def test_fast_probability_of_improvement_equals_rliable():
         x, y = rng.integers(0, 6, size=(12, 4)) / 5, rng.integers(0, 6, size=(9, 4)) / 5
         assert probability_of_improvement(x, y) == pytest.approx(metrics.probability_of_improvement(x, y))
     assert probability_of_improvement(x, x) == pytest.approx(0.5)
+
+
+def test_rliable_intervals_depend_on_the_bootstrap_seed_only():
+    # rliable 1.2 resamples with numpy's global generator whatever random_state it gets: the report seeds it.
+    rng = np.random.default_rng(3)
+    scores = {'A': rng.random((5, 3)), 'B': rng.random((4, 3))}
+    pairs = {'A,B': (scores['A'], scores['B'])}
+    runs = []
+    for global_seed in (1, 2):
+        np.random.seed(global_seed)  # what other code left in the global generator
+        runs.append((rliable_aggregates(scores, 200, seed=7), rliable_profiles(scores, [0.25, 0.5], 200, seed=7),
+                     rliable_improvement(pairs, 200, seed=7)))
+    assert np.random.get_state()[1][0] == np.random.RandomState(2).get_state()[1][0]  # restored afterwards
+    for first, second in zip(runs[0], runs[1]):
+        for a, b in zip(first, second):  # point estimates, then intervals
+            for name in a:
+                np.testing.assert_array_equal(a[name], b[name])
+    other_seed = rliable_aggregates(scores, 200, seed=8)[1]
+    assert any(not np.array_equal(other_seed[name], runs[0][0][1][name]) for name in scores)
 
 
 # The QAM paper's aggregate over the 50 tasks (PROTOCOL §12.1): offline, offline-to-online (RLPD: online only).
