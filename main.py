@@ -150,7 +150,7 @@ def check_flags(config):
             raise app.UsageError(f'--{name} must be >= 0, got {getattr(FLAGS, name)}.')
     if FLAGS.offline_steps + FLAGS.online_steps == 0:
         raise app.UsageError('Nothing to do: --offline_steps and --online_steps are both 0.')
-    if FLAGS.horizon_length is not None and FLAGS.horizon_length < 1:
+    if FLAGS.horizon_length is not None and FLAGS.horizon_length < 1:  # else 0 would become the domain's H
         raise app.UsageError(f'--horizon_length must be at least 1, got {FLAGS.horizon_length}.')
     if FLAGS.dataset_episodes is not None and FLAGS.dataset_episodes < 1:
         raise app.UsageError(f'--dataset_episodes must be at least 1, got {FLAGS.dataset_episodes}.')

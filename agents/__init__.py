@@ -1,7 +1,7 @@
 """Agent registry: `--agent=qam` names a file in this folder; `--agent=path/to/file.py` any agent file.
 
 An agent file defines `get_config()` (an ml_collections ConfigDict) and `Agent`, a flax PyTreeNode class
-with `create(seed, ex_observations, ex_actions, config)`, `update(batch)`, `batch_update(batch)` and
+with `create(seed, ex_observations, ex_actions, config)`, `update(batch)` and
 `sample_actions(observations, rng)`; `update` and `sample_actions` are `jax.jit`-compiled methods.
 """
 

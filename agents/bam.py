@@ -21,10 +21,9 @@ only, and the pessimistic (mean − ρ·std) online-critic value at the *unclipp
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from utils import flow, rl
-from utils.agent_base import ChunkedAgent
+from utils.agent_base import ChunkedAgent, shared_config
 from utils.networks import CriticEnsemble, VelocityField
 
 
@@ -104,40 +103,30 @@ class BAMAgent(ChunkedAgent):
         action_size = ex_chunks.shape[-1]
 
         actor_dims = tuple(config.actor_hidden_dims)
-        modules = {
-            'critic': CriticEnsemble(tuple(config.value_hidden_dims), config.num_qs, config.value_layer_norm),
-            'behavior_flow': VelocityField(actor_dims, action_size, config.actor_layer_norm),
-            'finetuned_flow': VelocityField(actor_dims, action_size, config.actor_layer_norm),
+        networks = {  # name: (module, example inputs)
+            'critic': (CriticEnsemble(tuple(config.value_hidden_dims), config.num_qs, config.value_layer_norm),
+                       (ex_observations, ex_chunks)),
+            'behavior_flow': (VelocityField(actor_dims, action_size, config.actor_layer_norm),
+                              (ex_observations, ex_chunks, ex_times)),
+            'finetuned_flow': (VelocityField(actor_dims, action_size, config.actor_layer_norm),
+                               (ex_observations, ex_chunks, ex_times)),
         }
-        inputs = {'critic': (ex_observations, ex_chunks), 'behavior_flow': (ex_observations, ex_chunks, ex_times),
-                  'finetuned_flow': (ex_observations, ex_chunks, ex_times)}
         optimizer = rl.make_optimizer(config.lr, 1.0)  # always global-norm clipping at 1.0 (§1.9)
-        return cls.from_modules(seed, config, modules, inputs, optimizer,
+        return cls.from_modules(seed, config, networks, optimizer,
                                 targets={'target_critic': 'critic', 'target_behavior_flow': 'behavior_flow'})
 
 
 def get_config():
-    config = ml_collections.ConfigDict(dict(
-        agent_name='bam',  # Agent name (file in agents/).
-        lr=3e-4,  # Adam learning rate (after global-norm clipping at 1.0, always on).
-        batch_size=256,  # Batch size (read by the training loop).
-        actor_hidden_dims=(512, 512, 512, 512),  # Hidden widths of the BC and fine-tuned flows.
-        value_hidden_dims=(512, 512, 512, 512),  # Hidden widths of each critic member.
-        actor_layer_norm=False,  # LayerNorm in the flows.
-        value_layer_norm=True,  # LayerNorm in the critic.
-        horizon_length=5,  # H: action chunk length (5 manipulation, 1 mazes; set per domain by the run).
-        action_chunking=True,  # Act with flat chunks of H actions (D = H·A); False: first action, γ^H bootstrap.
-        num_qs=10,  # K: critic ensemble size.
-        rho=0.5,  # Pessimism: TD target and BAM's terminal value use mean − rho·std over the ensemble.
-        discount=0.99,  # γ (per step; the TD target uses γ^H).
-        tau=0.005,  # λ: Polyak rate of the target critic and target BC flow.
+    # Shared keys (utils/agent_base.py shared_config): actor_* size the BC and fine-tuned flows; lr is applied after
+    # global-norm clipping at 1.0 (always on); rho also prices BAM's terminal value; tau also moves the target BC flow.
+    return shared_config(
+        'bam',
         flow_steps=10,  # T: Euler/SDE steps of every flow (BAM backpropagates through all of them).
         best_of_n=1,  # Candidates per observation scored by the online critic when acting (1: off).
         inv_temp=0.3,  # Weight of the terminal Q in the SDE objective (tuned per domain); 0: act with the BC flow.
         target_actor=True,  # Base flow f_base = EMA target of the BC flow (False: online BC flow).
         residual=False,  # Parameterise the fine-tuned field as a residual on top of the base flow.
-    ))
-    return config
+    )
 
 
 Agent = BAMAgent

@@ -26,10 +26,9 @@ mode; the noisy-critic target from the target critic at the clean action.
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from utils import flow, rl
-from utils.agent_base import ChunkedAgent
+from utils.agent_base import ChunkedAgent, shared_config
 from utils.networks import CriticEnsemble, VelocityField
 
 MODES = ('simple', 'mse', 'linex')
@@ -135,31 +134,21 @@ class CGQLAgent(ChunkedAgent):
         action_size = ex_chunks.shape[-1]
 
         actor_dims, value_dims = tuple(config.actor_hidden_dims), tuple(config.value_hidden_dims)
-        modules = {
-            'critic': CriticEnsemble(value_dims, config.num_qs, config.value_layer_norm),  # on concat(s, a, t)
-            'behavior_flow': VelocityField(actor_dims, action_size, config.actor_layer_norm),
+        networks = {  # name: (module, example inputs)
+            'critic': (CriticEnsemble(value_dims, config.num_qs, config.value_layer_norm),  # on concat(s, a, t)
+                       (ex_observations, ex_chunks, ex_times)),
+            'behavior_flow': (VelocityField(actor_dims, action_size, config.actor_layer_norm),
+                              (ex_observations, ex_chunks, ex_times)),
         }
-        inputs = {'critic': (ex_observations, ex_chunks, ex_times),
-                  'behavior_flow': (ex_observations, ex_chunks, ex_times)}
-        return cls.from_modules(seed, config, modules, inputs, rl.make_optimizer(config.lr),
+        return cls.from_modules(seed, config, networks, rl.make_optimizer(config.lr),
                                 targets={'target_critic': 'critic', 'target_behavior_flow': 'behavior_flow'})
 
 
 def get_config():
-    config = ml_collections.ConfigDict(dict(
-        agent_name='cgql',  # Agent name (file in agents/).
-        lr=3e-4,  # Adam learning rate (plain Adam, no gradient clipping).
-        batch_size=256,  # Batch size (read by the training loop).
-        actor_hidden_dims=(512, 512, 512, 512),  # Hidden widths of the BC flow.
-        value_hidden_dims=(512, 512, 512, 512),  # Hidden widths of each (time-conditioned) critic member.
-        actor_layer_norm=False,  # LayerNorm in the BC flow.
-        value_layer_norm=True,  # LayerNorm in the critic.
-        horizon_length=5,  # H: action chunk length (5 manipulation, 1 mazes; set per domain by the run).
-        action_chunking=True,  # Act with flat chunks of H actions (D = H·A); False: first action, γ^H bootstrap.
-        num_qs=10,  # K: critic ensemble size (at least 2).
-        rho=0.5,  # Pessimism: TD target uses mean − rho·std over the ensemble.
-        discount=0.99,  # γ (per step; the TD target uses γ^H).
-        tau=0.005,  # λ: Polyak rate of the target critic and target BC flow.
+    # Shared keys (utils/agent_base.py shared_config): actor_* size the BC flow, value_* each time-conditioned critic
+    # member; plain Adam (no gradient clipping); num_qs must be at least 2; tau also moves the target BC flow.
+    return shared_config(
+        'cgql',
         flow_steps=10,  # T: Euler steps of the guided sampler.
         best_of_n=1,  # Candidates per observation scored by the online critic (at t = 1) when acting (1: off).
         mode='simple',  # simple: critic at t = 1 only; mse / linex: also distilled on noisy actions (CGQL-M / -L).
@@ -168,8 +157,7 @@ def get_config():
         noisy_coef=0.001,  # Weight of the noisy-critic loss in modes mse / linex (tuned).
         isd_clip=5.0,  # Linex: above this δ = inv_temp·(tq − nq) the loss is linear (δ itself).
         target_guidance=True,  # Guided velocity from the EMA target BC flow (False: the online BC flow).
-    ))
-    return config
+    )
 
 
 Agent = CGQLAgent

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from utils import flow, rl
-from utils.agent_base import ChunkedAgent
+from utils.agent_base import ChunkedAgent, shared_config
 from utils.networks import CriticEnsemble, LogParam, TanhGaussianPolicy, VelocityField
 
 
@@ -104,43 +104,33 @@ class DSRLAgent(ChunkedAgent):
         action_size = ex_chunks.shape[-1]
 
         actor_dims, value_dims = tuple(config.actor_hidden_dims), tuple(config.value_hidden_dims)
-        modules = {
-            'critic': CriticEnsemble(value_dims, config.num_qs, config.value_layer_norm),
-            'noise_critic': CriticEnsemble(value_dims, config.num_qs, config.value_layer_norm),
-            'behavior_flow': VelocityField(actor_dims, action_size, config.actor_layer_norm),
-            'noise_policy': TanhGaussianPolicy(actor_dims, action_size, config.actor_layer_norm),
-            'alpha': LogParam(1.0),
+        networks = {  # name: (module, example inputs)
+            'critic': (CriticEnsemble(value_dims, config.num_qs, config.value_layer_norm),
+                       (ex_observations, ex_chunks)),
+            'noise_critic': (CriticEnsemble(value_dims, config.num_qs, config.value_layer_norm),
+                             (ex_observations, ex_chunks)),
+            'behavior_flow': (VelocityField(actor_dims, action_size, config.actor_layer_norm),
+                              (ex_observations, ex_chunks, ex_times)),
+            'noise_policy': (TanhGaussianPolicy(actor_dims, action_size, config.actor_layer_norm), (ex_observations,)),
+            'alpha': (LogParam(1.0), ()),
         }
-        inputs = {'critic': (ex_observations, ex_chunks), 'noise_critic': (ex_observations, ex_chunks),
-                  'behavior_flow': (ex_observations, ex_chunks, ex_times), 'noise_policy': (ex_observations,),
-                  'alpha': ()}
-        return cls.from_modules(seed, config, modules, inputs, rl.make_optimizer(config.lr),
+        return cls.from_modules(seed, config, networks, rl.make_optimizer(config.lr),
                                 targets={'target_critic': 'critic', 'target_behavior_flow': 'behavior_flow'})
 
 
 def get_config():
-    config = ml_collections.ConfigDict(dict(
-        agent_name='dsrl',  # Agent name (file in agents/).
-        lr=3e-4,  # Adam learning rate (plain Adam, no gradient clipping).
-        batch_size=256,  # Batch size (read by the training loop).
-        actor_hidden_dims=(512, 512, 512, 512),  # Hidden widths of the BC flow and the noise policy.
-        value_hidden_dims=(512, 512, 512, 512),  # Hidden widths of each member of both critics.
-        actor_layer_norm=False,  # LayerNorm in the BC flow and the noise policy.
-        value_layer_norm=True,  # LayerNorm in both critics.
-        horizon_length=5,  # H: action chunk length (5 manipulation, 1 mazes; set per domain by the run).
-        action_chunking=True,  # Act with flat chunks of H actions (D = H·A); False: first action, γ^H bootstrap.
-        num_qs=10,  # K: size of the action-critic and noise-critic ensembles.
-        rho=0.5,  # Pessimism: TD target uses mean − rho·std over the ensemble.
-        discount=0.99,  # γ (per step; the TD target uses γ^H).
-        tau=0.005,  # λ: Polyak rate of the target critic and target BC flow.
+    # Shared keys (utils/agent_base.py shared_config): actor_* size the BC flow and the noise policy; value_* and num_qs
+    # size each of the two critics (action critic and noise critic); plain Adam (no gradient clipping); tau also moves
+    # the target BC flow.
+    return shared_config(
+        'dsrl',
         flow_steps=10,  # T: Euler steps of the decoder ODE.
         best_of_n=1,  # Candidates per observation scored by the online critic when acting (1: off).
         noise_scale=1.0,  # Decoded noise z = noise_scale·u, u ∈ (−1, 1)^D from the noise policy (per domain).
         target_entropy=ml_collections.config_dict.placeholder(float),  # Noise-policy entropy target (None: −mult·D).
         target_entropy_multiplier=0.5,  # Entropy target = −multiplier·D when target_entropy is unset.
         use_target_latent=True,  # Decode noise with the EMA target BC flow (False: the online BC flow).
-    ))
-    return config
+    )
 
 
 Agent = DSRLAgent

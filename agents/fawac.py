@@ -18,10 +18,9 @@ members at dataset actions.
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from utils import flow, rl
-from utils.agent_base import ChunkedAgent
+from utils.agent_base import ChunkedAgent, shared_config
 from utils.networks import CriticEnsemble, ValueNetwork, VelocityField
 
 MAX_WEIGHT = 100.0  # cap on exp(inv_temp·advantage) (KEEP)
@@ -87,36 +86,25 @@ class FAWACAgent(ChunkedAgent):
         action_size = ex_chunks.shape[-1]
 
         actor_dims, value_dims = tuple(config.actor_hidden_dims), tuple(config.value_hidden_dims)
-        modules = {
-            'critic': CriticEnsemble(value_dims, config.num_qs, config.value_layer_norm),
-            'value': ValueNetwork(value_dims, config.value_layer_norm),
-            'flow_policy': VelocityField(actor_dims, action_size, config.actor_layer_norm),
+        networks = {  # name: (module, example inputs)
+            'critic': (CriticEnsemble(value_dims, config.num_qs, config.value_layer_norm),
+                       (ex_observations, ex_chunks)),
+            'value': (ValueNetwork(value_dims, config.value_layer_norm), (ex_observations,)),
+            'flow_policy': (VelocityField(actor_dims, action_size, config.actor_layer_norm),
+                            (ex_observations, ex_chunks, ex_times)),
         }
-        inputs = {'critic': (ex_observations, ex_chunks), 'value': (ex_observations,),
-                  'flow_policy': (ex_observations, ex_chunks, ex_times)}
-        return cls.from_modules(seed, config, modules, inputs, rl.make_optimizer(config.lr),
+        return cls.from_modules(seed, config, networks, rl.make_optimizer(config.lr),
                                 targets={'target_critic': 'critic'})
 
 
 def get_config():
-    config = ml_collections.ConfigDict(dict(
-        agent_name='fawac',  # Agent name (file in agents/).
-        lr=3e-4,  # Adam learning rate (plain Adam, no gradient clipping).
-        batch_size=256,  # Batch size (read by the training loop).
-        actor_hidden_dims=(512, 512, 512, 512),  # Hidden widths of the flow policy.
-        value_hidden_dims=(512, 512, 512, 512),  # Hidden widths of each critic member and of V.
-        actor_layer_norm=False,  # LayerNorm in the flow policy.
-        value_layer_norm=True,  # LayerNorm in the critic and V.
-        horizon_length=5,  # H: action chunk length (5 manipulation, 1 mazes; set per domain by the run).
-        action_chunking=True,  # Act with flat chunks of H actions (D = H·A); False: first action, γ^H bootstrap.
-        num_qs=10,  # K: critic ensemble size.
-        rho=0.5,  # Pessimism: TD target uses mean − rho·std over the ensemble.
-        discount=0.99,  # γ (per step; the TD target uses γ^H).
-        tau=0.005,  # λ: Polyak rate of the target critic.
+    # Shared keys (utils/agent_base.py shared_config): actor_* size the flow policy, value_* each critic member and V;
+    # plain Adam (no gradient clipping).
+    return shared_config(
+        'fawac',
         flow_steps=10,  # T: Euler steps of the flow policy.
         inv_temp=10.0,  # Inverse temperature of the advantage weights exp(inv_temp·(Q − V)), capped at 100.
-    ))
-    return config
+    )
 
 
 Agent = FAWACAgent

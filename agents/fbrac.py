@@ -15,10 +15,9 @@ true global norm (FIX). Nothing else.
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from utils import flow, rl
-from utils.agent_base import ChunkedAgent
+from utils.agent_base import ChunkedAgent, shared_config
 from utils.networks import CriticEnsemble, VelocityField
 
 
@@ -71,35 +70,24 @@ class FBRACAgent(ChunkedAgent):
             raise ValueError(f'alpha divides the Q term and must be > 0, got {config.alpha}.')
         action_size = ex_chunks.shape[-1]
 
-        modules = {
-            'critic': CriticEnsemble(tuple(config.value_hidden_dims), config.num_qs, config.value_layer_norm),
-            'actor_flow': VelocityField(tuple(config.actor_hidden_dims), action_size, config.actor_layer_norm),
+        networks = {  # name: (module, example inputs)
+            'critic': (CriticEnsemble(tuple(config.value_hidden_dims), config.num_qs, config.value_layer_norm),
+                       (ex_observations, ex_chunks)),
+            'actor_flow': (VelocityField(tuple(config.actor_hidden_dims), action_size, config.actor_layer_norm),
+                           (ex_observations, ex_chunks, ex_times)),
         }
-        inputs = {'critic': (ex_observations, ex_chunks), 'actor_flow': (ex_observations, ex_chunks, ex_times)}
-        return cls.from_modules(seed, config, modules, inputs, rl.make_optimizer(config.lr),
+        return cls.from_modules(seed, config, networks, rl.make_optimizer(config.lr),
                                 targets={'target_critic': 'critic'})
 
 
 def get_config():
-    config = ml_collections.ConfigDict(dict(
-        agent_name='fbrac',  # Agent name (file in agents/).
-        lr=3e-4,  # Adam learning rate.
-        batch_size=256,  # Batch size (read by the training loop).
-        actor_hidden_dims=(512, 512, 512, 512),  # Hidden widths of the flow policy.
-        value_hidden_dims=(512, 512, 512, 512),  # Hidden widths of each critic member.
-        actor_layer_norm=False,  # LayerNorm in the flow policy.
-        value_layer_norm=True,  # LayerNorm in the critic.
-        horizon_length=5,  # H: action chunk length (5 manipulation, 1 mazes; set per domain by the run).
-        action_chunking=True,  # Act with flat chunks of H actions (D = H·A); False: first action, γ^H bootstrap.
-        num_qs=10,  # K: critic ensemble size.
-        rho=0.5,  # Pessimism: TD target uses mean − rho·std over the ensemble.
-        discount=0.99,  # γ (per step; the TD target uses γ^H).
-        tau=0.005,  # λ: Polyak rate of the target critic.
+    # Shared keys (utils/agent_base.py shared_config): actor_* size the flow policy.
+    return shared_config(
+        'fbrac',
         flow_steps=10,  # T: Euler steps of the flow policy's ODE (also backpropagated through).
         best_of_n=1,  # Candidates per observation scored by the online critic when acting (1: off).
         alpha=100.0,  # Divides the Q term: actor loss = L_BC − Q̄/alpha (tuned per domain).
-    ))
-    return config
+    )
 
 
 Agent = FBRACAgent

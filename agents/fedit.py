@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from utils import flow, rl
-from utils.agent_base import ChunkedAgent
+from utils.agent_base import ChunkedAgent, shared_config
 from utils.networks import CriticEnsemble, LogParam, TanhGaussianPolicy, VelocityField
 
 
@@ -96,40 +96,30 @@ class FEditAgent(ChunkedAgent):
         action_size = ex_chunks.shape[-1]
 
         actor_dims, value_dims = tuple(config.actor_hidden_dims), tuple(config.value_hidden_dims)
-        modules = {
-            'critic': CriticEnsemble(value_dims, config.num_qs, config.value_layer_norm),
-            'behavior_flow': VelocityField(actor_dims, action_size, config.actor_layer_norm),
-            'edit_actor': TanhGaussianPolicy(actor_dims, action_size, config.actor_layer_norm),
-            'edit_alpha': LogParam(1.0),
+        networks = {  # name: (module, example inputs)
+            'critic': (CriticEnsemble(value_dims, config.num_qs, config.value_layer_norm),
+                       (ex_observations, ex_chunks)),
+            'behavior_flow': (VelocityField(actor_dims, action_size, config.actor_layer_norm),
+                              (ex_observations, ex_chunks, ex_times)),
+            'edit_actor': (TanhGaussianPolicy(actor_dims, action_size, config.actor_layer_norm),
+                           (ex_observations, ex_chunks)),
+            'edit_alpha': (LogParam(1.0), ()),
         }
-        inputs = {'critic': (ex_observations, ex_chunks), 'behavior_flow': (ex_observations, ex_chunks, ex_times),
-                  'edit_actor': (ex_observations, ex_chunks), 'edit_alpha': ()}
-        return cls.from_modules(seed, config, modules, inputs, rl.make_optimizer(config.lr),
+        return cls.from_modules(seed, config, networks, rl.make_optimizer(config.lr),
                                 targets={'target_critic': 'critic'})
 
 
 def get_config():
-    config = ml_collections.ConfigDict(dict(
-        agent_name='fedit',  # Agent name (file in agents/).
-        lr=3e-4,  # Adam learning rate (plain Adam, no gradient clipping).
-        batch_size=256,  # Batch size (read by the training loop).
-        actor_hidden_dims=(512, 512, 512, 512),  # Hidden widths of the BC flow and the edit policy.
-        value_hidden_dims=(512, 512, 512, 512),  # Hidden widths of each critic member.
-        actor_layer_norm=False,  # LayerNorm in the BC flow and the edit policy.
-        value_layer_norm=True,  # LayerNorm in the critic.
-        horizon_length=5,  # H: action chunk length (5 manipulation, 1 mazes; set per domain by the run).
-        action_chunking=True,  # Act with flat chunks of H actions (D = H·A); False: first action, γ^H bootstrap.
-        num_qs=10,  # K: critic ensemble size.
-        rho=0.5,  # Pessimism: TD target uses mean − rho·std over the ensemble.
-        discount=0.99,  # γ (per step; the TD target uses γ^H).
-        tau=0.005,  # λ: Polyak rate of the target critic.
+    # Shared keys (utils/agent_base.py shared_config): actor_* size the BC flow and the edit policy; plain Adam (no
+    # gradient clipping).
+    return shared_config(
+        'fedit',
         flow_steps=10,  # T: Euler steps of the BC flow.
         best_of_n=1,  # Candidates per observation scored by the online critic when acting (1: off).
         edit_scale=0.0,  # Half-width of the edit box around the flow action (0: the edit is a no-op; tuned > 0).
         edit_target_entropy=ml_collections.config_dict.placeholder(float),  # Edit entropy target (None: −mult·D).
         edit_target_entropy_multiplier=0.5,  # Edit entropy target = −multiplier·D when unset.
-    ))
-    return config
+    )
 
 
 Agent = FEditAgent

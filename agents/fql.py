@@ -17,10 +17,9 @@ actions and valid weights.
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from utils import flow, rl
-from utils.agent_base import ChunkedAgent
+from utils.agent_base import ChunkedAgent, shared_config
 from utils.networks import CriticEnsemble, VelocityField
 
 
@@ -83,37 +82,26 @@ class FQLAgent(ChunkedAgent):
         action_size = ex_chunks.shape[-1]
 
         actor_dims, value_dims = tuple(config.actor_hidden_dims), tuple(config.value_hidden_dims)
-        modules = {
-            'critic': CriticEnsemble(value_dims, config.num_qs, config.value_layer_norm),
-            'behavior_flow': VelocityField(actor_dims, action_size, config.actor_layer_norm),
-            'one_step_actor': VelocityField(actor_dims, action_size, config.actor_layer_norm),
+        networks = {  # name: (module, example inputs)
+            'critic': (CriticEnsemble(value_dims, config.num_qs, config.value_layer_norm),
+                       (ex_observations, ex_chunks)),
+            'behavior_flow': (VelocityField(actor_dims, action_size, config.actor_layer_norm),
+                              (ex_observations, ex_chunks, ex_times)),
+            'one_step_actor': (VelocityField(actor_dims, action_size, config.actor_layer_norm),
+                               (ex_observations, ex_chunks)),
         }
-        inputs = {'critic': (ex_observations, ex_chunks), 'behavior_flow': (ex_observations, ex_chunks, ex_times),
-                  'one_step_actor': (ex_observations, ex_chunks)}
-        return cls.from_modules(seed, config, modules, inputs, rl.make_optimizer(config.lr),
+        return cls.from_modules(seed, config, networks, rl.make_optimizer(config.lr),
                                 targets={'target_critic': 'critic'})
 
 
 def get_config():
-    config = ml_collections.ConfigDict(dict(
-        agent_name='fql',  # Agent name (file in agents/).
-        lr=3e-4,  # Adam learning rate.
-        batch_size=256,  # Batch size (read by the training loop).
-        actor_hidden_dims=(512, 512, 512, 512),  # Hidden widths of the BC flow and the one-step policy.
-        value_hidden_dims=(512, 512, 512, 512),  # Hidden widths of each critic member.
-        actor_layer_norm=False,  # LayerNorm in the BC flow and the one-step policy.
-        value_layer_norm=True,  # LayerNorm in the critic.
-        horizon_length=5,  # H: action chunk length (5 manipulation, 1 mazes; set per domain by the run).
-        action_chunking=True,  # Act with flat chunks of H actions (D = H·A); False: first action, γ^H bootstrap.
-        num_qs=10,  # K: critic ensemble size.
-        rho=0.5,  # Pessimism: TD target uses mean − rho·std over the ensemble.
-        discount=0.99,  # γ (per step; the TD target uses γ^H).
-        tau=0.005,  # λ: Polyak rate of the target critic.
+    # Shared keys (utils/agent_base.py shared_config): actor_* size the BC flow and the one-step policy.
+    return shared_config(
+        'fql',
         flow_steps=10,  # T: Euler steps of the BC flow's ODE (the distillation target).
         best_of_n=1,  # Candidates per observation scored by the online critic when acting (1: off).
         alpha=100.0,  # Weight of the distillation loss towards the BC flow's ODE output (tuned per domain).
-    ))
-    return config
+    )
 
 
 Agent = FQLAgent

@@ -20,10 +20,9 @@ pessimistic estimate mean − ρ·std; the critic bootstrapped from the online V
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from utils import flow, rl
-from utils.agent_base import ChunkedAgent
+from utils.agent_base import ChunkedAgent, shared_config
 from utils.networks import CriticEnsemble, ValueNetwork, VelocityField
 
 
@@ -94,37 +93,26 @@ class IFQLAgent(ChunkedAgent):
         action_size = ex_chunks.shape[-1]
 
         actor_dims, value_dims = tuple(config.actor_hidden_dims), tuple(config.value_hidden_dims)
-        modules = {
-            'value': ValueNetwork(value_dims, config.value_layer_norm),
-            'critic': CriticEnsemble(value_dims, config.num_qs, config.value_layer_norm),
-            'behavior_flow': VelocityField(actor_dims, action_size, config.actor_layer_norm),
+        networks = {  # name: (module, example inputs)
+            'value': (ValueNetwork(value_dims, config.value_layer_norm), (ex_observations,)),
+            'critic': (CriticEnsemble(value_dims, config.num_qs, config.value_layer_norm),
+                       (ex_observations, ex_chunks)),
+            'behavior_flow': (VelocityField(actor_dims, action_size, config.actor_layer_norm),
+                              (ex_observations, ex_chunks, ex_times)),
         }
-        inputs = {'value': (ex_observations,), 'critic': (ex_observations, ex_chunks),
-                  'behavior_flow': (ex_observations, ex_chunks, ex_times)}
-        return cls.from_modules(seed, config, modules, inputs, rl.make_optimizer(config.lr),
+        return cls.from_modules(seed, config, networks, rl.make_optimizer(config.lr),
                                 targets={'target_critic': 'critic'})
 
 
 def get_config():
-    config = ml_collections.ConfigDict(dict(
-        agent_name='ifql',  # Agent name (file in agents/).
-        lr=3e-4,  # Adam learning rate (plain Adam, no gradient clipping).
-        batch_size=256,  # Batch size (read by the training loop).
-        actor_hidden_dims=(512, 512, 512, 512),  # Hidden widths of the BC flow.
-        value_hidden_dims=(512, 512, 512, 512),  # Hidden widths of each critic member and of V.
-        actor_layer_norm=False,  # LayerNorm in the BC flow.
-        value_layer_norm=True,  # LayerNorm in the critic and V.
-        horizon_length=5,  # H: action chunk length (5 manipulation, 1 mazes; set per domain by the run).
-        action_chunking=True,  # Act with flat chunks of H actions (D = H·A); False: first action, γ^H bootstrap.
-        num_qs=10,  # K: critic ensemble size.
-        rho=0.5,  # Pessimism of V's regression target: mean − rho·std of the target critic.
-        discount=0.99,  # γ (per step; the TD target uses γ^H).
-        tau=0.005,  # λ: Polyak rate of the target critic.
+    # Shared keys (utils/agent_base.py shared_config): actor_* size the BC flow, value_* each critic member and V; plain
+    # Adam (no gradient clipping); rho is the pessimism of V's regression target: mean − rho·std of the target critic.
+    return shared_config(
+        'ifql',
         flow_steps=10,  # T: Euler steps of the BC flow.
         kappa=0.9,  # Expectile of the value regression (weight kappa above, 1 − kappa below).
         num_samples=32,  # BC-flow candidates per observation when acting; the ensemble-min-Q argmax is kept.
-    ))
-    return config
+    )
 
 
 Agent = IFQLAgent

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from utils import flow, rl
-from utils.agent_base import ChunkedAgent
+from utils.agent_base import ChunkedAgent, shared_config
 from utils.networks import CriticEnsemble, LogParam, TanhGaussianPolicy, VelocityField
 
 
@@ -169,41 +169,32 @@ class QAMAgent(ChunkedAgent):
         action_size = ex_chunks.shape[-1]
 
         actor_dims, value_dims = tuple(config.actor_hidden_dims), tuple(config.value_hidden_dims)
-        modules = {
-            'critic': CriticEnsemble(value_dims, config.num_qs, config.value_layer_norm),
-            'behavior_flow': VelocityField(actor_dims, action_size, config.actor_layer_norm),
-            'finetuned_flow': VelocityField(actor_dims, action_size, config.actor_layer_norm),
+        networks = {  # name: (module, example inputs)
+            'critic': (CriticEnsemble(value_dims, config.num_qs, config.value_layer_norm),
+                       (ex_observations, ex_chunks)),
+            'behavior_flow': (VelocityField(actor_dims, action_size, config.actor_layer_norm),
+                              (ex_observations, ex_chunks, ex_times)),
+            'finetuned_flow': (VelocityField(actor_dims, action_size, config.actor_layer_norm),
+                               (ex_observations, ex_chunks, ex_times)),
         }
-        inputs = {'critic': (ex_observations, ex_chunks), 'behavior_flow': (ex_observations, ex_chunks, ex_times),
-                  'finetuned_flow': (ex_observations, ex_chunks, ex_times)}
         if config.fql_alpha > 0:
-            modules['one_step_actor'] = VelocityField(actor_dims, action_size, config.actor_layer_norm)
-            inputs['one_step_actor'] = (ex_observations, ex_chunks)
+            networks['one_step_actor'] = (VelocityField(actor_dims, action_size, config.actor_layer_norm),
+                                          (ex_observations, ex_chunks))
         if config.edit_scale > 0:
-            modules['edit_actor'] = TanhGaussianPolicy(actor_dims, action_size, config.actor_layer_norm)
-            modules['edit_alpha'] = LogParam(1.0)
-            inputs['edit_actor'], inputs['edit_alpha'] = (ex_observations, ex_chunks), ()
+            networks['edit_actor'] = (TanhGaussianPolicy(actor_dims, action_size, config.actor_layer_norm),
+                                      (ex_observations, ex_chunks))
+            networks['edit_alpha'] = (LogParam(1.0), ())
 
         optimizer = rl.make_optimizer(config.lr, 1.0 if config.clip_grad else None)
-        return cls.from_modules(seed, config, modules, inputs, optimizer,
+        return cls.from_modules(seed, config, networks, optimizer,
                                 targets={'target_critic': 'critic', 'target_behavior_flow': 'behavior_flow'})
 
 
 def get_config():
-    config = ml_collections.ConfigDict(dict(
-        agent_name='qam',  # Agent name (file in agents/).
-        lr=3e-4,  # Adam learning rate.
-        batch_size=256,  # Batch size (read by the training loop).
-        actor_hidden_dims=(512, 512, 512, 512),  # Hidden widths of the flows and policies.
-        value_hidden_dims=(512, 512, 512, 512),  # Hidden widths of each critic member.
-        actor_layer_norm=False,  # LayerNorm in the flows and policies.
-        value_layer_norm=True,  # LayerNorm in the critic.
-        horizon_length=5,  # H: action chunk length (5 manipulation, 1 mazes; set per domain by the run).
-        action_chunking=True,  # Act with flat chunks of H actions (D = H·A); False: first action, γ^H bootstrap.
-        num_qs=10,  # K: critic ensemble size.
-        rho=0.5,  # Pessimism: TD target uses mean − rho·std over the ensemble.
-        discount=0.99,  # γ (per step; the TD target uses γ^H).
-        tau=0.005,  # λ: Polyak rate of the target critic and target BC flow.
+    # Shared keys (utils/agent_base.py shared_config): actor_* size the flows and policies; gradient clipping is
+    # clip_grad; tau also moves the target BC flow.
+    return shared_config(
+        'qam',
         flow_steps=10,  # T: Euler/SDE steps of every flow.
         best_of_n=1,  # Candidates per observation scored by the online critic when acting (1: off).
         inv_temp=0.3,  # Inverse temperature of the tilted policy π_β·exp(inv_temp·Q); 0: act with the BC flow.
@@ -216,8 +207,7 @@ def get_config():
         use_target_grad=True,  # Terminal adjoint from the target critic (False: online critic).
         edit_target_entropy=ml_collections.config_dict.placeholder(float),  # QAM-E entropy target (None: −mult·D).
         edit_target_entropy_multiplier=0.5,  # QAM-E entropy target = −multiplier·D when unset.
-    ))
-    return config
+    )
 
 
 Agent = QAMAgent

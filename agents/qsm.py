@@ -22,9 +22,9 @@ norm; the TD-target actions are clipped (a no-op with `clip_sampler_after`).
 """
 
 import jax.numpy as jnp
-import ml_collections
 
 from utils import diffusion, diffusion_agent
+from utils.agent_base import shared_config
 
 
 class QSMAgent(diffusion_agent.DiffusionAgent):
@@ -50,20 +50,10 @@ class QSMAgent(diffusion_agent.DiffusionAgent):
 
 
 def get_config():
-    config = ml_collections.ConfigDict(dict(
-        agent_name='qsm',  # Agent name (file in agents/).
-        lr=3e-4,  # Adam learning rate.
-        batch_size=256,  # Batch size (read by the training loop).
-        actor_hidden_dims=(512, 512, 512, 512),  # Widths of the noise predictor's condition and reverse MLPs.
-        value_hidden_dims=(512, 512, 512, 512),  # Hidden widths of each critic member.
-        actor_layer_norm=False,  # LayerNorm in the noise predictor's reverse MLP.
-        value_layer_norm=True,  # LayerNorm in the critic.
-        horizon_length=5,  # H: action chunk length (5 manipulation, 1 mazes; set per domain by the run).
-        action_chunking=True,  # Act with flat chunks of H actions (D = H·A); False: first action, γ^H bootstrap.
-        num_qs=10,  # K: critic ensemble size.
-        rho=0.5,  # Pessimism: TD target uses mean − rho·std over the ensemble.
-        discount=0.99,  # γ (per step; the TD target uses γ^H).
-        tau=0.005,  # λ: Polyak rate of the target critic.
+    # Shared keys (utils/agent_base.py shared_config): actor_hidden_dims are the widths of the noise predictor's
+    # condition and reverse MLPs, actor_layer_norm acts in its reverse MLP only; gradient clipping is clip_grad_norm.
+    return shared_config(
+        'qsm',
         diffusion_steps=10,  # T: DDPM steps of the VP schedule (training and sampling).
         time_dim=64,  # Width of the learnable Fourier time features (even).
         beta_schedule='vp',  # Noise schedule; only "vp" is implemented (the only one the benchmark uses).
@@ -74,8 +64,7 @@ def get_config():
         alpha=0.0,  # Weight of the DDPM behaviour-cloning loss ‖ε − ε̂‖² (tuned per domain).
         use_target_critic_grad=True,  # Take ∇_a Q from the target critic (False: the online critic).
         clip_grad_norm=1.0,  # Global-norm gradient clipping threshold before Adam (0: off).
-    ))
-    return config
+    )
 
 
 Agent = QSMAgent

@@ -20,10 +20,9 @@ Fixed: the EMA uses the post-update online parameters; `grad/norm` is the true g
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from utils import rl
-from utils.agent_base import ChunkedAgent
+from utils.agent_base import ChunkedAgent, shared_config
 from utils.networks import CriticEnsemble, DeterministicTanhActor
 
 
@@ -106,39 +105,28 @@ class ReBRACAgent(ChunkedAgent):
             raise ValueError('actor_noise, actor_noise_clip and alpha_actor must be >= 0.')
         action_size = ex_chunks.shape[-1]
 
-        modules = {
-            'critic': CriticEnsemble(tuple(config.value_hidden_dims), config.num_qs, config.value_layer_norm),
-            'actor': DeterministicTanhActor(tuple(config.actor_hidden_dims), action_size, config.actor_layer_norm,
-                                            config.actor_fc_scale),
+        networks = {  # name: (module, example inputs)
+            'critic': (CriticEnsemble(tuple(config.value_hidden_dims), config.num_qs, config.value_layer_norm),
+                       (ex_observations, ex_chunks)),
+            'actor': (DeterministicTanhActor(tuple(config.actor_hidden_dims), action_size, config.actor_layer_norm,
+                                             config.actor_fc_scale), (ex_observations,)),
         }
-        inputs = {'critic': (ex_observations, ex_chunks), 'actor': (ex_observations,)}
-        return cls.from_modules(seed, config, modules, inputs, rl.make_optimizer(config.lr),
+        return cls.from_modules(seed, config, networks, rl.make_optimizer(config.lr),
                                 targets={'target_critic': 'critic', 'target_actor': 'actor'})
 
 
 def get_config():
-    config = ml_collections.ConfigDict(dict(
-        agent_name='rebrac',  # Agent name (file in agents/).
-        lr=3e-4,  # Adam learning rate (plain Adam, no gradient clipping).
-        batch_size=256,  # Batch size (read by the training loop).
-        actor_hidden_dims=(512, 512, 512, 512),  # Hidden widths of the actor's trunk.
-        value_hidden_dims=(512, 512, 512, 512),  # Hidden widths of each critic member.
-        actor_layer_norm=False,  # LayerNorm in the actor's trunk.
-        value_layer_norm=True,  # LayerNorm in the critic.
-        horizon_length=5,  # H: action chunk length (5 manipulation, 1 mazes; set per domain by the run).
-        action_chunking=True,  # Act with flat chunks of H actions (D = H·A); False: first action, γ^H bootstrap.
-        num_qs=10,  # K: critic ensemble size.
-        rho=0.5,  # Pessimism: TD target and actor use mean − rho·std over the ensemble.
-        discount=0.99,  # γ (per step; the TD target uses γ^H).
-        tau=0.005,  # λ: Polyak rate of the target critic and target actor (on target steps only).
+    # Shared keys (utils/agent_base.py shared_config): actor_* size the actor's trunk; plain Adam (no gradient
+    # clipping); rho also applies to the actor's Q; tau moves the target critic and target actor on target steps only.
+    return shared_config(
+        'rebrac',
         alpha_actor=0.0,  # Weight of the actor's MSE behaviour-cloning penalty (tuned per domain).
         actor_noise=0.2,  # Std of the Gaussian noise on target-policy and acting actions (tuned per domain).
         actor_noise_clip=0.5,  # The noise is clipped to ±actor_noise_clip before being added.
         actor_freq=2,  # Targets (and, with delayed_actor, the actor) update on steps with step % actor_freq == 0.
         actor_fc_scale=0.01,  # Variance-scaling (fan-average, uniform) init scale of the actor's mean head.
         delayed_actor=False,  # True: the actor also updates only every actor_freq steps (textbook TD3).
-    ))
-    return config
+    )
 
 
 Agent = ReBRACAgent

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from utils import rl
-from utils.agent_base import ChunkedAgent
+from utils.agent_base import ChunkedAgent, shared_config
 from utils.networks import CriticEnsemble, LogParam, TanhGaussianPolicy
 
 
@@ -78,37 +78,28 @@ class RLPDAgent(ChunkedAgent):
             raise ValueError(f'bc_alpha must be >= 0 and init_temp > 0, got {config.bc_alpha}, {config.init_temp}.')
         action_size = ex_chunks.shape[-1]
 
-        modules = {
-            'critic': CriticEnsemble(tuple(config.value_hidden_dims), config.num_qs, config.value_layer_norm),
-            'actor': TanhGaussianPolicy(tuple(config.actor_hidden_dims), action_size, config.actor_layer_norm),
-            'alpha': LogParam(config.init_temp),
+        networks = {  # name: (module, example inputs)
+            'critic': (CriticEnsemble(tuple(config.value_hidden_dims), config.num_qs, config.value_layer_norm),
+                       (ex_observations, ex_chunks)),
+            'actor': (TanhGaussianPolicy(tuple(config.actor_hidden_dims), action_size, config.actor_layer_norm),
+                      (ex_observations,)),
+            'alpha': (LogParam(config.init_temp), ()),
         }
-        inputs = {'critic': (ex_observations, ex_chunks), 'actor': (ex_observations,), 'alpha': ()}
-        return cls.from_modules(seed, config, modules, inputs, rl.make_optimizer(config.lr),
+        return cls.from_modules(seed, config, networks, rl.make_optimizer(config.lr),
                                 targets={'target_critic': 'critic'})
 
 
 def get_config():
-    config = ml_collections.ConfigDict(dict(
-        agent_name='rlpd',  # Agent name (file in agents/).
-        lr=3e-4,  # Adam learning rate (plain Adam, no gradient clipping).
-        batch_size=256,  # Batch size (read by the training loop; half offline, half online with balanced sampling).
-        actor_hidden_dims=(512, 512, 512, 512),  # Hidden widths of the tanh-Gaussian actor's trunk.
-        value_hidden_dims=(512, 512, 512, 512),  # Hidden widths of each critic member.
-        actor_layer_norm=False,  # LayerNorm in the actor's trunk.
-        value_layer_norm=True,  # LayerNorm in the critic.
-        horizon_length=5,  # H: action chunk length (5 manipulation, 1 mazes; set per domain by the run).
-        action_chunking=True,  # Act with flat chunks of H actions (D = H·A); False: first action, γ^H bootstrap.
-        num_qs=10,  # K: critic ensemble size.
-        rho=0.5,  # Pessimism: TD target and actor use mean − rho·std over the ensemble.
-        discount=0.99,  # γ (per step; the TD target uses γ^H).
-        tau=0.005,  # λ: Polyak rate of the target critic.
+    # Shared keys (utils/agent_base.py shared_config): actor_* size the tanh-Gaussian actor's trunk; plain Adam (no
+    # gradient clipping); batch_size is split half offline, half online with balanced sampling; rho also applies to the
+    # actor's Q.
+    return shared_config(
+        'rlpd',
         bc_alpha=0.0,  # Weight of the BC log-likelihood of the dataset chunks in the actor loss (tuned per domain).
         target_entropy=ml_collections.config_dict.placeholder(float),  # Entropy target (None: −multiplier·D).
         target_entropy_multiplier=0.5,  # Entropy target = −multiplier·D when target_entropy is unset.
         init_temp=1.0,  # Initial entropy temperature α.
-    ))
-    return config
+    )
 
 
 Agent = RLPDAgent

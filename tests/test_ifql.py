@@ -6,8 +6,6 @@ Direct computations reproduce the agent's random draws by splitting keys the way
 total_loss passes its key to the BC flow loss, which splits it into (x_0, t); sample_actions draws all candidate
 noises (*batch, num_samples, D) from its key at once."""
 
-import inspect
-import re
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +14,7 @@ import pytest
 
 from agents import ifql
 from tests import bandit
-from tests.batches import random_batch
+from tests.batches import random_batch, scan_updates
 from utils import rl
 
 O, A, H = 5, 2, 2
@@ -192,12 +190,12 @@ def test_update_compiles_once_scans_and_moves_targets_exactly(agent):
     grads = jax.jit(jax.grad(lambda p: agent.total_loss(batch, p, loss_key)[0]))(agent.network.trainable_params)
     np.testing.assert_allclose(info['grad/norm'], global_norm(grads), rtol=1e-4)
 
-    # batch_update: one trace, equal to two sequential updates.
+    # scan_updates: one trace, equal to two sequential updates.
     scan_traces = []
 
     def run(agent, batches):
         scan_traces.append(1)
-        return agent.batch_update(batches)
+        return scan_updates(agent, batches)
 
     batch_update = jax.jit(run)
     batches = jax.tree.map(lambda *x: jnp.stack(x), batch, make_batch(jax.random.PRNGKey(1)))
@@ -209,7 +207,7 @@ def test_update_compiles_once_scans_and_moves_targets_exactly(agent):
 
 
 # ---------------------------------------------------------------------------------------------- config
-def test_create_accepts_both_example_shapes_and_config_is_documented():
+def test_create_accepts_both_example_shapes_and_has_its_config_defaults():
     a = ifql.Agent.create(0, np.zeros((1, O)), np.zeros((1, A)), small_config())
     for x, y in zip(jax.tree.leaves(a.network.params), jax.tree.leaves(create().network.params)):
         np.testing.assert_array_equal(x, y)
@@ -218,9 +216,6 @@ def test_create_accepts_both_example_shapes_and_config_is_documented():
     config = ifql.get_config()
     assert config.agent_name == 'ifql' and config.kappa == 0.9 and config.num_samples == 32
     assert 'best_of_n' not in config
-    keyed_lines = [line for line in inspect.getsource(ifql.get_config).splitlines() if re.match(r'\s+\w+=', line)]
-    assert {re.match(r'\s+(\w+)=', line).group(1) for line in keyed_lines} == set(config.keys())
-    assert all(re.search(r'\)?,\s+# \S', line) for line in keyed_lines)
 
 
 # ------------------------------------------------------------------------------------------- learning

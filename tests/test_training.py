@@ -3,6 +3,9 @@ as a loop written here updates the agent alone, the loop compiles once, and a tr
 update of the same value in the static config. An agent's public `update` and `sample_actions` are compiled
 on their own (a direct call from a notebook or a script runs as fast as inside the loop)."""
 
+import inspect
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,7 +13,7 @@ import pytest
 
 import agents
 from agents import dac, fql, qam, rebrac
-from utils import datasets, training
+from utils import agent_base, datasets, training
 
 O, A, H, ROWS = 5, 2, 2, 60
 
@@ -187,13 +190,27 @@ def test_a_direct_update_compiles_once_and_matches_the_fused_loop(data, module):
 
 @pytest.mark.parametrize('name', agents.available_agents())
 def test_every_count_in_an_agents_config_must_be_at_least_1(name):
-    from utils.agent_base import COUNT_KEYS
-
     module = agents.load_agent(name)
-    counts = [key for key in COUNT_KEYS if key in module.get_config()]
+    counts = [key for key in agent_base.COUNT_KEYS if key in module.get_config()]
     assert 'horizon_length' in counts and 'num_qs' in counts
     for key in counts:
         config = module.get_config()
         config[key] = 0
         with pytest.raises(ValueError, match=f'{key} = 0: must be at least 1'):
             module.Agent.create(0, np.zeros(O, np.float32), np.zeros(A, np.float32), config)
+
+
+def keyed_lines(function):
+    """The `key=value,  # comment` lines of a function's source: {key: line}."""
+    lines = inspect.getsource(function).splitlines()
+    return {re.match(r'\s+(\w+)=', line).group(1): line for line in lines if re.match(r'\s+\w+=', line)}
+
+
+@pytest.mark.parametrize('name', agents.available_agents())
+def test_every_config_key_of_every_agent_has_a_one_line_comment(name):
+    """`get_config()` is the shared keys (agent_base.shared_config) and the agent's own (which may replace a shared
+    default): every key of the result is written in one of the two, each with a comment on its line."""
+    module = agents.load_agent(name)
+    shared, own = keyed_lines(agent_base.shared_config), keyed_lines(module.get_config)
+    assert set(shared) | set(own) == set(module.get_config())
+    assert all(re.search(r'\)?,\s+# \S', line) for line in [*shared.values(), *own.values()])

@@ -1,5 +1,5 @@
 """What every agent shares: its state fields, flat action chunks, the common TD critic loss, the gradient step
-and the scan over update-to-data batches."""
+and the config keys every agent has."""
 
 from typing import Any
 
@@ -15,13 +15,37 @@ from utils import rl
 COUNT_KEYS = ('horizon_length', 'num_qs', 'flow_steps', 'best_of_n', 'num_samples', 'actor_freq', 'diffusion_steps')
 
 
+def shared_config(agent_name, **agent_keys):
+    """An agent's `get_config()`: the keys every agent has, with the benchmark's defaults, then the agent's own
+    `agent_keys` (each commented where the agent passes it; a shared key among them replaces the default).
+    Which networks the widths and LayerNorm flags size, which targets `tau` moves and whether Adam's gradients
+    are clipped: the comment above each agent's call."""
+    shared = dict(
+        agent_name=agent_name,  # Agent name (file in agents/).
+        lr=3e-4,  # Adam learning rate.
+        batch_size=256,  # Batch size (read by the training loop).
+        actor_hidden_dims=(512, 512, 512, 512),  # Hidden widths of the policy networks.
+        value_hidden_dims=(512, 512, 512, 512),  # Hidden widths of each critic member.
+        actor_layer_norm=False,  # LayerNorm in the policy networks.
+        value_layer_norm=True,  # LayerNorm in the critic.
+        horizon_length=5,  # H: action chunk length (5 manipulation, 1 mazes; set per domain by the run).
+        action_chunking=True,  # Act with flat chunks of H actions (D = H·A); False: first action, γ^H bootstrap.
+        num_qs=10,  # K: critic ensemble size.
+        rho=0.5,  # Pessimism: TD target uses mean − rho·std over the ensemble.
+        discount=0.99,  # γ (per step; the TD target uses γ^H).
+        tau=0.005,  # λ: Polyak rate of the target critic (and of the agent's other target networks).
+    )
+    return ml_collections.ConfigDict({**shared, **agent_keys})
+
+
 class ChunkedAgent(flax.struct.PyTreeNode):
     """Base of every agent: a PRNG key, every network in one `rl.TrainState`, and the (static) config.
 
     Agents act on and criticise flat chunks of H actions (D = H·A, ALGORITHMS §1.2). Subclasses define
-    `actor_loss` (or `total_loss`), `sample_actions(observations, rng)` and `create(...)`; `critic_loss` is the
-    common TD loss bootstrapped with the acting policy unless an agent overrides it (or `bootstrap_actions`),
-    and `update` is one gradient step on `total_loss` unless an agent needs another schedule (ReBRAC).
+    `actor_loss` (or `total_loss`), `sample_actions(observations, rng)` and `create(...)` (`prepare`, then
+    `from_modules`); `critic_loss` is the common TD loss bootstrapped with the acting policy unless an agent
+    overrides it (or `bootstrap_actions`), and `update` is one gradient step on `total_loss` unless an agent
+    needs another schedule (ReBRAC).
 
     `update` and every agent's `sample_actions` are wrapped in `jax.jit`, as in the reference code: called directly
     (a notebook, a script, a test) each compiles once per input structure. Inside main.py's compiled loop the same
@@ -68,11 +92,14 @@ class ChunkedAgent(flax.struct.PyTreeNode):
         return ml_collections.FrozenConfigDict(config), ex_observations, jnp.zeros((1, action_size)), jnp.zeros((1, 1))
 
     @classmethod
-    def from_modules(cls, seed, config, modules, inputs, optimizer, targets):
-        """A fresh agent: each module initialised on its example `inputs[name]` with its own split of
-        PRNGKey(seed), all in one `rl.TrainState` with `optimizer` and the EMA `targets` {target: online name}."""
-        rng, *init_keys = jax.random.split(jax.random.PRNGKey(seed), len(modules) + 1)
-        params = {name: rl.init_params(modules[name], key, *inputs[name]) for name, key in zip(modules, init_keys)}
+    def from_modules(cls, seed, config, networks, optimizer, targets):
+        """A fresh agent from `networks` {name: (linen module, example inputs)}: each module initialised on its
+        example inputs with its own split of PRNGKey(seed), in the mapping's order, all in one `rl.TrainState`
+        with `optimizer` and the EMA `targets` {target: online name}."""
+        rng, *init_keys = jax.random.split(jax.random.PRNGKey(seed), len(networks) + 1)
+        modules = {name: module for name, (module, _) in networks.items()}
+        params = {name: rl.init_params(module, key, *inputs)
+                  for (name, (module, inputs)), key in zip(networks.items(), init_keys)}
         return cls(rng=rng, network=rl.TrainState.create(modules, params, optimizer, targets=targets), config=config)
 
     @property
@@ -145,8 +172,3 @@ class ChunkedAgent(flax.struct.PyTreeNode):
         rng, network, info = self.gradient_step(batch)
         network = network.update_targets(self.config.tau)  # post-update online parameters
         return self.replace(rng=rng, network=network), info
-
-    def batch_update(self, batch):
-        """U sequential updates over the leading axis of every batch array; info averaged over U."""
-        agent, infos = jax.lax.scan(lambda agent, minibatch: agent.update(minibatch), self, batch)
-        return agent, jax.tree.map(lambda x: x.mean(axis=0), infos)

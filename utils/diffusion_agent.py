@@ -64,12 +64,12 @@ class DiffusionAgent(ChunkedAgent):
             raise ValueError(f'alpha must be >= 0, got {config.alpha}.')
         action_size = ex_chunks.shape[-1]
 
-        modules = {
-            'critic': CriticEnsemble(tuple(config.value_hidden_dims), config.num_qs, config.value_layer_norm),
-            'actor': diffusion.NoisePredictor(tuple(config.actor_hidden_dims), action_size, config.time_dim,
-                                              config.actor_layer_norm),
+        networks = {  # name: (module, example inputs)
+            'critic': (CriticEnsemble(tuple(config.value_hidden_dims), config.num_qs, config.value_layer_norm),
+                       (ex_observations, ex_chunks)),
+            'actor': (diffusion.NoisePredictor(tuple(config.actor_hidden_dims), action_size, config.time_dim,
+                                               config.actor_layer_norm), (ex_observations, ex_chunks, ex_times)),
         }
-        inputs = {'critic': (ex_observations, ex_chunks), 'actor': (ex_observations, ex_chunks, ex_times)}
         optimizer = rl.make_optimizer(config.lr, float(config.clip_grad_norm) if config.clip_grad_norm else None)
-        return cls.from_modules(seed, config, modules, inputs, optimizer,
+        return cls.from_modules(seed, config, networks, optimizer,
                                 targets={'target_critic': 'critic'})
