@@ -31,155 +31,29 @@ import ml_collections
 import numpy as np
 import tqdm
 from absl import app, flags, logging
-from ml_collections import config_flags
 
 import agents
-from envs import data_sources, env_utils, online, tasks
-from utils import agent_base, checkpoints, datasets, evaluation, experiment, training
+from envs import data_sources, env_utils, online
+from utils import checkpoints, datasets, evaluation, experiment, run_flags, training
 from utils.checkpoints import Checkpointer
 from utils.logger import CsvLogger
 
 FLAGS = flags.FLAGS
 
 # ---------------------------------------------------------------------------------------------- flags
-# Run identity.
-flags.DEFINE_string('env_name', 'cube-double-play-singletask-task2-v0',
-                    'OGBench single-task environment name, or a D4RL dataset id of Minari (D4RL/antmaze/umaze-v1).')
-flags.DEFINE_integer('seed', 10001, 'Seed of the agent, batch sampling and evaluation (paper: 10001*k, k=1..12).')
-flags.DEFINE_string('save_dir', 'runs', 'Root folder of run directories.')
-flags.DEFINE_integer('num_seeds', 1, 'Train this many seeds, seed + 10001*k for k < num_seeds, vmapped in one process.')
-flags.DEFINE_string('hyper_sweep', '', "Also vmap over values of one scalar agent hyperparameter, e.g. 'inv_temp=1,3,10'.")
-flags.DEFINE_string('method', '', 'Method label recorded in flags.json for reports (e.g. QAM-E); default: the agent name.')
-# Budget and loop (PROTOCOL §4).
-flags.DEFINE_integer('offline_steps', 1_000_000, 'Offline gradient steps (0: online only, as RLPD).')
-flags.DEFINE_integer('online_steps', 500_000, 'Online environment steps.')
-flags.DEFINE_integer('eval_interval', 50_000, 'Evaluate every this many steps of the current phase.')
-flags.DEFINE_integer('eval_episodes', 50, 'Evaluation episodes, run in lockstep.')
-flags.DEFINE_integer('log_interval', 5_000, 'Log training metrics every this many steps.')
-flags.DEFINE_integer('save_interval', 100_000, 'Checkpoint every this many steps of the current phase.')
-flags.DEFINE_integer('utd_ratio', 1, 'Online updates per environment step.')
-flags.DEFINE_integer('start_training', 5_000, 'Online step from which updates start.')
-flags.DEFINE_bool('balanced_sampling', False, 'Online batches: half offline data, half online buffer (RLPD).')
-# Domain settings (PROTOCOL §3); unset means the domain's value.
-flags.DEFINE_integer('horizon_length', None, 'Action chunk length H (default: 5 manipulation, 1 mazes).')
-flags.DEFINE_enum('sparse', 'auto', ['auto', 'true', 'false', 'True', 'False'], 'Sparse reward conversion (auto: scene, puzzle).')
-# Data (see envs/data_sources.py).
-flags.DEFINE_enum('dataset_source', 'auto', list(data_sources.SOURCES), 'Where the dataset comes from.')
-flags.DEFINE_string('dataset_dir', '', 'Folder of the official OGBench files, or of Minari datasets for D4RL (default: '
-                    f'{data_sources.DEFAULT_DATASET_DIR}, or Minari\'s folder).')
-flags.DEFINE_string('dataset_cache_dir', data_sources.DEFAULT_CACHE_DIR, 'Folder of locally generated datasets.')
-flags.DEFINE_integer('dataset_episodes', None, 'Episodes to generate (default: the standard size).')
-flags.DEFINE_integer('dataset_seed', 0, 'Seed of local dataset generation.')
-flags.DEFINE_integer('num_workers', 1, 'Processes for dataset generation.')
-flags.DEFINE_bool('sharded_dataset', True, 'Use the 100M sharded set where the paper does (cube-quadruple, puzzle-4x4).')
-flags.DEFINE_integer('dataset_shards', 100, 'Shards to generate or use for a sharded set (fewer is a deviation).')
-flags.DEFINE_integer('shard_interval', 1_000, 'Swap to the next shard every this many steps.')
-# Output.
-flags.DEFINE_bool('wandb', False, 'Also log to Weights & Biases.')
-flags.DEFINE_string('wandb_project', 'qam-suite', 'Weights & Biases project.')
-flags.DEFINE_integer('video_episodes', 0, 'Save this many evaluation episodes per evaluation as GIFs.')
-flags.DEFINE_bool('progress', True, 'Show a progress bar.')
-flags.DEFINE_bool('keep_checkpoints', False, 'Keep the checkpoints of a finished run (they hold the replay buffer).')
-flags.DEFINE_integer('stop_at_step', None, 'Checkpoint and stop (resumable) at this total step, e.g. before a job time limit.')
-flags.DEFINE_bool('force_restart', False, 'Start a run that diverged over from step 0 (its files are moved aside).')
-config_flags.DEFINE_config_file(
-    'agent', os.path.join(agents.AGENTS_DIR, 'qam.py'), 'Agent: a bare name (qam) or a path to an agent file; '
-    'override its config with --agent.<key>=<value>.', lock_config=True,
-)
-
-# Flags that do not change results stay out of the run directory's hash.
-NON_RESULT_FLAGS = (
-    'seed', 'num_seeds', 'hyper_sweep', 'save_dir', 'method', 'log_interval', 'save_interval', 'dataset_source', 'dataset_dir', 'dataset_cache_dir',
-    'num_workers', 'wandb', 'wandb_project', 'video_episodes', 'progress', 'keep_checkpoints', 'stop_at_step',
-    'force_restart',
-)
-RUN_FLAGS = (
-    'env_name', 'offline_steps', 'online_steps', 'eval_interval', 'eval_episodes', 'utd_ratio', 'start_training',
-    'balanced_sampling', 'dataset_episodes', 'dataset_seed', 'sharded_dataset', 'dataset_shards', 'shard_interval',
-) + NON_RESULT_FLAGS
+# Defined with what makes a run (its settings, hash and directory) in utils/run_flags.py: the sweep launcher and its
+# status resolve a run's command line with the same code, and so find the directory this program writes.
+run_flags.define_flags(FLAGS)
+flags.adopt_module_key_flags(run_flags)  # --help lists them as this program's flags
 
 
-def prepare_agent_args(argv):
-    """Let `--agent=qam` name an agent by its bare name (config_flags needs the file's path), and check the agent
-    and every `--agent.<key>` before the flags are parsed: config_flags reports those mistakes as tracebacks."""
-    def fail(message):
-        sys.exit(f'FATAL Flags parsing error: {message}')
-
-    rewritten, agent = [], 'qam'
-    for arg in argv:
-        if arg.startswith('--agent='):
-            agent = arg.split('=', 1)[1]
-            try:
-                arg = '--agent=' + agents.agent_path(agent)
-            except ValueError as e:
-                fail(e)
-        rewritten.append(arg)
+def prepare_command_line(argv):
+    """The command line with `--agent=qam` as the agent file's path (config_flags needs it), the agent and every
+    `--agent.<key>` checked first (config_flags reports those mistakes as tracebacks)."""
     try:
-        config = agents.load_agent(agent).get_config()
-    except Exception as e:  # a broken agent file: say which, without its traceback
-        fail(f'cannot load agent {agent!r}: {type(e).__name__}: {e}')
-    for arg in rewritten:
-        if arg.startswith('--agent.'):
-            key = arg[len('--agent.'):].split('=', 1)[0]
-            if key.split('.')[0] not in config:
-                fail(f'--agent.{key}: {config.agent_name} has no config key {key!r}. Its keys: {", ".join(sorted(config))}.')
-    return rewritten
-
-
-def check_agent_config(config):
-    """Config values of the right kind: tuples of positive ints where the default is one (network sizes), counts
-    of at least 1 (config_flags checks scalar types, but takes `abc` for a tuple as ('abc',))."""
-    defaults = agents.load_agent(FLAGS['agent'].config_filename).get_config()
-    for key, default in defaults.items():
-        value = config[key]
-        if isinstance(default, tuple) and default and isinstance(default[0], int):
-            if not isinstance(value, tuple) or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
-                raise app.UsageError(f'--agent.{key} must be a tuple of positive integers, e.g. {default!r}; got {value!r}.')
-        elif key in ('batch_size', *agent_base.COUNT_KEYS) and value < 1:
-            raise app.UsageError(f'--agent.{key} must be at least 1, got {value}.')
-
-
-def check_flags(config):
-    positive = ('num_seeds', 'eval_interval', 'eval_episodes', 'log_interval', 'save_interval', 'utd_ratio', 'num_workers',
-                'dataset_shards', 'shard_interval')
-    for name in positive:
-        if getattr(FLAGS, name) < 1:
-            raise app.UsageError(f'--{name} must be at least 1, got {getattr(FLAGS, name)}.')
-    for name in ('offline_steps', 'online_steps', 'start_training'):
-        if getattr(FLAGS, name) < 0:
-            raise app.UsageError(f'--{name} must be >= 0, got {getattr(FLAGS, name)}.')
-    if FLAGS.offline_steps + FLAGS.online_steps == 0:
-        raise app.UsageError('Nothing to do: --offline_steps and --online_steps are both 0.')
-    if FLAGS.horizon_length is not None and FLAGS.horizon_length < 1:  # else 0 would become the domain's H
-        raise app.UsageError(f'--horizon_length must be at least 1, got {FLAGS.horizon_length}.')
-    if FLAGS.dataset_episodes is not None and FLAGS.dataset_episodes < 1:
-        raise app.UsageError(f'--dataset_episodes must be at least 1, got {FLAGS.dataset_episodes}.')
-    if FLAGS.balanced_sampling and config.batch_size % 2:
-        raise app.UsageError(f'--balanced_sampling needs an even batch size, got {config.batch_size}.')
-    if FLAGS.online_steps and FLAGS.start_training < config.horizon_length:
-        raise app.UsageError(f'--start_training must be at least the chunk length {config.horizon_length}.')
-
-
-def resolve_settings(task):
-    """The agent config with the domain's defaults (PROTOCOL §3) and everything that defines the results."""
-    config = FLAGS.agent
-    overridden = {arg.split('=')[0][len('--agent.'):] for arg in sys.argv if arg.startswith('--agent.')}
-    if 'horizon_length' in overridden:  # it would be silently replaced by the domain's value below
-        raise app.UsageError('Set the chunk length with --horizon_length, not --agent.horizon_length.')
-    config.horizon_length = FLAGS.horizon_length or task.domain.horizon_length
-    for key in ('discount', 'rho'):
-        if key in config and key not in overridden:
-            setattr(config, key, getattr(task.domain, key))
-    sparse = task.domain.sparse if FLAGS.sparse == 'auto' else FLAGS.sparse.lower() == 'true'
-    if task.is_minari and sparse:
-        raise app.UsageError('--sparse converts OGBench rewards; D4RL tasks use their own rewards (leave it at auto).')
-    if task.is_minari and FLAGS.dataset_episodes is not None:
-        raise app.UsageError('--dataset_episodes sizes a generated OGBench dataset; a D4RL dataset is used whole.')
-    settings = {name: getattr(FLAGS, name) for name in RUN_FLAGS if name not in NON_RESULT_FLAGS}
-    settings.update(agent=config.to_dict(), sparse=sparse)
-    if FLAGS.online_steps:  # online results of earlier data versions are invalid: a new version is a new run
-        settings['online_data_version'] = experiment.ONLINE_DATA_VERSION
-    return config, settings
+        return run_flags.prepare_agent_args(argv)
+    except app.UsageError as e:
+        sys.exit(f'FATAL Flags parsing error: {e}')
 
 
 @dataclasses.dataclass
@@ -202,7 +76,7 @@ def parse_hyper_sweep(config, agent_class):
     if key not in agent_class.SWEEPABLE:
         raise app.UsageError(f'--hyper_sweep: {config.agent_name} cannot sweep {key!r} in one program; sweepable: '
                              f'{", ".join(agent_class.SWEEPABLE) or "none"} (or launch one run per value).')
-    if any(arg.startswith(f'--agent.{key}=') for arg in sys.argv):
+    if key in run_flags.overridden_agent_keys(FLAGS):
         raise app.UsageError(f'--hyper_sweep sweeps {key}: do not also set --agent.{key}.')
     try:
         values = [float(v) for v in text.split(',')]
@@ -222,9 +96,7 @@ def make_members(config, settings, swept_key, swept_values):
         if swept_key is not None:
             setattr(member_config, swept_key, value)
         member_settings = dict(settings, agent=member_config.to_dict())
-        for k in range(FLAGS.num_seeds):
-            seed = FLAGS.seed + experiment.SEED_STRIDE * k
-            run_dir = experiment.run_dir_name(FLAGS.save_dir, config.agent_name, FLAGS.env_name, seed, member_settings)
+        for seed, run_dir in run_flags.run_dirs(FLAGS, member_settings):
             members.append(Member(seed, member_config, member_settings, run_dir))
     return members
 
@@ -373,8 +245,8 @@ def open_run_directory(member, data_identity):
     if experiment.read_marker(member.run_dir, experiment.DONE) is not None:  # finished by the last holder
         raise app.UsageError(f'{member.run_dir} was finished by another process meanwhile: run again to skip it.')
     if 'data' not in (experiment.read_flags(member.run_dir) or {}):  # the first start records what the run is
-        run_flags = {name: getattr(FLAGS, name) for name in RUN_FLAGS} | {'seed': member.seed}
-        experiment.write_flags(member.run_dir, run_flags, member.settings, data_identity)
+        experiment.write_flags(member.run_dir, run_flags.recorded_flags(FLAGS, member.seed), member.settings,
+                               data_identity)
     print(f'Run directory: {member.run_dir}')
     return lock
 
@@ -688,13 +560,7 @@ def replay_buffers(dataset, num_members, start):
 def main(_):
     logging.set_verbosity(logging.WARNING)  # orbax reports every checkpoint write at INFO
     # ------------------------------------------------------------------------------------- settings
-    try:
-        task = tasks.parse_env_name(FLAGS.env_name)
-    except ValueError as e:
-        raise app.UsageError(str(e))
-    config, settings = resolve_settings(task)
-    check_flags(config)
-    check_agent_config(config)
+    task, config, settings = run_flags.resolve_run(FLAGS)
     agent_class = agents.load_agent(FLAGS['agent'].config_filename).Agent
     swept_key, swept_values = parse_hyper_sweep(config, agent_class)
     if FLAGS.wandb and (FLAGS.num_seeds > 1 or swept_key):
@@ -749,5 +615,5 @@ def command_line_main(argv):
 
 
 if __name__ == '__main__':
-    sys.argv = prepare_agent_args(sys.argv)
+    sys.argv = prepare_command_line(sys.argv)
     app.run(command_line_main)

@@ -300,8 +300,7 @@ def main(argv=None):
             return 0
         if args.seeds_per_process < 1:
             raise sweeps.SweepError(f'--seeds_per_process must be at least 1, got {args.seeds_per_process}.')
-        if args.seeds_per_process > 1 and any(run_state.same_value(run.flag_dict.get('wandb', False), True)
-                                              for run in runs):
+        if args.seeds_per_process > 1 and any(run_state.resolve(run, root)[0].wandb for run in runs):
             raise sweeps.SweepError('--wandb logs one run per process: use it with --seeds_per_process=1.')
         for warning in sweeps.check_agents(runs, require_agents=args.backend != 'print'):
             print(f'# warning: {warning}', file=sys.stderr)

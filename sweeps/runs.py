@@ -10,20 +10,17 @@ Files of a run under the launcher's save root S (see `Run.save_dir`: one folder 
                                                           .lock   flock'ed while the run executes
                                                           .job    the Slurm job it was submitted to
 
-A run is found by reading flags.json in S/<method>/<agent>/<env_name>/seed<seed>-*/ and matching the recorded
-method, seed, environment and every result-relevant setting of the command (main.py's hash cannot be predicted
-without resolving the agent config). A run is executed by running its command with the lock held: running it again
+A run's directory is the one main.py writes for its command line: the command is parsed and resolved by the same
+code as in main.py (utils/run_flags.py), agent config and domain defaults included. A run is executed by running its command with the lock held: running it again
 resumes from its last checkpoint, and a DONE run is skipped. A process of several seeds holds all of their locks
 and appends its output to each of their logs; each run's state is its own (done, failed, ...).
 """
 
-import ast
 import contextlib
 import dataclasses
 import fcntl
-import glob
+import functools
 import json
-import math
 import os
 import shlex
 import signal
@@ -31,6 +28,7 @@ import socket
 import subprocess
 import time
 
+from sweeps.sweeps import SweepError
 from utils import experiment, files
 
 DONE, DIVERGED = experiment.DONE, experiment.DIVERGED  # main.py's markers
@@ -70,63 +68,40 @@ def tail(path, lines=10):
 
 
 # ------------------------------------------------------------------------------------ finding the run dir
-def _parse(value):
-    """A command-line value as Python: '3' -> 3, 'True' -> True, '(32, 32)' -> (32, 32), 'mse' -> 'mse'."""
-    if isinstance(value, str):
-        if value.lower() in ('true', 'false'):
-            return value.lower() == 'true'
-        try:
-            return ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            return value
-    return value
+@functools.lru_cache(maxsize=None)
+def _resolve(argv):
+    from utils import run_flags  # here: it loads the agents' package (JAX), which status alone does not need
+
+    flag_values = run_flags.parse(argv)
+    _, _, settings = run_flags.resolve_run(flag_values)
+    return flag_values, settings
 
 
-def same_value(a, b):
-    a, b = _parse(a), _parse(b)
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b))
-    if isinstance(a, bool) or isinstance(b, bool):
-        return a is b if isinstance(a, bool) and isinstance(b, bool) else False
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
-        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
-    return a == b
+def resolve(run, root):
+    """main.py's parsed flags and resolved settings of the run's command line (utils/run_flags.py), as main.py
+    computes them; SweepError if main.py would refuse the command. The seed is not part of the settings: runs that
+    differ only in their seed are resolved once."""
+    from absl import app
+
+    argv = tuple(arg for arg in run.argv(root)[1:] if not arg.startswith('--seed='))
+    try:
+        return _resolve(argv)
+    except app.UsageError as e:
+        raise SweepError(f'{run.key}: main.py would refuse this run: {e}') from None
 
 
-def record_matches(record, run):
-    """Whether a flags.json record is this run: same method, seed, environment and result-relevant settings."""
-    flags, settings = record.get('flags', {}), record.get('settings', {})
-    if flags.get('method') != run.method or flags.get('env_name') != run.env_name or flags.get('seed') != run.seed:
-        return False
-    if experiment.online_results_invalid(settings):  # a run of the broken online data path is no result of this one
-        return False
-    agent_settings = settings.get('agent', {})
-    for name, value in run.flags:
-        if name.startswith('agent.'):
-            key = name[len('agent.'):]
-            if key not in agent_settings or not same_value(agent_settings[key], value):
-                return False
-        elif name == 'agent':
-            continue  # the agent is the run directory's parent folder
-        elif name == 'horizon_length':
-            if not same_value(agent_settings.get('horizon_length'), value):
-                return False
-        elif name in settings and name != 'sparse':  # settings hold the flags that change results
-            if not same_value(settings[name], value):
-                return False
-    return True
+def run_dir(run, root):
+    """main.py's run directory of this run under `root` (which exists once main.py has started the run)."""
+    from utils import run_flags
+
+    flag_values, settings = resolve(run, root)
+    return run_flags.run_dir(flag_values, settings, run.seed)
 
 
 def find_run_dir(run, root):
-    """main.py's run directory of this run, or None. Prefers a finished one, then the most recently started."""
-    pattern = os.path.join(run.save_dir(root), glob.escape(run.agent), glob.escape(run.env_name), f'seed{run.seed}-*')
-    matches = []
-    for run_dir in glob.glob(pattern):
-        record = read_json(os.path.join(run_dir, 'flags.json'))
-        if record and record_matches(record, run):
-            done = os.path.exists(os.path.join(run_dir, DONE))
-            matches.append((done, os.path.getmtime(os.path.join(run_dir, 'flags.json')), run_dir))
-    return max(matches)[2] if matches else None
+    """main.py's run directory of this run, or None when main.py has not started it."""
+    path = run_dir(run, root)
+    return path if os.path.isdir(path) else None
 
 
 def latest_checkpoint(run_dir):

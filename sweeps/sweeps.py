@@ -189,14 +189,12 @@ def dataset_column(dataset):
 
 
 # -------------------------------------------------------------------------------------------------- flags
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def main_flag_names():
-    """The flags main.py defines (read from its source: importing it would parse flags and load JAX)."""
-    with open(MAIN) as f:
-        source = f.read()
-    names = set(re.findall(r"""(?:flags\.DEFINE_\w+|config_flags\.DEFINE_config_file)\(\s*['"](\w+)['"]""", source))
-    bools = set(re.findall(r"""flags\.DEFINE_bool(?:ean)?\(\s*['"](\w+)['"]""", source))
-    return frozenset(names), frozenset(bools)
+    """(every flag of main.py, the boolean ones)."""
+    from utils import run_flags  # here: it loads the agents' package and the data sources
+
+    return run_flags.flag_names()
 
 
 def check_flag_names(names, where):

@@ -77,5 +77,5 @@ def recording_environments(original_init):
 
 if __name__ == '__main__':
     online.OnlineEnvironments.__init__ = recording_environments(online.OnlineEnvironments.__init__)
-    sys.argv = main.prepare_agent_args(sys.argv)
+    sys.argv = main.prepare_command_line(sys.argv)
     app.run(main.command_line_main)

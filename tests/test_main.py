@@ -179,6 +179,13 @@ def test_bad_input_fails_with_a_clear_message(tmp_path, generated_datasets_dir, 
     assert message in result.stdout + result.stderr
 
 
+def test_help_lists_the_flags(tmp_path):
+    """The flags are defined in utils/run_flags.py; --help still lists them as main.py's."""
+    result = run_main(['--help'], tmp_path, check=False)  # absl exits with 1 after the help
+    for flag in ('--env_name', '--offline_steps', '--agent:', '--hyper_sweep', '--dataset_source'):
+        assert flag in result.stdout, flag
+
+
 def test_wrong_dataset_file_is_rejected_naming_it(tmp_path, generated_datasets_dir):
     # The puzzle-3x3 files put in place of cube-double's: right keys, wrong dimensions.
     bad_dir = tmp_path / 'bad'

@@ -1,6 +1,8 @@
 """Sweeps: expansion against the protocol (counts, seeds, per-domain values), bad input, the confirmation
 threshold, run status from run directories, and the local backend running a tiny sweep to completion."""
 
+import ast
+import copy
 import csv
 import fcntl
 import functools
@@ -17,7 +19,7 @@ from sweeps import hyperparameters as hp
 from sweeps import launch, mini
 from sweeps import runs as run_state
 from sweeps import sweeps
-from utils import experiment
+from utils import experiment, run_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROTOCOL = os.path.join(ROOT, '..', 'shared', 'spec', 'PROTOCOL.md')
@@ -353,6 +355,36 @@ def test_missing_agent_is_an_error_to_launch_and_a_warning_to_print(monkeypatch)
     assert 'does not exist' in sweeps.check_agents(runs, require_agents=False)[0]
 
 
+def python_value(text):
+    """A flag's value as Python: '3' -> 3, 'True' -> True, '(256, 256)' -> (256, 256), 'mse' -> 'mse'."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def test_every_shipped_run_resolves_to_a_run_directory_of_its_own(tmp_path):
+    """Each run of every shipped sweep parses and resolves as main.py would take it (a refusal would be a
+    SweepError naming the run), into main.py's layout; two runs share a directory only when their commands are the
+    same. That main.py writes exactly that directory is checked end to end by the local-backend test below."""
+    root, commands = str(tmp_path), {}
+    for name in sweeps.SWEEP_FILES:
+        for run in expand(name, seeds=[10001]):
+            path = run_state.run_dir(run, root)
+            assert re.fullmatch(re.escape(os.path.join(run.save_dir(root), run.agent, run.env_name, 'seed10001-'))
+                                + '[0-9a-f]{8}', path), path
+            flags = tuple(run.flags)
+            assert commands.setdefault(path, flags) == flags, f'{name}: {run.key} shares {path} with another command'
+            _, settings = run_state.resolve(run, root)
+            for flag, value in run.flags:  # every agent value of the sweep reaches the settings main.py hashes
+                if flag.startswith('agent.'):
+                    assert settings['agent'][flag[len('agent.'):]] == python_value(value), (run.key, flag)
+    with pytest.raises(sweeps.SweepError, match=r'QAM/.*main.py would refuse this run: --start_training must be'):
+        run, = expand('mini', methods=['QAM'], domains=['scene'], tasks=[1], seeds=[10001],
+                      extra_args='--start_training=2')
+        run_state.run_dir(run, root)
+
+
 def test_existing_agents_accept_every_key_of_their_methods():
     runs = [r for name in sweeps.SWEEP_FILES for r in expand(name, seeds=[10001])]
     present = set(agents.available_agents())
@@ -432,19 +464,16 @@ def test_confirmation_threshold(tmp_path, monkeypatch, capsys):
 
 # ------------------------------------------------------------------------------------------- status from disk
 def fake_run_dir(run, root, markers=(), checkpoint=None, online_data_version=experiment.ONLINE_DATA_VERSION, **changes):
-    """A run directory as main.py writes it (flags.json with the resolved settings), without training;
-    `online_data_version=None`: one of the code before the online data fix."""
-    flags = dict(run.flag_dict)
-    settings = {'env_name': run.env_name, 'offline_steps': 1_000_000, 'online_steps': 500_000,
-                'agent': {'agent_name': run.agent, 'horizon_length': 5, 'discount': 0.99}}
-    if online_data_version is not None:
-        settings['online_data_version'] = online_data_version
-    for name, value in flags.items():
-        if name.startswith('agent.'):
-            settings['agent'][name[6:]] = run_state._parse(value)
+    """The run directory that main.py writes for `run` (flags.json with its resolved settings), without training.
+    `changes`: agent settings of another configuration; `online_data_version=None`: a run of the code before the
+    online data fix (whose settings had no version)."""
+    flag_values, settings = run_state.resolve(run, root)
+    settings = copy.deepcopy(settings)
     settings['agent'].update(changes)
-    record = {'flags': {'method': run.method, 'env_name': run.env_name, 'seed': run.seed}, 'settings': settings}
-    run_dir = os.path.join(run.save_dir(root), run.agent, run.env_name, f'seed{run.seed}-{len(changes):08x}')
+    if online_data_version is None:
+        del settings['online_data_version']
+    record = {'flags': run_flags.recorded_flags(flag_values, run.seed), 'settings': settings}
+    run_dir = run_flags.run_dir(flag_values, settings, run.seed)
     os.makedirs(run_dir)
     json.dump(record, open(os.path.join(run_dir, 'flags.json'), 'w'))
     for marker in markers:
@@ -561,7 +590,13 @@ def check_finished(runs, root):
         assert run_dir and os.path.exists(os.path.join(run_dir, 'DONE')), run.key
         assert read_steps(os.path.join(run_dir, 'eval.csv')) == [20, 40], run.key  # each evaluation exactly once
         assert read_steps(os.path.join(run_dir, 'train.csv')) == [10, 20, 30, 40], run.key
-        assert json.load(open(os.path.join(run_dir, 'flags.json')))['flags']['method'] == run.method
+        record = json.load(open(os.path.join(run_dir, 'flags.json')))
+        assert record['flags']['method'] == run.method
+        # The launcher resolves the run (run_flags) to the settings that main.py recorded, and to no other directory.
+        _, settings = run_state.resolve(run, root)
+        assert record['settings'] == json.loads(json.dumps(settings, default=str)), run.key
+        seed_dirs = [name for name in os.listdir(os.path.dirname(run_dir)) if name.startswith(f'seed{run.seed}-')]
+        assert seed_dirs == [os.path.basename(run_dir)], run.key
         assert not os.path.exists(os.path.join(run_dir, 'checkpoints'))
 
 
