@@ -24,7 +24,6 @@ import jax.numpy as jnp
 
 from utils import flow, rl
 from utils.agent_base import ChunkedAgent, shared_config
-from utils.networks import CriticEnsemble, VelocityField
 
 
 class BAMAgent(ChunkedAgent):
@@ -100,16 +99,11 @@ class BAMAgent(ChunkedAgent):
         config, ex_observations, ex_chunks, ex_times = cls.prepare(config, ex_observations, ex_actions)
         if config.inv_temp < 0:
             raise ValueError(f'inv_temp must be >= 0, got {config.inv_temp}.')
-        action_size = ex_chunks.shape[-1]
 
-        actor_dims = tuple(config.actor_hidden_dims)
         networks = {  # name: (module, example inputs)
-            'critic': (CriticEnsemble(tuple(config.value_hidden_dims), config.num_qs, config.value_layer_norm),
-                       (ex_observations, ex_chunks)),
-            'behavior_flow': (VelocityField(actor_dims, action_size, config.actor_layer_norm),
-                              (ex_observations, ex_chunks, ex_times)),
-            'finetuned_flow': (VelocityField(actor_dims, action_size, config.actor_layer_norm),
-                               (ex_observations, ex_chunks, ex_times)),
+            'critic': cls.critic_network(config, ex_observations, ex_chunks),
+            'behavior_flow': cls.velocity_network(config, ex_observations, ex_chunks, ex_times),
+            'finetuned_flow': cls.velocity_network(config, ex_observations, ex_chunks, ex_times),
         }
         optimizer = rl.make_optimizer(config.lr, 1.0)  # always global-norm clipping at 1.0 (§1.9)
         return cls.from_modules(seed, config, networks, optimizer,

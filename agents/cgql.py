@@ -29,7 +29,6 @@ import jax.numpy as jnp
 
 from utils import flow, rl
 from utils.agent_base import ChunkedAgent, shared_config
-from utils.networks import CriticEnsemble, VelocityField
 
 MODES = ('simple', 'mse', 'linex')
 
@@ -131,14 +130,10 @@ class CGQLAgent(ChunkedAgent):
             raise ValueError(f'mode must be one of {MODES}, got {config.mode!r}.')
         if config.num_qs < 2:
             raise ValueError(f'CGQL needs an ensemble of at least 2 critics, got num_qs = {config.num_qs}.')
-        action_size = ex_chunks.shape[-1]
 
-        actor_dims, value_dims = tuple(config.actor_hidden_dims), tuple(config.value_hidden_dims)
         networks = {  # name: (module, example inputs)
-            'critic': (CriticEnsemble(value_dims, config.num_qs, config.value_layer_norm),  # on concat(s, a, t)
-                       (ex_observations, ex_chunks, ex_times)),
-            'behavior_flow': (VelocityField(actor_dims, action_size, config.actor_layer_norm),
-                              (ex_observations, ex_chunks, ex_times)),
+            'critic': cls.critic_network(config, ex_observations, ex_chunks, ex_times),  # on concat(s, a, t)
+            'behavior_flow': cls.velocity_network(config, ex_observations, ex_chunks, ex_times),
         }
         return cls.from_modules(seed, config, networks, rl.make_optimizer(config.lr),
                                 targets={'target_critic': 'critic', 'target_behavior_flow': 'behavior_flow'})

@@ -25,7 +25,7 @@ import ml_collections
 
 from utils import flow, rl
 from utils.agent_base import ChunkedAgent, shared_config
-from utils.networks import CriticEnsemble, LogParam, TanhGaussianPolicy, VelocityField
+from utils.networks import LogParam, TanhGaussianPolicy
 
 
 class DSRLAgent(ChunkedAgent):
@@ -103,14 +103,11 @@ class DSRLAgent(ChunkedAgent):
             raise ValueError(f'noise_scale must be > 0, got {config.noise_scale}.')
         action_size = ex_chunks.shape[-1]
 
-        actor_dims, value_dims = tuple(config.actor_hidden_dims), tuple(config.value_hidden_dims)
+        actor_dims = tuple(config.actor_hidden_dims)
         networks = {  # name: (module, example inputs)
-            'critic': (CriticEnsemble(value_dims, config.num_qs, config.value_layer_norm),
-                       (ex_observations, ex_chunks)),
-            'noise_critic': (CriticEnsemble(value_dims, config.num_qs, config.value_layer_norm),
-                             (ex_observations, ex_chunks)),
-            'behavior_flow': (VelocityField(actor_dims, action_size, config.actor_layer_norm),
-                              (ex_observations, ex_chunks, ex_times)),
+            'critic': cls.critic_network(config, ex_observations, ex_chunks),
+            'noise_critic': cls.critic_network(config, ex_observations, ex_chunks),
+            'behavior_flow': cls.velocity_network(config, ex_observations, ex_chunks, ex_times),
             'noise_policy': (TanhGaussianPolicy(actor_dims, action_size, config.actor_layer_norm), (ex_observations,)),
             'alpha': (LogParam(1.0), ()),
         }

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from utils import flow, rl
 from utils.agent_base import ChunkedAgent, shared_config
-from utils.networks import CriticEnsemble, ValueNetwork, VelocityField
+from utils.networks import ValueNetwork
 
 MAX_WEIGHT = 100.0  # cap on exp(inv_temp·advantage) (KEEP)
 
@@ -83,15 +83,12 @@ class FAWACAgent(ChunkedAgent):
         config, ex_observations, ex_chunks, ex_times = cls.prepare(config, ex_observations, ex_actions)
         if config.inv_temp < 0:
             raise ValueError(f'inv_temp must be >= 0, got {config.inv_temp}.')
-        action_size = ex_chunks.shape[-1]
 
-        actor_dims, value_dims = tuple(config.actor_hidden_dims), tuple(config.value_hidden_dims)
+        value_dims = tuple(config.value_hidden_dims)
         networks = {  # name: (module, example inputs)
-            'critic': (CriticEnsemble(value_dims, config.num_qs, config.value_layer_norm),
-                       (ex_observations, ex_chunks)),
+            'critic': cls.critic_network(config, ex_observations, ex_chunks),
             'value': (ValueNetwork(value_dims, config.value_layer_norm), (ex_observations,)),
-            'flow_policy': (VelocityField(actor_dims, action_size, config.actor_layer_norm),
-                            (ex_observations, ex_chunks, ex_times)),
+            'flow_policy': cls.velocity_network(config, ex_observations, ex_chunks, ex_times),
         }
         return cls.from_modules(seed, config, networks, rl.make_optimizer(config.lr),
                                 targets={'target_critic': 'critic'})

@@ -18,7 +18,6 @@ import jax.numpy as jnp
 
 from utils import flow, rl
 from utils.agent_base import ChunkedAgent, shared_config
-from utils.networks import CriticEnsemble, VelocityField
 
 
 class FBRACAgent(ChunkedAgent):
@@ -68,13 +67,10 @@ class FBRACAgent(ChunkedAgent):
         config, ex_observations, ex_chunks, ex_times = cls.prepare(config, ex_observations, ex_actions)
         if not config.alpha > 0:
             raise ValueError(f'alpha divides the Q term and must be > 0, got {config.alpha}.')
-        action_size = ex_chunks.shape[-1]
 
         networks = {  # name: (module, example inputs)
-            'critic': (CriticEnsemble(tuple(config.value_hidden_dims), config.num_qs, config.value_layer_norm),
-                       (ex_observations, ex_chunks)),
-            'actor_flow': (VelocityField(tuple(config.actor_hidden_dims), action_size, config.actor_layer_norm),
-                           (ex_observations, ex_chunks, ex_times)),
+            'critic': cls.critic_network(config, ex_observations, ex_chunks),
+            'actor_flow': cls.velocity_network(config, ex_observations, ex_chunks, ex_times),
         }
         return cls.from_modules(seed, config, networks, rl.make_optimizer(config.lr),
                                 targets={'target_critic': 'critic'})

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 from utils import flow, rl
 from utils.agent_base import ChunkedAgent, shared_config
-from utils.networks import CriticEnsemble, VelocityField
+from utils.networks import VelocityField
 
 
 class FQLAgent(ChunkedAgent):
@@ -81,12 +81,10 @@ class FQLAgent(ChunkedAgent):
             raise ValueError(f'alpha must be >= 0, got {config.alpha}.')
         action_size = ex_chunks.shape[-1]
 
-        actor_dims, value_dims = tuple(config.actor_hidden_dims), tuple(config.value_hidden_dims)
+        actor_dims = tuple(config.actor_hidden_dims)
         networks = {  # name: (module, example inputs)
-            'critic': (CriticEnsemble(value_dims, config.num_qs, config.value_layer_norm),
-                       (ex_observations, ex_chunks)),
-            'behavior_flow': (VelocityField(actor_dims, action_size, config.actor_layer_norm),
-                              (ex_observations, ex_chunks, ex_times)),
+            'critic': cls.critic_network(config, ex_observations, ex_chunks),
+            'behavior_flow': cls.velocity_network(config, ex_observations, ex_chunks, ex_times),
             'one_step_actor': (VelocityField(actor_dims, action_size, config.actor_layer_norm),
                                (ex_observations, ex_chunks)),
         }

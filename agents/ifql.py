@@ -23,7 +23,7 @@ import jax.numpy as jnp
 
 from utils import flow, rl
 from utils.agent_base import ChunkedAgent, shared_config
-from utils.networks import CriticEnsemble, ValueNetwork, VelocityField
+from utils.networks import ValueNetwork
 
 
 class IFQLAgent(ChunkedAgent):
@@ -90,15 +90,12 @@ class IFQLAgent(ChunkedAgent):
         config, ex_observations, ex_chunks, ex_times = cls.prepare(config, ex_observations, ex_actions)
         if not 0.0 <= config.kappa <= 1.0:
             raise ValueError(f'kappa (the expectile) must lie in [0, 1], got {config.kappa}.')
-        action_size = ex_chunks.shape[-1]
 
-        actor_dims, value_dims = tuple(config.actor_hidden_dims), tuple(config.value_hidden_dims)
+        value_dims = tuple(config.value_hidden_dims)
         networks = {  # name: (module, example inputs)
             'value': (ValueNetwork(value_dims, config.value_layer_norm), (ex_observations,)),
-            'critic': (CriticEnsemble(value_dims, config.num_qs, config.value_layer_norm),
-                       (ex_observations, ex_chunks)),
-            'behavior_flow': (VelocityField(actor_dims, action_size, config.actor_layer_norm),
-                              (ex_observations, ex_chunks, ex_times)),
+            'critic': cls.critic_network(config, ex_observations, ex_chunks),
+            'behavior_flow': cls.velocity_network(config, ex_observations, ex_chunks, ex_times),
         }
         return cls.from_modules(seed, config, networks, rl.make_optimizer(config.lr),
                                 targets={'target_critic': 'critic'})

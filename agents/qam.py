@@ -30,7 +30,7 @@ import ml_collections
 
 from utils import flow, rl
 from utils.agent_base import ChunkedAgent, shared_config
-from utils.networks import CriticEnsemble, LogParam, TanhGaussianPolicy, VelocityField
+from utils.networks import LogParam, TanhGaussianPolicy, VelocityField
 
 
 class QAMAgent(ChunkedAgent):
@@ -168,14 +168,11 @@ class QAMAgent(ChunkedAgent):
                              'may be non-zero: fql_alpha > 0 is QAM-F, edit_scale > 0 is QAM-E.')
         action_size = ex_chunks.shape[-1]
 
-        actor_dims, value_dims = tuple(config.actor_hidden_dims), tuple(config.value_hidden_dims)
+        actor_dims = tuple(config.actor_hidden_dims)
         networks = {  # name: (module, example inputs)
-            'critic': (CriticEnsemble(value_dims, config.num_qs, config.value_layer_norm),
-                       (ex_observations, ex_chunks)),
-            'behavior_flow': (VelocityField(actor_dims, action_size, config.actor_layer_norm),
-                              (ex_observations, ex_chunks, ex_times)),
-            'finetuned_flow': (VelocityField(actor_dims, action_size, config.actor_layer_norm),
-                               (ex_observations, ex_chunks, ex_times)),
+            'critic': cls.critic_network(config, ex_observations, ex_chunks),
+            'behavior_flow': cls.velocity_network(config, ex_observations, ex_chunks, ex_times),
+            'finetuned_flow': cls.velocity_network(config, ex_observations, ex_chunks, ex_times),
         }
         if config.fql_alpha > 0:
             networks['one_step_actor'] = (VelocityField(actor_dims, action_size, config.actor_layer_norm),

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 
 from utils import rl
 from utils.agent_base import ChunkedAgent, shared_config
-from utils.networks import CriticEnsemble, DeterministicTanhActor
+from utils.networks import DeterministicTanhActor
 
 
 def keep_subtree(new_tree, old_tree, name, keep):
@@ -106,8 +106,7 @@ class ReBRACAgent(ChunkedAgent):
         action_size = ex_chunks.shape[-1]
 
         networks = {  # name: (module, example inputs)
-            'critic': (CriticEnsemble(tuple(config.value_hidden_dims), config.num_qs, config.value_layer_norm),
-                       (ex_observations, ex_chunks)),
+            'critic': cls.critic_network(config, ex_observations, ex_chunks),
             'actor': (DeterministicTanhActor(tuple(config.actor_hidden_dims), action_size, config.actor_layer_norm,
                                              config.actor_fc_scale), (ex_observations,)),
         }

@@ -22,7 +22,7 @@ import ml_collections
 
 from utils import rl
 from utils.agent_base import ChunkedAgent, shared_config
-from utils.networks import CriticEnsemble, LogParam, TanhGaussianPolicy
+from utils.networks import LogParam, TanhGaussianPolicy
 
 
 class RLPDAgent(ChunkedAgent):
@@ -79,8 +79,7 @@ class RLPDAgent(ChunkedAgent):
         action_size = ex_chunks.shape[-1]
 
         networks = {  # name: (module, example inputs)
-            'critic': (CriticEnsemble(tuple(config.value_hidden_dims), config.num_qs, config.value_layer_norm),
-                       (ex_observations, ex_chunks)),
+            'critic': cls.critic_network(config, ex_observations, ex_chunks),
             'actor': (TanhGaussianPolicy(tuple(config.actor_hidden_dims), action_size, config.actor_layer_norm),
                       (ex_observations,)),
             'alpha': (LogParam(config.init_temp), ()),

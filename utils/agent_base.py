@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from utils import rl
+from utils.networks import CriticEnsemble, VelocityField
 
 # Config keys that count something (steps, samples, critics) and must be at least 1, checked in `prepare` for every
 # agent that has them.
@@ -90,6 +91,18 @@ class ChunkedAgent(flax.struct.PyTreeNode):
         config.ob_dims, config.action_dim = ex_observations.shape[-1], int(jnp.shape(ex_actions)[-1])
         action_size = (config.horizon_length if config.action_chunking else 1) * config.action_dim
         return ml_collections.FrozenConfigDict(config), ex_observations, jnp.zeros((1, action_size)), jnp.zeros((1, 1))
+
+    @staticmethod
+    def critic_network(config, *inputs):
+        """A `networks` entry of `from_modules`: config.num_qs critics of config.value_hidden_dims on the example
+        `inputs` (observations and chunks; CGQL's critic also sees the flow time)."""
+        return CriticEnsemble(tuple(config.value_hidden_dims), config.num_qs, config.value_layer_norm), inputs
+
+    @staticmethod
+    def velocity_network(config, ex_observations, ex_chunks, ex_times):
+        """A `networks` entry of `from_modules`: a flow's velocity field v(s, x_t, t) of config.actor_hidden_dims."""
+        module = VelocityField(tuple(config.actor_hidden_dims), ex_chunks.shape[-1], config.actor_layer_norm)
+        return module, (ex_observations, ex_chunks, ex_times)
 
     @classmethod
     def from_modules(cls, seed, config, networks, optimizer, targets):
