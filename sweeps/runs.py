@@ -11,9 +11,10 @@ Files of a run under the launcher's save root S (see `Run.save_dir`: one folder 
                                                           .job    the Slurm job it was submitted to
 
 A run's directory is the one main.py writes for its command line: the command is parsed and resolved by the same
-code as in main.py (utils/run_flags.py), agent config and domain defaults included. A run is executed by running its command with the lock held: running it again
-resumes from its last checkpoint, and a DONE run is skipped. A process of several seeds holds all of their locks
-and appends its output to each of their logs; each run's state is its own (done, failed, ...).
+code as in main.py (utils/run_flags.py), agent config and domain defaults included. A run is executed by running
+its command with the lock held: running it again resumes from its last checkpoint, and a DONE run is skipped. A
+process of several seeds holds all of their locks and appends its output to each of their logs; each run's state is
+its own (done, failed, ...).
 """
 
 import contextlib
@@ -70,7 +71,7 @@ def tail(path, lines=10):
 # ------------------------------------------------------------------------------------ finding the run dir
 @functools.lru_cache(maxsize=None)
 def _resolve(argv):
-    from utils import run_flags  # here: it loads the agents' package (JAX), which status alone does not need
+    from utils import run_flags  # on first use: it loads JAX, the agents and the data sources
 
     flag_values = run_flags.parse(argv)
     _, _, settings = run_flags.resolve_run(flag_values)
@@ -100,6 +101,8 @@ def run_dir(run, root):
 
 def find_run_dir(run, root):
     """main.py's run directory of this run, or None when main.py has not started it."""
+    if not os.path.isdir(os.path.join(run.save_dir(root), run.agent, run.env_name)):
+        return None  # nothing of this method and task yet (a dry run needs no agent file to get here)
     path = run_dir(run, root)
     return path if os.path.isdir(path) else None
 
