@@ -616,4 +616,6 @@ def command_line_main(argv):
 
 if __name__ == '__main__':
     sys.argv = prepare_command_line(sys.argv)
+    if any(arg in run_flags.HELP_FLAGS for arg in sys.argv):
+        print(run_flags.agent_help(sys.argv), end='\n\n')  # then absl's help lists the flags
     app.run(command_line_main)

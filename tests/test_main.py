@@ -180,10 +180,13 @@ def test_bad_input_fails_with_a_clear_message(tmp_path, generated_datasets_dir, 
 
 
 def test_help_lists_the_flags(tmp_path):
-    """The flags are defined in utils/run_flags.py; --help still lists them as main.py's."""
-    result = run_main(['--help'], tmp_path, check=False)  # absl exits with 1 after the help
+    """The flags are defined in utils/run_flags.py; --help still lists them as main.py's, and the agent's keys."""
+    result = run_main(['--agent=fql', '--help'], tmp_path, check=False)  # absl exits with 1 after the help
     for flag in ('--env_name', '--offline_steps', '--agent:', '--hyper_sweep', '--dataset_source'):
         assert flag in result.stdout, flag
+    # Then the agent's keys, with the comments of its get_config().
+    assert "--agent.alpha: Weight of the distillation loss towards the BC flow's ODE output" in result.stdout
+    assert '--agent.num_qs: K: critic ensemble size.\n    (default: 10)' in result.stdout
 
 
 def test_wrong_dataset_file_is_rejected_naming_it(tmp_path, generated_datasets_dir):

@@ -7,6 +7,7 @@ import os
 import pytest
 from absl import app
 
+import agents
 from utils import experiment, run_flags
 
 MAZE = 'humanoidmaze-medium-navigate-singletask-task1-v0'  # H 1, discount 0.995, rho 0 (PROTOCOL §3)
@@ -71,3 +72,14 @@ def test_flag_names_are_main_pys():
     names, booleans = run_flags.flag_names()
     assert {'env_name', 'seed', 'offline_steps', 'agent', 'sparse', 'progress'} <= names
     assert {'progress', 'wandb', 'balanced_sampling'} <= booleans and 'seed' not in booleans
+
+
+@pytest.mark.parametrize('name', agents.available_agents())
+def test_help_lists_every_key_of_every_agent_with_its_comment_and_default(name):
+    config = agents.load_agent(name).get_config()
+    lines = run_flags.agent_help(['main.py', f'--agent={name}']).splitlines()
+    keys = [line.split(':')[0].strip()[len('--agent.'):] for line in lines[1::2]]
+    assert keys == sorted(config)
+    for key, comment, default in zip(keys, lines[1::2], lines[2::2]):
+        assert len(comment.split(': ', 1)[1]) > 3, comment  # a comment, not an empty string
+        assert default == f'    (default: {config[key]!r})'

@@ -1,6 +1,8 @@
 """What every agent shares: its state fields, flat action chunks, the common TD critic loss, the gradient step
 and the config keys every agent has."""
 
+import inspect
+import re
 from typing import Any
 
 import flax
@@ -37,6 +39,18 @@ def shared_config(agent_name, **agent_keys):
         tau=0.005,  # λ: Polyak rate of the target critic (and of the agent's other target networks).
     )
     return ml_collections.ConfigDict({**shared, **agent_keys})
+
+
+def config_comments(get_config):
+    """{key: comment} of an agent's config keys, read from the `key=value,  # comment` lines of `shared_config` and
+    of the agent's `get_config` (the agent's line wins): what `main.py --help` shows for each `--agent.<key>`."""
+    comments = {}
+    for function in (shared_config, get_config):
+        for line in inspect.getsource(function).splitlines():
+            match = re.match(r'\s+(\w+)=.*?,\s+#\s*(.+)$', line)
+            if match:
+                comments[match.group(1)] = match.group(2).strip()
+    return comments
 
 
 class ChunkedAgent(flax.struct.PyTreeNode):

@@ -10,7 +10,6 @@ import jax.numpy as jnp
 
 from utils import diffusion, rl
 from utils.agent_base import ChunkedAgent
-from utils.networks import CriticEnsemble
 
 AGENT_OF_LOSS = {'dac': 'dac', 'qsm': 'qsm'}  # actor_loss_type -> the agent file that implements it
 
@@ -65,8 +64,7 @@ class DiffusionAgent(ChunkedAgent):
         action_size = ex_chunks.shape[-1]
 
         networks = {  # name: (module, example inputs)
-            'critic': (CriticEnsemble(tuple(config.value_hidden_dims), config.num_qs, config.value_layer_norm),
-                       (ex_observations, ex_chunks)),
+            'critic': cls.critic_network(config, ex_observations, ex_chunks),
             'actor': (diffusion.NoisePredictor(tuple(config.actor_hidden_dims), action_size, config.time_dim,
                                                config.actor_layer_norm), (ex_observations, ex_chunks, ex_times)),
         }

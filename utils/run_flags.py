@@ -123,6 +123,21 @@ def prepare_agent_args(argv):
     return rewritten
 
 
+HELP_FLAGS = ('--help', '-h', '-?', '--helpshort', '--helpfull')
+
+
+def agent_help(argv):
+    """The agent's config keys, each with its comment and default, for `--help`: absl lists only the flags, and
+    the agent's keys are the `--agent.<key>` overrides of its config file. The agent is `--agent=` in argv, or qam."""
+    agent = next((arg.split('=', 1)[1] for arg in argv if arg.startswith('--agent=')), 'qam')
+    get_config = agents.load_agent(agent).get_config
+    comments, config = agent_base.config_comments(get_config), get_config()
+    lines = [f'Agent {config.agent_name}: set a key of its config with --agent.<key>=<value>']
+    for key in sorted(config):
+        lines += [f'  --agent.{key}: {comments.get(key, "")}', f'    (default: {config[key]!r})']
+    return '\n'.join(lines)
+
+
 def parse(argv):
     """A main.py command line (`argv[0]` is the program) parsed as main.py parses it, on flags of its own."""
     argv = prepare_agent_args(list(argv))
