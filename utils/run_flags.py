@@ -128,8 +128,9 @@ HELP_FLAGS = ('--help', '-h', '-?', '--helpshort', '--helpfull')
 
 def agent_help(argv):
     """The agent's config keys, each with its comment and default, for `--help`: absl lists only the flags, and
-    the agent's keys are the `--agent.<key>` overrides of its config file. The agent is `--agent=` in argv, or qam."""
-    agent = next((arg.split('=', 1)[1] for arg in argv if arg.startswith('--agent=')), 'qam')
+    the agent's keys are the `--agent.<key>` overrides of its config file. The agent is the last `--agent=` in argv
+    (as absl takes it), or qam."""
+    agent = ([arg.split('=', 1)[1] for arg in argv if arg.startswith('--agent=')] or ['qam'])[-1]
     get_config = agents.load_agent(agent).get_config
     comments, config = agent_base.config_comments(get_config), get_config()
     lines = [f'Agent {config.agent_name}: set a key of its config with --agent.<key>=<value>']
