@@ -228,8 +228,12 @@ class Published:
 
 
 def paper_step(grid, method, phase):
-    """The total step at which all of `method`'s runs end `phase`, or None when they end it at different steps."""
-    steps = {r.end_step(phase) for r in grid.runs if r.method == method} - {None}
+    """The total step at which all of `method`'s runs end `phase`, or None when they end it at different steps.
+    A method without runs yet takes the step at which every other run ends it, so that a partly run sweep (the
+    `mini` sweep ends its offline phase at 50,000) shows the paper's number at that step for every method, not
+    its end-of-phase number for the methods not run yet."""
+    own = {r.end_step(phase) for r in grid.runs if r.method == method} - {None}
+    steps = own or {r.end_step(phase) for r in grid.runs} - {None}
     return steps.pop() if len(steps) == 1 else None
 
 

@@ -570,6 +570,8 @@ def test_paper_step_is_the_common_end_of_a_methods_runs(tmp_path):
                   online_steps=25_000, eval_interval=25_000)
     grid = report_runs.build_grid(report_runs.find_runs(tmp_path))
     assert paper_step(grid, 'QAM', 'offline') == 50_000 and paper_step(grid, 'QAM', 'online') == 75_000
+    # FQL has no run yet: the step at which the other runs end the phase, so that its paper row is from 50,000.
+    assert paper_step(grid, 'FQL', 'offline') == 50_000 and paper_step(grid, 'FQL', 'online') == 75_000
     write_run(tmp_path, METHODS['QAM'], SCENE.format(2), 1, [0.5] * 8)  # another schedule: no common step
     grid = report_runs.build_grid(report_runs.find_runs(tmp_path))
     assert paper_step(grid, 'QAM', 'offline') is None
