@@ -6,10 +6,9 @@ Unit tests cannot catch what breaks RL code most often (an off-by-one state in a
 never moves): those show up only as success that does not rise. This test trains the `mini` sweep's QAM and BC
 (QAM with inv_temp = 0) on scene task 1, seed 10001, through main.py exactly as `python -m sweeps.launch mini`
 runs them, stopping each at the end of its offline phase, and checks issue 16's target: QAM's offline success at
-50K steps is at least 60% and clearly above the floor (the paper: 90.3% on this task; with 2x256 networks QAM
-reached 70% and BC 0% there, and with the sweep's 4x256 QAM reached 70% on task 2; see the README, "Does it
-reproduce?"). On 2 CPU cores it takes about an hour and a half, plus about 15 minutes the first time to generate the
-1000-episode scene dataset into the cache.
+50K steps is at least 60% and clearly above the floor (the paper: 90.3% on this task; at the mini sweep's 2x256
+QAM reached 70% and BC 0% there, see the README, "Does it reproduce?"). On 2 CPU cores it takes about an hour, plus about 20
+minutes the first time to generate the 1000-episode scene dataset into the cache.
 """
 
 import os
