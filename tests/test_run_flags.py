@@ -83,3 +83,10 @@ def test_help_lists_every_key_of_every_agent_with_its_comment_and_default(name):
     for key, comment, default in zip(keys, lines[1::2], lines[2::2]):
         assert len(comment.split(': ', 1)[1]) > 3, comment  # a comment, not an empty string
         assert default == f'    (default: {config[key]!r})'
+
+
+def test_agent_given_as_two_arguments_is_that_agent():
+    """absl also takes `--agent fql`: its keys are checked and listed as fql's, not as the default qam's."""
+    assert run_flags.prepare_agent_args(['main.py', '--agent', 'fql', '--agent.alpha=3'])[1:] == [
+        '--agent=' + agents.agent_path('fql'), '--agent.alpha=3']
+    assert run_flags.agent_help(['main.py', '--agent', 'fql']).startswith('Agent fql:')

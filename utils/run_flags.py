@@ -97,12 +97,21 @@ def flag_names():
     return names, frozenset(name for name in names if isinstance(flag_values[name], flags.BooleanFlag))
 
 
+def joined_agent_args(argv):
+    """argv with absl's `--agent <value>` written as `--agent=<value>`, the one form the agent checks read."""
+    argv, joined = list(argv), []
+    while argv:
+        arg = argv.pop(0)
+        joined.append(f'--agent={argv.pop(0)}' if arg == '--agent' and argv else arg)
+    return joined
+
+
 def prepare_agent_args(argv):
     """Let `--agent=qam` name an agent by its bare name (config_flags needs the file's path), and check the agent
     and every `--agent.<key>` before the flags are parsed (config_flags reports those mistakes as tracebacks).
     Returns the rewritten command line; app.UsageError names a mistake."""
     rewritten, agent = [], 'qam'
-    for arg in argv:
+    for arg in joined_agent_args(argv):
         if arg.startswith('--agent='):
             agent = arg.split('=', 1)[1]
             try:
@@ -130,7 +139,7 @@ def agent_help(argv):
     """The agent's config keys, each with its comment and default, for `--help`: absl lists only the flags, and
     the agent's keys are the `--agent.<key>` overrides of its config file. The agent is the last `--agent=` in argv
     (as absl takes it), or qam."""
-    agent = ([arg.split('=', 1)[1] for arg in argv if arg.startswith('--agent=')] or ['qam'])[-1]
+    agent = ([arg.split('=', 1)[1] for arg in joined_agent_args(argv) if arg.startswith('--agent=')] or ['qam'])[-1]
     get_config = agents.load_agent(agent).get_config
     comments, config = agent_base.config_comments(get_config), get_config()
     lines = [f'Agent {config.agent_name}: set a key of its config with --agent.<key>=<value>']
