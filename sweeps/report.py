@@ -114,8 +114,14 @@ def build_report(args):
         pngs = [os.path.basename(p) for p in paths if p.endswith('.png')]
         lines += [f'![{name}](figures/{name})' for name in pngs] + ['']
     curve_boot = Bootstrap(args.curve_bootstrap_samples, args.bootstrap_seed)
+    ylim = (-2, 102) if grid.metric == 'success' else None
     paths = figures.learning_curves(figures.curve_panels(grid, curve_boot, published), grid.methods, fig_dir,
-                                    ylabel=grid.metric_label, ylim=(-2, 102) if grid.metric == 'success' else None)
+                                    ylabel=grid.metric_label, ylim=ylim)
+    per_task = len(grid.tasks) <= figures.MAX_TASK_PANELS
+    if per_task:
+        paths += figures.learning_curves(figures.curve_panels(grid, curve_boot, published, per_task=True),
+                                         grid.methods, fig_dir, name='curves_tasks', ylabel=grid.metric_label,
+                                         ylim=ylim)
     figure_paths += paths
     lines += ['## Learning curves', '',
               f'{grid.metric_label.capitalize()} at every evaluation: mean over tasks of the mean over seeds, shaded '
@@ -124,9 +130,14 @@ def build_report(args):
               f'(online-only methods, such as RLPD, start there). '
               f'Dotted where fewer of the method\'s runs have reached the step (unfinished or diverged runs). '
               + ('Dashed: the paper\'s mean curve, drawn when a panel has all of the paper\'s tasks of the domain and '
-                 'the runs follow its schedule (1M offline steps, evaluations every 50K).' if published.rows else ''),
+                 'the runs follow its schedule (1M offline steps, evaluations every 50K). ◇: the paper\'s number '
+                 'over the panel\'s tasks, with its 95% interval, at the step where the runs end a shorter offline '
+                 'phase, if the paper evaluated that step (its first evaluation is at 50K).'
+                 if published.rows else ''),
               '',
               '![learning curves](figures/curves.png)', '']
+    if per_task:
+        lines += ['One panel per task:', '', '![learning curves per task](figures/curves_tasks.png)', '']
     tables.write_csv(os.path.join(out_dir, 'results.csv'), [r for t in all_tables for r in tables.csv_rows(t)])
     lines += ['## Files', '', '- tables/*.md, *.tex (booktabs), *.csv (one line per cell): '
               + ', '.join(sorted({t.name for t in all_tables})),

@@ -1,7 +1,8 @@
 """Figures of the report (matplotlib, Agg backend): learning curves and rliable plots, each as PNG and PDF.
 
-curve_panels gives the learning-curve figure its panels (one per domain, and all: the mean over tasks at every
-evaluation, with the paper's curve where the runs follow its schedule); rliable_section makes the report's rliable
+curve_panels gives the learning-curve figures their panels (one per domain, and all, or one per task: the mean over
+tasks at every evaluation, with the paper's curve where the runs follow its schedule, or the paper's number at the
+step where a shorter offline phase ends, e.g. the mini sweep's 50K); rliable_section makes the report's rliable
 section (IQM, mean, performance profiles and probability of improvement of ours and the paper's: figures, tables
 and notes).
 """
@@ -16,12 +17,14 @@ import numpy as np  # noqa: E402
 
 from sweeps import report_tables as tables  # noqa: E402
 from sweeps.report_published import EVAL_INTERVAL, PAPER_OFFLINE_STEPS, paper_curve_key  # noqa: E402
-from sweeps.report_runs import PHASE_TITLES, PHASES, base_method, plural  # noqa: E402
+from sweeps.report_runs import PHASE_TITLES, PHASES, base_method, plural, split_env_name  # noqa: E402
 from sweeps.report_stats import (  # noqa: E402
-    Stat, rliable_aggregates, rliable_improvement, rliable_profiles, score_matrices)
+    Stat, published_stat, rliable_aggregates, rliable_improvement, rliable_profiles, score_matrices)
 
 PAPER = ' (paper)'
 QAM_FAMILY = ('QAM', 'QAM-F', 'QAM-E')  # the methods whose probability of improvement is computed by default
+PAPER_POINT_LABEL = 'paper at that step (95% interval)'
+MAX_TASK_PANELS = 12  # the report draws one panel per task (curves_tasks) up to this many tasks
 
 
 def _colors(names):
@@ -66,6 +69,10 @@ def learning_curves(panels, methods, out_dir, name='curves', ylabel='success (%)
             ax.fill_between(steps, low, high, color=color, alpha=0.18, lw=0)
             if curve.get('paper') is not None:
                 ax.plot(*curve['paper'], '--', color=color, lw=1, alpha=0.8, label='paper (dashed)')
+            if curve.get('paper_point') is not None:
+                step, stat = curve['paper_point']
+                ax.errorbar([step], [stat.mean], yerr=[[stat.mean - stat.low], [stat.high - stat.mean]], fmt='D',
+                            color=color, mfc='none', ms=5, capsize=2, lw=1, label=PAPER_POINT_LABEL)
         if offline_end:
             ax.axvline(offline_end, color='0.4', ls='--', lw=0.8)
         ax.set_title(title, fontsize=9)
@@ -86,6 +93,8 @@ def learning_curves(panels, methods, out_dir, name='curves', ylabel='success (%)
                 labels.append(label)
     if 'paper (dashed)' in labels:  # one grey entry for the paper's curves of every method
         handles[labels.index('paper (dashed)')] = plt.Line2D([], [], color='0.4', ls='--', lw=1)
+    if PAPER_POINT_LABEL in labels:
+        handles[labels.index(PAPER_POINT_LABEL)] = plt.Line2D([], [], color='0.4', marker='D', mfc='none', ls='')
     legend_rows = -(-len(labels) // 6)
     bottom = (0.22 * legend_rows + 0.15) / fig.get_figheight() if labels else 0
     if labels:
@@ -176,13 +185,27 @@ def improvement(points, intervals, out_dir, name, title=''):
 # ----------------------------------------------------------------------------------------- learning curves
 
 
-def curve_panels(grid, boot, published=None):
-    """Panels of the learning-curve figure: one per domain (and all). The paper's mean curve of a method is added
-    when the panel has exactly the paper's tasks of that domain and the runs follow the paper's schedule."""
-    domains = grid.domains()
-    groups = [(d, grid.domain_tasks(d)) for d in domains] + ([('all', grid.tasks)] if len(domains) > 1 else [])
+def task_title(env_name):
+    """'scene-play-singletask-task2-v0' -> 'scene-play task 2' (a D4RL id stays as it is)."""
+    domain, task_id = split_env_name(env_name)
+    return env_name if domain == env_name else f'{domain} task {task_id}'
+
+
+def curve_panels(grid, boot, published=None, per_task=False):
+    """Panels of a learning-curve figure: one per domain (and all), or one per task with `per_task`. The paper's
+    mean curve of a method is added when the panel has exactly the paper's tasks of that domain and the runs follow
+    the paper's schedule; when the runs end the offline phase earlier, at a step the paper evaluated (the mini
+    sweep's 50K), the paper's number over the panel's tasks at that step, with its 95% interval, is added instead
+    (report_stats.published_stat: recomputed from the paper's per-seed values where the tasks are not all of the
+    paper's, as in the tables)."""
+    if per_task:
+        groups = [(task_title(t), 'task', t, [t]) for t in grid.tasks]
+    else:
+        domains = grid.domains()
+        groups = [(d, 'domain', d, grid.domain_tasks(d)) for d in domains]
+        groups += [('all', 'all', 'all', grid.tasks)] if len(domains) > 1 else []
     panels = []
-    for title, tasks in groups:
+    for title, level, key, tasks in groups:
         curves, notes = {}, []
         panel_runs = {m: [rs[0] for t in tasks for s in grid.seeds for rs in [grid.cells.get((m, t, s), [])] if rs]
                       for m in grid.methods}
@@ -216,6 +239,11 @@ def curve_panels(grid, boot, published=None):
             if paper is not None and offline_end == PAPER_OFFLINE_STEPS and runs[0].eval_interval == EVAL_INTERVAL:
                 steps_p, means_p = paper
                 curve['paper'] = (steps_p + (offline_end if len(steps_p) == 10 else 0), means_p)  # RLPD: online only
+            elif published is not None and offline_end and offline_end < PAPER_OFFLINE_STEPS and all(
+                    published.get(t, method, 'offline', offline_end) for t in tasks):
+                stat, _ = published_stat(published, boot, level, key, tasks, method, 'offline', offline_end)
+                if stat is not None and stat.mean is not None:
+                    curve['paper_point'] = (offline_end, stat)
             curves[method] = curve
             expected = len(tasks) * len(grid.seeds)
             covered = len({r.env_name for r in runs})
@@ -223,7 +251,7 @@ def curve_panels(grid, boot, published=None):
                 notes.append(f'{method}: {covered}/{len(tasks)} tasks, not drawn')
             elif len(runs) < expected:
                 notes.append(f'{method}: {len(runs)}/{expected} runs')
-        label = f'{title} ({plural(len(tasks), "task")}, {plural(len(grid.seeds), "seed")})'
+        label = f'{title} ({"" if per_task else plural(len(tasks), "task") + ", "}{plural(len(grid.seeds), "seed")})'
         if notes:
             label += '\n' + '\n'.join(f'{tables.MARK_INCOMPLETE} {n}' for n in notes)
         panels.append((label, offline_end, curves))

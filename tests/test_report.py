@@ -472,7 +472,7 @@ def test_online_only_methods_and_rliable_outputs(messy_report):
 def test_figures_are_written_and_not_empty(messy_report):
     result, out, truth = messy_report
     names = {os.path.basename(p) for p in result['figures']}
-    for stem in ('curves', 'aggregates_offline', 'aggregates_online', 'profiles_offline', 'profiles_online',
+    for stem in ('curves', 'curves_tasks', 'aggregates_offline', 'aggregates_online', 'profiles_offline', 'profiles_online',
                  'improvement_online'):
         for ext, magic in (('png', b'\x89PNG'), ('pdf', b'%PDF')):
             path = out / 'figures' / f'{stem}.{ext}'
@@ -531,6 +531,37 @@ def test_paper_curves_are_drawn_only_on_the_paper_schedule(tmp_path, messy_repor
         assert all('paper' not in curve for curve in panel.values())
 
 
+def test_runs_that_end_offline_at_a_step_the_paper_evaluated_get_its_number_there(tmp_path):
+    """The mini sweep's curves (50K offline, evaluations every 10K) show the paper's number at 50K with its interval:
+    per task the paper's row at that step, over the domain's 2 tasks (of the paper's 5) their recomputed mean."""
+    for task in (1, 2):
+        for seed in (1, 2):
+            write_run(tmp_path / 'mini', METHODS['QAM'], SCENE.format(task), seed, [0.1] * 7, offline_steps=50_000,
+                      online_steps=20_000, eval_interval=10_000)
+            write_run(tmp_path / 'other', METHODS['QAM'], SCENE.format(task), seed, [0.1] * 7, offline_steps=40_000,
+                      online_steps=30_000, eval_interval=10_000)
+    published, boot = Published(), Bootstrap(2000)
+    grid = report_runs.build_grid(report_runs.find_runs(tmp_path / 'mini'))
+    panels = report_figures.curve_panels(grid, boot, published, per_task=True)
+    assert [title for title, _, _ in panels] == ['scene-play task 1 (2 seeds)', 'scene-play task 2 (2 seeds)']
+    rows = [published.get(SCENE.format(task), 'QAM', 'offline', 50_000) for task in (1, 2)]
+    for (_, offline_end, curves), row in zip(panels, rows):
+        step, stat = curves['QAM']['paper_point']
+        assert step == offline_end == 50_000 and 'paper' not in curves['QAM']
+        assert (stat.mean, stat.low, stat.high) == (row['mean'], row['ci95_low'], row['ci95_high'])
+    assert rows[0]['mean'] == 90.33  # the paper's QAM on scene task 1 at 50K (row 0 of the released array)
+    ((_, _, curves),) = report_figures.curve_panels(grid, boot, published)
+    step, stat = curves['QAM']['paper_point']
+    assert stat.mean == pytest.approx((rows[0]['mean'] + rows[1]['mean']) / 2, abs=0.01) and stat.low < stat.mean
+    # The paper did not evaluate at 40K: no number is drawn there.
+    grid = report_runs.build_grid(report_runs.find_runs(tmp_path / 'other'))
+    for per_task in (False, True):
+        for _, offline_end, curves in report_figures.curve_panels(grid, boot, published, per_task=per_task):
+            assert offline_end == 40_000 and 'paper_point' not in curves['QAM'] and 'paper' not in curves['QAM']
+    paths = report_figures.learning_curves(panels, grid.methods, str(tmp_path / 'fig'))
+    assert all(os.path.getsize(p) > 2000 for p in paths)
+
+
 def test_paper_cells_cover_the_same_tasks_as_ours():
     published, boot = Published(), Bootstrap(2000)
     main_tasks = published.tasks(study='main')
@@ -575,3 +606,16 @@ def test_paper_step_is_the_common_end_of_a_methods_runs(tmp_path):
     write_run(tmp_path, METHODS['QAM'], SCENE.format(2), 1, [0.5] * 8)  # another schedule: no common step
     grid = report_runs.build_grid(report_runs.find_runs(tmp_path))
     assert paper_step(grid, 'QAM', 'offline') is None
+
+
+MINI_RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'results', 'mini')
+
+
+def test_the_committed_mini_report_is_that_of_the_committed_runs(tmp_path):
+    """results/mini holds the mini sweep's finished runs and the report built from them (results/mini/README.md):
+    rebuilt here with the same command, every number is the same, so the report is never stale against its runs."""
+    out = tmp_path / 'mini'
+    report.main(['mini', '--save_dir', os.path.join(MINI_RESULTS, 'runs'), '--out', str(out)])
+    for name in ('results.csv', 'runs.csv', 'missing.csv'):
+        with open(os.path.join(MINI_RESULTS, name)) as committed, open(out / name) as rebuilt:
+            assert rebuilt.read() == committed.read(), f'results/mini/{name} is stale: rebuild it (see its README)'
