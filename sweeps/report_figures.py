@@ -71,8 +71,9 @@ def learning_curves(panels, methods, out_dir, name='curves', ylabel='success (%)
                 ax.plot(*curve['paper'], '--', color=color, lw=1, alpha=0.8, label='paper (dashed)')
             if curve.get('paper_point') is not None:
                 step, stat = curve['paper_point']
-                ax.errorbar([step], [stat.mean], yerr=[[stat.mean - stat.low], [stat.high - stat.mean]], fmt='D',
-                            color=color, mfc='none', ms=5, capsize=2, lw=1, label=PAPER_POINT_LABEL)
+                yerr = None if stat.low is None else [[stat.mean - stat.low], [stat.high - stat.mean]]
+                ax.errorbar([step], [stat.mean], yerr=yerr, fmt='D', color=color, mfc='none', ms=5, capsize=2, lw=1,
+                            label=PAPER_POINT_LABEL)
         if offline_end:
             ax.axvline(offline_end, color='0.4', ls='--', lw=0.8)
         ax.set_title(title, fontsize=9)
