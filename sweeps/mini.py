@@ -6,9 +6,12 @@ on scene (set by main.py from the environment name), the learning rate, EMA rate
 generated datasets (1000 episodes, 1M transitions) and the paper's first three seeds.
 
 What it reduces, each chosen by measurement on the project's 2-core CPUs: networks, critic count, budgets and
-evaluation episodes, in FLAGS below. The networks are 2x256: at 2x128 QAM, FQL and BC stayed at 0% on scene task 1
-through 50K steps, while QAM at 2x256 reached 70% (README, "Does it reproduce?"). A QAM run (the slowest method
-with BC and BAM) then takes about 50 minutes alone, more than the 30 aimed at: a run that learns is the point.
+evaluation episodes, in FLAGS below. The networks are 4x256, the paper's depth at half its width. Narrower or
+shallower networks missed the paper by far on scene: at 2x128 QAM, FQL and BC stayed at 0% on task 1 through 50K
+steps; at 2x256 QAM reached 5% and 10% on task 2 (seeds 10001 and 20002; the paper 80.2%), where 4x256 reached 70%
+and 75% with the same seeds (README, "Does it reproduce?"; the 2x256 runs are in results/mini-2x256). A QAM run
+(the slowest method with BC and BAM) then takes about an hour alone (its offline phase took 40 minutes here), twice
+the 30 minutes aimed at: a run that reproduces the paper is the point.
 
 The tasks are those on which the paper's curves separate the methods by the first evaluation (50K offline steps):
 scene tasks 1 and 2 and cube-double task 1. On these two domains the paper's QAM-E has edit_scale = 0, which makes
@@ -29,12 +32,11 @@ FLAGS = (
     ('eval_episodes', 20),  # paper 50
     ('log_interval', 5_000),
     ('save_interval', 10_000),
-    # QAM updates per second on 2 cores (benchmarks.agent_speed): 2x128 with 2 critics 57, 2x256 26 (51 unloaded), 4x256
-    # 26 (unloaded), paper 2. 2x128 did not learn scene (QAM, FQL and BC at 0% through 50K); 2x256 did. 4x256, the
-    # paper's depth, was no better on one seed (QAM at 50K: task 1 10%, task 2 70%; 2x256: 70% and 0-15%) at twice
-    # the cost (README, "Does it reproduce?").
-    ('agent.actor_hidden_dims', '(256, 256)'),  # paper (512, 512, 512, 512)
-    ('agent.value_hidden_dims', '(256, 256)'),  # paper (512, 512, 512, 512)
+    # QAM updates per second on 2 cores (benchmarks.agent_speed, 2 critics): 2x128 57, 2x256 51 (idle; 26 loaded),
+    # 4x256 26 (idle), the paper's (4x512, 10 critics) 2. On scene task 2 at 50K, 4x256 reached 70% and 75% (seeds 10001, 20002),
+    # 2x256 5% and 10%; 2x128 did not learn scene at all.
+    ('agent.actor_hidden_dims', '(256, 256, 256, 256)'),  # paper (512, 512, 512, 512)
+    ('agent.value_hidden_dims', '(256, 256, 256, 256)'),  # paper (512, 512, 512, 512)
     ('agent.num_qs', 2),  # paper 10
     ('agent.batch_size', 256),  # as the paper
 )
