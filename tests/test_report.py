@@ -472,8 +472,8 @@ def test_online_only_methods_and_rliable_outputs(messy_report):
 def test_figures_are_written_and_not_empty(messy_report):
     result, out, truth = messy_report
     names = {os.path.basename(p) for p in result['figures']}
-    for stem in ('curves', 'curves_tasks', 'aggregates_offline', 'aggregates_online', 'profiles_offline', 'profiles_online',
-                 'improvement_online'):
+    for stem in ('curves', 'curves_tasks', 'aggregates_offline', 'aggregates_online', 'profiles_offline',
+                 'profiles_online', 'improvement_online'):
         for ext, magic in (('png', b'\x89PNG'), ('pdf', b'%PDF')):
             path = out / 'figures' / f'{stem}.{ext}'
             assert f'{stem}.{ext}' in names and path.stat().st_size > 2000
@@ -612,8 +612,9 @@ MINI_RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 
 
 def test_the_committed_mini_report_is_that_of_the_committed_runs(tmp_path):
-    """results/mini holds the mini sweep's finished runs and the report built from them (results/mini/README.md):
-    rebuilt here with the same command, every number is the same, so the report is never stale against its runs."""
+    """results/mini holds the records of the mini sweep's runs (finished, or stopped after their offline phase) and
+    the report built from them (results/mini/README.md): rebuilt here with the same command, every number and every
+    run and missing cell is the same, so the committed report cannot go stale against the committed runs."""
     out = tmp_path / 'mini'
     report.main(['mini', '--save_dir', os.path.join(MINI_RESULTS, 'runs'), '--out', str(out)])
     for name in ('results.csv', 'runs.csv', 'missing.csv'):
