@@ -87,9 +87,40 @@ def test_action_probe_restores_the_run_and_prints_its_table(tmp_path, generated_
     result = subprocess.run([sys.executable, '-m', 'benchmarks.action_probe', f'--run_dir={run_dir}', '--states=64'],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
+    # The first table: all states.
+    first_table = result.stdout.split('‖∇_a Q‖')[0]
     rows = {line.split('|')[1].strip(): [float(cell) for cell in line.split('|')[2:4]]
-            for line in result.stdout.splitlines()[3:] if line.startswith('| ')}  # after the title and the header rows
+            for line in first_table.splitlines() if line.startswith('| ') and not line.startswith('| actions')}
     assert list(rows) == ['dataset chunks', "the agent's actions", "the BC flow's actions", 'uniform random chunks']
     assert rows['dataset chunks'][1] == 0.0
     # Uniform chunks in [-1, 1]^D are farther from the data than the flows' samples (E|u - a|^2 >= 1/3 per coordinate).
     assert rows['uniform random chunks'][1] > 1 / 3 - 0.05
+    assert float(result.stdout.split("‖∇_a Q‖ of the online critic's mean at the agent's actions: ")[1].split()[0]) > 0
+
+    # The second table: states whose return-to-go in the data is above the threshold, when there are any.
+    near = subprocess.run([sys.executable, '-m', 'benchmarks.action_probe', f'--run_dir={run_dir}', '--states=16',
+                           '--near_success_return=-1000'], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert near.returncode == 0, near.stderr[-3000:]
+    assert '16 of those states' in near.stdout and near.stdout.count('| dataset chunks |') == 2
+
+
+def test_action_probe_returns_to_go_against_the_closed_form():
+    import numpy as np
+
+    from benchmarks.action_probe import returns_to_go
+
+    # Two recorded episodes of sparse rewards (-1 per step, 0 on success; mask 0 on success), discount g:
+    # episode 1 (rows 0-5) succeeds at row 3 and goes on; episode 2 (rows 6-9) never succeeds. After a time limit
+    # the data stops and the value is `after` = -1/(1-g) (never succeeding).
+    g = 0.9
+    success = np.array([0, 0, 0, 1, 0, 0, 0, 0, 0, 0], bool)
+    rewards, masks = -1.0 + success, 1.0 - success
+    terminals = np.zeros(10, bool)
+    terminals[[5, 9]] = True
+    after = -1 / (1 - g)
+    returns = returns_to_go(rewards, masks, terminals, g, after)
+    # Before the success, i steps away: -(1 - g^i)/(1 - g) (i rewards of -1, then 0 and nothing after the mask).
+    np.testing.assert_allclose(returns[:4], [-(1 - g ** i) / (1 - g) for i in (3, 2, 1, 0)])
+    # Rows 4 and 5 never succeed again before the time limit: the never-succeed value, as every row of episode 2.
+    np.testing.assert_allclose(returns[4:], after)
