@@ -56,6 +56,9 @@ CUBE_SINGLE, SCENE = 'cube-single-play-singletask-task{}-v0', 'scene-play-single
 POINTS = {
     'c1-100ep-2x128-q2-10k': Point(CUBE_SINGLE.format(1), 100, 2, 128, 2, 256, 10_000),
     'c1-100ep-2x128-q2-10k-bc': Point(CUBE_SINGLE.format(1), 100, 2, 128, 2, 256, 10_000, inv_temp=0.0),
+    # A stronger tilt: small critics are flat in the action (README, "Does it reproduce?", scene task 1).
+    'c1-100ep-2x128-q2-10k-t3': Point(CUBE_SINGLE.format(1), 100, 2, 128, 2, 256, 10_000, inv_temp=3.0),
+    'c1-100ep-2x128-q2-10k-t10': Point(CUBE_SINGLE.format(1), 100, 2, 128, 2, 256, 10_000, inv_temp=10.0),
     'c1-100ep-2x128-q2-20k': Point(CUBE_SINGLE.format(1), 100, 2, 128, 2, 256, 20_000),
     'c1-100ep-2x256-q2-10k': Point(CUBE_SINGLE.format(1), 100, 2, 256, 2, 256, 10_000),
     'c1-100ep-2x64-q2-20k': Point(CUBE_SINGLE.format(1), 100, 2, 64, 2, 256, 20_000),
