@@ -80,7 +80,8 @@ def print_table(agent, dataset, starts, keys):
     observations = jnp.asarray(batch['observations'])
     data_actions = agent.flat_actions(jnp.asarray(batch['actions']))
     policy_key, flow_key, uniform_key = keys
-    candidates = {'dataset chunks': data_actions, 'the agent\'s actions': agent.sample_actions(observations, policy_key)}
+    candidates = {'dataset chunks': data_actions,
+                  'the agent\'s actions': agent.sample_actions(observations, policy_key)}
     if 'behavior_flow' in agent.network.params:
         noises = jax.random.normal(flow_key, data_actions.shape)
         candidates['the BC flow\'s actions'] = flow.euler_ode(agent.network.select('behavior_flow'), observations,

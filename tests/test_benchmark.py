@@ -97,7 +97,8 @@ def test_action_probe_restores_the_run_and_prints_its_table(tmp_path, generated_
     assert rows['dataset chunks'][1] == 0.0
     # Uniform chunks in [-1, 1]^D are farther from the data than the flows' samples (E|u - a|^2 >= 1/3 per coordinate).
     assert rows['uniform random chunks'][1] > 1 / 3 - 0.05
-    assert float(all_states.split("‖∇_a Q‖ of the online critic's mean at the agent's actions: ")[1].split()[0]) > 0
+    gradient_norm = all_states.split("‖∇_a Q‖ of the online critic's mean at the agent's actions: ")[1].split()[0]
+    assert float(gradient_norm) > 0
     assert '| dataset chunks | ' in near_success and '‖∇_a Q‖' in near_success
 
 
