@@ -34,7 +34,7 @@ FLAGS = (
     ('save_interval', 10_000),
     # QAM updates per second on 2 cores (benchmarks.agent_speed, 2 critics): 2x128 57, 2x256 51 (idle; 26 loaded),
     # 4x256 26 (idle), the paper's size (4x512, 10 critics) 2. On scene task 2 at 50K, 4x256 reached 70% and 75%
-    # (seeds 10001, 20002), 2x256 5% and 10%; 2x128 did not learn scene at all.
+    # (seeds 10001, 20002; later 25% on seed 30003), 2x256 5% and 10%; 2x128 did not learn scene at all.
     ('agent.actor_hidden_dims', '(256, 256, 256, 256)'),  # paper (512, 512, 512, 512)
     ('agent.value_hidden_dims', '(256, 256, 256, 256)'),  # paper (512, 512, 512, 512)
     ('agent.num_qs', 2),  # paper 10
