@@ -123,6 +123,7 @@ class Run:
     done: dict = None  # DONE marker
     started: str = ''
     code_version: str = ''
+    dataset: str = ''  # '<dataset name> <fingerprint>' of what it trained on (flags.json 'data'); '' = not recorded
     excluded: str = ''  # why the run is left out of every statistic ('' = used)
     csv_problems: str = ''  # repeated or out-of-order steps in its CSV files ('' = none)
 
@@ -214,7 +215,7 @@ def read_run(path, metric='success'):
     if not record or 'flags' not in record:
         return None
     flags, settings = record['flags'], record.get('settings', {})
-    agent_config = settings.get('agent', {})
+    agent_config, data = settings.get('agent', {}), record.get('data') or {}
     env_name = flags.get('env_name') or settings.get('env_name', '')
     domain, task_id = split_env_name(env_name)
     match = _DIR_RE.match(os.path.basename(os.path.normpath(path)))
@@ -233,6 +234,7 @@ def read_run(path, metric='success'):
         eval_interval=max(int(flags.get('eval_interval', settings.get('eval_interval', 1))), 1),
         steps=steps, phases=phases, scores=scores, diverged=diverged, done=done,
         started=record.get('started', ''), code_version=record.get('code_version', ''),
+        dataset=' '.join(str(data[key]) for key in ('dataset_name', 'fingerprint') if data.get(key)),
         excluded=experiment.online_results_invalid(settings), csv_problems=csv_problems(path),
     )
 

@@ -289,7 +289,8 @@ def runs_table(grid, root):
                    status=run.status, excluded=run.excluded, last_step=run.last_step,
                    diverged_step=diverged.get('step', ''), diverged_keys=' '.join(diverged.get('keys', [])),
                    dataset_source=(run.done or {}).get('dataset_source', ''),
-                   deviations='; '.join((run.done or {}).get('deviations', [])), code_version=run.code_version)
+                   deviations='; '.join((run.done or {}).get('deviations', [])), code_version=run.code_version,
+                   dataset=run.dataset)
         for phase in PHASES:
             value = run.end_value(phase)
             row[f'{phase}_step'] = run.end_step(phase) or ''
@@ -425,4 +426,25 @@ def summary_section(grid, conflicts, missing, policy):
         versions[r.code_version or 'unknown'] = versions.get(r.code_version or 'unknown', 0) + 1
     if len(versions) > 1:
         lines += ['Code versions: ' + ', '.join(f'{v} ({plural(n, "run")})' for v, n in sorted(versions.items())), '']
+    return lines + _dataset_lines(grid.runs)
+
+
+def _dataset_lines(runs):
+    """A warning when runs of one dataset trained on different arrays (their recorded fingerprints differ). A
+    generated dataset is the same for the same seed on one machine, but can differ on another: the mini sweep's
+    scene-play data generated again on a new machine, with the same code, pins and seed, had another fingerprint."""
+    fingerprints = {}
+    for r in runs:
+        if r.dataset:
+            name, _, fingerprint = r.dataset.partition(' ')
+            fingerprints.setdefault(name, {}).setdefault(fingerprint, []).append(r)
+    lines = []
+    for name, by_fingerprint in sorted(fingerprints.items()):
+        if len(by_fingerprint) > 1:
+            counts = ', '.join(f'{f} ({plural(len(rs), "run")}: {", ".join(sorted({r.method for r in rs}))})'
+                               for f, rs in sorted(by_fingerprint.items()))
+            lines.append(f'- {name}: {len(by_fingerprint)} different datasets by fingerprint, {counts}')
+    if lines:
+        lines = ['### Datasets', '', 'Runs of one dataset did not all train on the same arrays (runs.csv has each '
+                 'run\'s fingerprint; a generated dataset can differ from one machine to another):', '', *lines, '']
     return lines

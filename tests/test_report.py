@@ -620,3 +620,23 @@ def test_the_committed_mini_report_is_that_of_the_committed_runs(tmp_path):
     for name in ('results.csv', 'runs.csv', 'missing.csv'):
         with open(os.path.join(MINI_RESULTS, name)) as committed, open(out / name) as rebuilt:
             assert rebuilt.read() == committed.read(), f'results/mini/{name} is stale: rebuild it (see its README)'
+
+
+def test_runs_on_different_arrays_of_one_dataset_are_flagged(tmp_path):
+    fingerprints = {10001: 'aaaa', 20002: 'aaaa', 30003: 'bbbb'}
+    for seed, fingerprint in fingerprints.items():
+        path = write_run(tmp_path / 'runs', {}, TASK.format(1), seed, [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8])
+        record = json.load(open(os.path.join(path, 'flags.json')))
+        record['data'] = dict(dataset_name='cube-double-play-v0', fingerprint=fingerprint, source='cache')
+        json.dump(record, open(os.path.join(path, 'flags.json'), 'w'))
+    run_report(tmp_path / 'runs', tmp_path / 'report')
+    report_md = open(tmp_path / 'report' / 'report.md').read()
+    assert '- cube-double-play-v0: 2 different datasets by fingerprint, aaaa (2 runs: QAM), bbbb (1 run: QAM)' in report_md
+    with open(tmp_path / 'report' / 'runs.csv') as f:
+        recorded = {int(row['seed']): row['dataset'] for row in csv.DictReader(f)}
+    assert recorded == {seed: f'cube-double-play-v0 {fingerprint}' for seed, fingerprint in fingerprints.items()}
+    # One fingerprint: no warning.
+    record['data']['fingerprint'] = 'aaaa'
+    json.dump(record, open(os.path.join(path, 'flags.json'), 'w'))
+    run_report(tmp_path / 'runs', tmp_path / 'report2')
+    assert '### Datasets' not in open(tmp_path / 'report2' / 'report.md').read()
