@@ -123,7 +123,8 @@ class Run:
     done: dict = None  # DONE marker
     started: str = ''
     code_version: str = ''
-    dataset: str = ''  # '<dataset name> <fingerprint>' of what it trained on (flags.json 'data'); '' = not recorded
+    dataset_name: str = ''  # what it trained on (flags.json 'data'; '' = not recorded)
+    dataset_fingerprint: str = ''  # of the training arrays' contents (envs/data_sources.dataset_identity)
     excluded: str = ''  # why the run is left out of every statistic ('' = used)
     csv_problems: str = ''  # repeated or out-of-order steps in its CSV files ('' = none)
 
@@ -234,7 +235,7 @@ def read_run(path, metric='success'):
         eval_interval=max(int(flags.get('eval_interval', settings.get('eval_interval', 1))), 1),
         steps=steps, phases=phases, scores=scores, diverged=diverged, done=done,
         started=record.get('started', ''), code_version=record.get('code_version', ''),
-        dataset=' '.join(str(data[key]) for key in ('dataset_name', 'fingerprint') if data.get(key)),
+        dataset_name=data.get('dataset_name', ''), dataset_fingerprint=data.get('fingerprint', ''),
         excluded=experiment.online_results_invalid(settings), csv_problems=csv_problems(path),
     )
 

@@ -290,7 +290,7 @@ def runs_table(grid, root):
                    diverged_step=diverged.get('step', ''), diverged_keys=' '.join(diverged.get('keys', [])),
                    dataset_source=(run.done or {}).get('dataset_source', ''),
                    deviations='; '.join((run.done or {}).get('deviations', [])), code_version=run.code_version,
-                   dataset=run.dataset)
+                   dataset=run.dataset_name, dataset_fingerprint=run.dataset_fingerprint)
         for phase in PHASES:
             value = run.end_value(phase)
             row[f'{phase}_step'] = run.end_step(phase) or ''
@@ -433,11 +433,10 @@ def _dataset_lines(runs):
     """A warning when runs of one dataset trained on different arrays (their recorded fingerprints differ). A
     generated dataset is the same for the same seed on one machine, but can differ on another: the mini sweep's
     scene-play data generated again on a new machine, with the same code, pins and seed, had another fingerprint."""
-    fingerprints = {}
+    fingerprints = collections.defaultdict(lambda: collections.defaultdict(list))
     for r in runs:
-        if r.dataset:
-            name, _, fingerprint = r.dataset.partition(' ')
-            fingerprints.setdefault(name, {}).setdefault(fingerprint, []).append(r)
+        if r.dataset_fingerprint:
+            fingerprints[r.dataset_name][r.dataset_fingerprint].append(r)
     lines = []
     for name, by_fingerprint in sorted(fingerprints.items()):
         if len(by_fingerprint) > 1:

@@ -633,8 +633,8 @@ def test_runs_on_different_arrays_of_one_dataset_are_flagged(tmp_path):
     report_md = open(tmp_path / 'report' / 'report.md').read()
     assert '- cube-double-play-v0: 2 different datasets by fingerprint, aaaa (2 runs: QAM), bbbb (1 run: QAM)' in report_md
     with open(tmp_path / 'report' / 'runs.csv') as f:
-        recorded = {int(row['seed']): row['dataset'] for row in csv.DictReader(f)}
-    assert recorded == {seed: f'cube-double-play-v0 {fingerprint}' for seed, fingerprint in fingerprints.items()}
+        recorded = {int(row['seed']): (row['dataset'], row['dataset_fingerprint']) for row in csv.DictReader(f)}
+    assert recorded == {seed: ('cube-double-play-v0', fingerprint) for seed, fingerprint in fingerprints.items()}
     # One fingerprint: no warning.
     record['data']['fingerprint'] = 'aaaa'
     json.dump(record, open(os.path.join(path, 'flags.json'), 'w'))
