@@ -56,7 +56,7 @@ CUBE_SINGLE, SCENE = 'cube-single-play-singletask-task{}-v0', 'scene-play-single
 POINTS = {
     'c1-100ep-2x128-q2-10k': Point(CUBE_SINGLE.format(1), 100, 2, 128, 2, 256, 10_000),
     'c1-100ep-2x128-q2-10k-bc': Point(CUBE_SINGLE.format(1), 100, 2, 128, 2, 256, 10_000, inv_temp=0.0),
-    # A stronger tilt: small critics are flat in the action (README, "Does it reproduce?", scene task 1).
+    # A stronger tilt: what scene task 1 needed at 4x256 (README, "Does it reproduce?").
     'c1-100ep-2x128-q2-10k-t3': Point(CUBE_SINGLE.format(1), 100, 2, 128, 2, 256, 10_000, inv_temp=3.0),
     'c1-100ep-2x128-q2-10k-t10': Point(CUBE_SINGLE.format(1), 100, 2, 128, 2, 256, 10_000, inv_temp=10.0),
     'c1-100ep-2x128-q2-20k': Point(CUBE_SINGLE.format(1), 100, 2, 128, 2, 256, 20_000),
