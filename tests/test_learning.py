@@ -9,8 +9,8 @@ runs them, stopping each at the end of its offline phase, and checks issue 16's 
 50K steps is at least 60% and clearly above the floor (the paper: 80.2% on this task; with the mini sweep's 4x256
 networks QAM reached 70% there, and 75% with seed 20002; see the README, "Does it reproduce?"). Task 2 because it
 is where the sweep's settings were checked on two seeds: with 2x256 networks QAM reached only 5-15% on it, so this
-test would have caught that choice. On 2 CPU cores it takes 80 to 140 minutes (40 to 70 per run, by machine), plus about 15 minutes the
-first time to generate the 1000-episode scene dataset into the cache.
+test would have caught that choice. On 2 CPU cores it takes 80 to 140 minutes (40 to 70 per run, by machine),
+plus about 15 minutes the first time to generate the 1000-episode scene dataset into the cache.
 """
 
 import os
