@@ -57,6 +57,9 @@ def load_run(run_dir, step):
     step = checkpointer.latest_step() if step is None else step
     if step is None:
         raise app.UsageError(f'{run_dir} has no checkpoint (finished runs keep theirs only with --keep_checkpoints).')
+    if step not in checkpointer.all_steps():
+        raise app.UsageError(f'{run_dir} has no checkpoint at step {step}; it has {sorted(checkpointer.all_steps())} '
+                             '(a run keeps its last two). Pass one of those to --step.')
     agent, _, _ = checkpoints.restore_agent(checkpointer, step, agent, dataset, datasets.TRANSITION_KEYS)
     return agent, dataset, step
 

@@ -68,6 +68,7 @@ def test_action_probe_restores_the_run_and_prints_its_table(tmp_path, generated_
     import jax
     import numpy as np
     import orbax.checkpoint as ocp
+    from absl import app
 
     from benchmarks import action_probe
     from tests.test_main import run_main, tiny_args
@@ -77,6 +78,8 @@ def test_action_probe_restores_the_run_and_prints_its_table(tmp_path, generated_
     (run_dir,) = [str(path) for path in root.iterdir()]
     agent, dataset, step = action_probe.load_run(run_dir, None)
     assert step == 40 and len(dataset['observations']) == 2000  # the latest checkpoint; the run's 2 episodes
+    with pytest.raises(app.UsageError, match=r'no checkpoint at step 10; it has \[20, 40\].*--step'):
+        action_probe.load_run(run_dir, 10)  # saved every 20 steps
     stored = ocp.PyTreeCheckpointer().restore(os.path.join(run_dir, 'checkpoints', '40', 'state'))['agent']['network']
     for name in ('critic', 'finetuned_flow'):
         for ours, saved in zip(jax.tree.leaves(agent.network.params[name]), jax.tree.leaves(stored['params'][name])):
