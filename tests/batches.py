@@ -1,8 +1,9 @@
 """A random batch in the sampler's format (utils/datasets.py: the TD target's fields already at the chunk's end),
-shared by the agents' loss tests."""
+shared by the agents' loss tests, and the check of the fused update loop that every agent's tests run."""
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def random_batch(key, obs_dim, action_dim, horizon, batch_size):
@@ -25,3 +26,36 @@ def scan_updates(agent, batches):
     loop runs update-to-data steps), with the info averaged over U."""
     agent, infos = jax.lax.scan(lambda agent, batch: agent.update(batch), agent, batches)
     return agent, jax.tree.map(lambda x: x.mean(axis=0), infos)
+
+
+def assert_params_close(a, b, rtol=1e-4, atol=1e-5):
+    """Two agents (or stacks of them) have the same network parameters up to float32 reassociation."""
+    a_leaves, b_leaves = jax.tree.leaves(a.network.params), jax.tree.leaves(b.network.params)
+    assert len(a_leaves) == len(b_leaves)
+    for x, y in zip(a_leaves, b_leaves):
+        np.testing.assert_allclose(x, y, rtol=rtol, atol=atol)
+
+
+def assert_fused_updates_match_sequential_updates(agent, other, batches, update):
+    """What main.py's fused loop relies on, for any agent. `scan_updates` over U batches (stacked on a leading axis)
+    compiles once, ends where U sequential `update(agent, batch)` calls end and reports the mean of their infos;
+    vmapped over two members (`agent` and `other`: two seeds, as in --num_seeds), each member ends where its own scan
+    ends. `update` is the test module's jitted single update."""
+    batch_update = jax.jit(lambda agent, batches: scan_updates(agent, batches))
+    scanned, info = batch_update(agent, batches)
+    batch_update(scanned, batches)
+    assert batch_update._cache_size() == 1  # the second call neither retraces nor recompiles
+
+    sequential, infos = agent, []
+    for i in range(len(jax.tree.leaves(batches)[0])):
+        sequential, step_info = update(sequential, jax.tree.map(lambda x: x[i], batches))
+        infos.append(step_info)
+    assert_params_close(scanned, sequential)
+    assert set(info) == set(infos[0])
+    for key in info:
+        np.testing.assert_allclose(info[key], np.mean([step_info[key] for step_info in infos]), rtol=1e-4, atol=1e-5)
+
+    stacked = jax.tree.map(lambda *x: jnp.stack(x), agent, other)
+    vmapped, _ = jax.jit(jax.vmap(scan_updates, in_axes=(0, None)))(stacked, batches)
+    for member, alone in enumerate((scanned, batch_update(other, batches)[0])):
+        assert_params_close(jax.tree.map(lambda x: x[member], vmapped), alone)

@@ -18,7 +18,7 @@ from jax.flatten_util import ravel_pytree
 
 from agents import bam
 from tests import bandit
-from tests.batches import random_batch, scan_updates
+from tests.batches import assert_fused_updates_match_sequential_updates, random_batch
 from utils import flow, rl
 
 O, A, H = 5, 2, 2
@@ -289,31 +289,10 @@ def test_update_always_clips_the_global_norm_at_one(agent):
     assert 'clip_grad' not in bam.get_config()  # not configurable
 
 
-def test_batch_update_scans_without_retracing_and_vmaps_over_seeds(agent):
-    traces = []
-
-    def counted_batch_update(agent, batch):
-        traces.append(1)
-        return scan_updates(agent, batch)
-
+def test_fused_updates_match_sequential_updates(agent):
+    """tests/batches.py: scan of updates = sequential updates (mean info), vmapped over two seeds."""
     batches = jax.tree.map(lambda *x: jnp.stack(x), *[make_batch(jax.random.PRNGKey(i)) for i in range(3)])
-    batch_update = jax.jit(counted_batch_update)
-    scanned, info = batch_update(agent, batches)
-    batch_update(scanned, batches)
-    assert len(traces) == 1
-    update = jitted_update
-    sequential, infos = agent, []
-    for i in range(3):
-        sequential, step_info = update(sequential, jax.tree.map(lambda x: x[i], batches))
-        infos.append(step_info)
-    assert_trees_close(scanned.network.params, sequential.network.params, atol=1e-5)
-    for key in info:
-        np.testing.assert_allclose(info[key], np.mean([step_info[key] for step_info in infos]), rtol=1e-4, atol=1e-5)
-    other = create(seed=1)
-    stacked = jax.tree.map(lambda *x: jnp.stack(x), create(seed=0), other)
-    vmapped, _ = jax.jit(jax.vmap(lambda agent: agent.update(jax.tree.map(lambda x: x[0], batches))))(stacked)
-    alone, _ = update(other, jax.tree.map(lambda x: x[0], batches))
-    assert_trees_close(jax.tree.map(lambda x: x[1], vmapped.network.params), alone.network.params, atol=1e-5)
+    assert_fused_updates_match_sequential_updates(agent, create(seed=1), batches, jitted_update)
 
 
 def test_single_flow_step_is_one_deterministic_base_step_without_running_cost(agent):

@@ -15,7 +15,7 @@ import pytest
 
 from agents import dac
 from tests import bandit
-from tests.batches import random_batch, scan_updates
+from tests.batches import assert_fused_updates_match_sequential_updates, random_batch
 from tests.test_diffusion import (closed_form_schedule, ddpm_loop, finite_difference_q_gradient, global_norm,
                                   perturbed, to_float64, with_params)
 
@@ -51,13 +51,7 @@ def _counted_update(agent, batch):
     return agent.update(batch)
 
 
-def _counted_batch_update(agent, batch):
-    TRACES.append('batch_update')
-    return scan_updates(agent, batch)
-
-
 UPDATE = jax.jit(_counted_update)
-VMAPPED_BATCH_UPDATE = jax.jit(jax.vmap(_counted_batch_update, in_axes=(0, None)))
 
 
 @pytest.fixture(scope='module')
@@ -179,25 +173,10 @@ def test_update_compiles_once_moves_targets_exactly_and_clips_the_global_norm(ag
         np.testing.assert_allclose(mu, 0.1 * np.asarray(g) / norm, rtol=1e-3, atol=1e-8)
 
 
-def test_batch_update_scans_and_vmaps_over_seeds_without_retracing(agent):
-    """scan_updates (tests/batches.py: a lax.scan of `update`), vmapped over two seeds: each seed's agent equals
-    three sequential updates of that agent alone, info is the mean over the three steps, and nothing retraces."""
+def test_fused_updates_match_sequential_updates(agent):
+    """tests/batches.py: scan of updates = sequential updates (mean info), vmapped over two seeds."""
     batches = jax.tree.map(lambda *x: jnp.stack(x), *[batch(i) for i in range(3)])
-    stacked = jax.tree.map(lambda *x: jnp.stack(x), agent, create(seed=1))
-    TRACES.clear()
-    scanned, info = VMAPPED_BATCH_UPDATE(stacked, batches)
-    VMAPPED_BATCH_UPDATE(scanned, batches)
-    assert TRACES == ['batch_update'] and VMAPPED_BATCH_UPDATE._cache_size() == 1  # `update` traced once
-    for seed in range(2):
-        sequential, infos = jax.tree.map(lambda x: x[seed], stacked), []
-        for i in range(3):
-            sequential, step_info = UPDATE(sequential, jax.tree.map(lambda x: x[i], batches))
-            infos.append(step_info)
-        for a, b in zip(jax.tree.leaves(scanned.network.params), jax.tree.leaves(sequential.network.params)):
-            np.testing.assert_allclose(a[seed], b, rtol=1e-4, atol=1e-5)
-        for key in info:
-            np.testing.assert_allclose(info[key][seed], np.mean([step_info[key] for step_info in infos]), rtol=1e-4,
-                                       atol=1e-5)
+    assert_fused_updates_match_sequential_updates(agent, create(seed=1), batches, UPDATE)
 
 
 # ---------------------------------------------------------------------------------------------- config

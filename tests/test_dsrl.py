@@ -17,7 +17,7 @@ import pytest
 
 from agents import dsrl
 from tests import bandit
-from tests.batches import random_batch, scan_updates
+from tests.batches import assert_fused_updates_match_sequential_updates, random_batch
 
 O, A, H = 5, 2, 2
 D = H * A
@@ -79,7 +79,7 @@ def np_noise_policy_sample(agent, observations, key):
     return np.tanh(pre_tanh), log_probs
 
 
-TRACES = {'update': 0, 'batch_update': 0}
+TRACES = {'update': 0}
 
 
 @jax.jit
@@ -87,12 +87,6 @@ def jit_update(agent, batch):
     """`agent.update`, jitted once for the whole module (counts its traces)."""
     TRACES['update'] += 1
     return agent.update(batch)
-
-
-@jax.jit
-def jit_batch_update(agent, batches):
-    TRACES['batch_update'] += 1
-    return scan_updates(agent, batches)
 
 
 @pytest.fixture(scope='module')
@@ -269,28 +263,10 @@ def test_update_compiles_once_is_finite_and_moves_targets_exactly(agent):
     np.testing.assert_allclose(info['grad/norm'], global_norm(grads), rtol=1e-4)
 
 
-def test_batch_update_scans_without_retracing_and_vmaps_over_seeds(agent):
+def test_fused_updates_match_sequential_updates(agent):
+    """tests/batches.py: scan of updates = sequential updates (mean info), vmapped over two seeds."""
     batches = jax.tree.map(lambda *x: jnp.stack(x), *[make_batch(jax.random.PRNGKey(i)) for i in range(3)])
-    scanned, info = jit_batch_update(agent, batches)
-    traces = TRACES['batch_update']
-    jit_batch_update(scanned, batches)
-    assert TRACES['batch_update'] == traces and jit_batch_update._cache_size() == 1
-    update = jit_update
-    sequential, infos = agent, []
-    for i in range(3):
-        sequential, step_info = update(sequential, jax.tree.map(lambda x: x[i], batches))
-        infos.append(step_info)
-    for a, b in zip(jax.tree.leaves(scanned.network.params), jax.tree.leaves(sequential.network.params)):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
-    for key in info:
-        np.testing.assert_allclose(info[key], np.mean([step_info[key] for step_info in infos]), rtol=1e-4, atol=1e-5)
-    other = create(seed=1)
-    stacked = jax.tree.map(lambda *x: jnp.stack(x), create(seed=0), other)
-    batch = jax.tree.map(lambda x: x[0], batches)
-    vmapped, _ = jax.jit(jax.vmap(lambda agent: agent.update(batch)))(stacked)
-    alone, _ = update(other, batch)
-    for a, b in zip(jax.tree.leaves(vmapped.network.params), jax.tree.leaves(alone.network.params)):
-        np.testing.assert_allclose(a[1], b, rtol=1e-4, atol=1e-5)
+    assert_fused_updates_match_sequential_updates(agent, create(seed=1), batches, jit_update)
 
 
 # ---------------------------------------------------------------------------------------------- acting

@@ -13,7 +13,7 @@ import pytest
 
 from agents import fedit
 from tests import bandit
-from tests.batches import random_batch, scan_updates
+from tests.batches import assert_fused_updates_match_sequential_updates, random_batch
 
 O, A, H = 5, 2, 2
 D = H * A
@@ -187,25 +187,10 @@ def test_update_compiles_once_is_finite_and_moves_targets_exactly(agent, counted
     np.testing.assert_allclose(info['grad/norm'], global_norm(grads), rtol=1e-4)
 
 
-def test_batch_update_scans_without_retracing(agent, counted_update):
-    traces = []
-
-    def run(agent, batches):
-        traces.append(1)
-        return scan_updates(agent, batches)
-
-    batch_update = jax.jit(run)
-    batches = jax.tree.map(lambda *x: jnp.stack(x), *[make_batch(jax.random.PRNGKey(i)) for i in range(2)])
-    scanned, info = batch_update(agent, batches)
-    batch_update(scanned, batches)
-    assert len(traces) == 1
-    update, _ = counted_update
-    sequential = agent
-    for i in range(2):
-        sequential, _ = update(sequential, jax.tree.map(lambda x: x[i], batches))
-    for a, b in zip(jax.tree.leaves(scanned.network.params), jax.tree.leaves(sequential.network.params)):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
-    assert all(np.isfinite(np.asarray(value)).all() for value in info.values())
+def test_fused_updates_match_sequential_updates(agent, counted_update):
+    """tests/batches.py: scan of updates = sequential updates (mean info), vmapped over two seeds."""
+    batches = jax.tree.map(lambda *x: jnp.stack(x), *[make_batch(jax.random.PRNGKey(i)) for i in range(3)])
+    assert_fused_updates_match_sequential_updates(agent, create(seed=1), batches, counted_update[0])
 
 
 # ---------------------------------------------------------------------------------------------- acting

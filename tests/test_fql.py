@@ -13,7 +13,7 @@ import pytest
 
 from agents import fql
 from tests import bandit
-from tests.batches import random_batch, scan_updates
+from tests.batches import assert_fused_updates_match_sequential_updates, random_batch
 
 O, A, H = 5, 2, 2
 D = H * A
@@ -181,31 +181,10 @@ def test_update_compiles_once_is_finite_and_moves_the_target_critic_exactly(agen
     np.testing.assert_allclose(info['grad/norm'], global_norm(grads), rtol=1e-4)
 
 
-def test_batch_update_scans_without_retracing_and_vmaps_over_seeds(agent):
-    traces = []
-
-    def counted_batch_update(agent, batch):
-        traces.append(1)
-        return scan_updates(agent, batch)
-
+def test_fused_updates_match_sequential_updates(agent):
+    """tests/batches.py: scan of updates = sequential updates (mean info), vmapped over two seeds."""
     batches = jax.tree.map(lambda *x: jnp.stack(x), *[make_batch(jax.random.PRNGKey(i)) for i in range(3)])
-    batch_update = jax.jit(counted_batch_update)
-    scanned, info = batch_update(agent, batches)
-    batch_update(scanned, batches)
-    assert len(traces) == 1
-    update = jax.jit(lambda agent, batch: agent.update(batch))
-    sequential, infos = agent, []
-    for i in range(3):
-        sequential, step_info = update(sequential, jax.tree.map(lambda x: x[i], batches))
-        infos.append(step_info)
-    assert_trees_close(scanned.network.params, sequential.network.params, atol=1e-5)
-    for key in info:
-        np.testing.assert_allclose(info[key], np.mean([step_info[key] for step_info in infos]), rtol=1e-4, atol=1e-5)
-    other = create(seed=1)
-    stacked = jax.tree.map(lambda *x: jnp.stack(x), create(seed=0), other)
-    vmapped, _ = jax.jit(jax.vmap(lambda agent: agent.update(jax.tree.map(lambda x: x[0], batches))))(stacked)
-    alone, _ = update(other, jax.tree.map(lambda x: x[0], batches))
-    assert_trees_close(jax.tree.map(lambda x: x[1], vmapped.network.params), alone.network.params, atol=1e-5)
+    assert_fused_updates_match_sequential_updates(agent, create(seed=1), batches, jax.jit(lambda agent, batch: agent.update(batch)))
 
 
 # ---------------------------------------------------------------------------------------------- acting

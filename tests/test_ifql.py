@@ -14,7 +14,7 @@ import pytest
 
 from agents import ifql
 from tests import bandit
-from tests.batches import random_batch, scan_updates
+from tests.batches import assert_fused_updates_match_sequential_updates, random_batch
 from utils import rl
 
 O, A, H = 5, 2, 2
@@ -190,20 +190,9 @@ def test_update_compiles_once_scans_and_moves_targets_exactly(agent):
     grads = jax.jit(jax.grad(lambda p: agent.total_loss(batch, p, loss_key)[0]))(agent.network.trainable_params)
     np.testing.assert_allclose(info['grad/norm'], global_norm(grads), rtol=1e-4)
 
-    # scan_updates: one trace, equal to two sequential updates.
-    scan_traces = []
-
-    def run(agent, batches):
-        scan_traces.append(1)
-        return scan_updates(agent, batches)
-
-    batch_update = jax.jit(run)
+    # tests/batches.py: a scan of the two updates equals them in sequence (mean info), vmapped over two seeds.
     batches = jax.tree.map(lambda *x: jnp.stack(x), batch, make_batch(jax.random.PRNGKey(1)))
-    scanned, _ = batch_update(agent, batches)
-    batch_update(scanned, batches)
-    assert len(scan_traces) == 1
-    for a, b in zip(jax.tree.leaves(scanned.network.params), jax.tree.leaves(newer_agent.network.params)):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    assert_fused_updates_match_sequential_updates(agent, create(seed=1), batches, update)
 
 
 # ---------------------------------------------------------------------------------------------- config

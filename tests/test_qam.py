@@ -14,7 +14,7 @@ import pytest
 
 from agents import qam
 from tests import bandit
-from tests.batches import random_batch, scan_updates
+from tests.batches import assert_fused_updates_match_sequential_updates, random_batch
 from utils import flow, rl
 from utils.networks import VelocityField
 
@@ -397,28 +397,10 @@ def test_update_compiles_once_is_finite_and_moves_targets_exactly(variant):
     np.testing.assert_allclose(info['grad/norm'], global_norm(grads), rtol=1e-4)
 
 
-def test_batch_update_scans_updates_and_vmaps_over_seeds(agent):
+def test_fused_updates_match_sequential_updates(agent):
+    """tests/batches.py: scan of updates = sequential updates (mean info), vmapped over two seeds."""
     batches = jax.tree.map(lambda *x: jnp.stack(x), *[make_batch(jax.random.PRNGKey(i)) for i in range(3)])
-    batch_update = jax.jit(lambda agent, batch: scan_updates(agent, batch))
-    scanned, info = batch_update(agent, batches)
-    scanned_again, _ = batch_update(scanned, batches)
-    assert batch_update._cache_size() == 1
-    sequential, infos = agent, []
-    for i in range(3):
-        sequential, step_info = update(sequential, jax.tree.map(lambda x: x[i], batches))
-        infos.append(step_info)
-    for a, b in zip(jax.tree.leaves(scanned.network.params), jax.tree.leaves(sequential.network.params)):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
-    for key in info:
-        np.testing.assert_allclose(info[key], np.mean([step_info[key] for step_info in infos]), rtol=1e-4, atol=1e-5)
-    # Vmapped over two seeds, each agent updates as if alone.
-    other = create(seed=1)
-    stacked = jax.tree.map(lambda *x: jnp.stack(x), agent, other)
-    batch = jax.tree.map(lambda x: x[0], batches)
-    vmapped, _ = jax.jit(jax.vmap(lambda agent: agent.update(batch)))(stacked)
-    alone, _ = update(other, batch)
-    for a, b in zip(jax.tree.leaves(vmapped.network.params), jax.tree.leaves(alone.network.params)):
-        np.testing.assert_allclose(a[1], b, rtol=1e-4, atol=1e-5)
+    assert_fused_updates_match_sequential_updates(agent, create(seed=1), batches, update)
 
 
 @pytest.mark.parametrize('overrides', [

@@ -16,7 +16,7 @@ import pytest
 
 from agents import rebrac
 from tests import bandit
-from tests.batches import random_batch, scan_updates
+from tests.batches import assert_fused_updates_match_sequential_updates, random_batch
 from utils.networks import DeterministicTanhActor
 
 O, A, H = 5, 2, 2
@@ -242,34 +242,10 @@ def test_update_compiles_once_is_finite(agent):
     np.testing.assert_allclose(info['grad/norm'], global_norm(grads), rtol=1e-4)
 
 
-def test_batch_update_scans_without_retracing_and_vmaps_over_seeds(agent):
-    traces = []
-
-    def batch_update(agent, batch):
-        traces.append(1)
-        return scan_updates(agent, batch)
-
-    batch_update = jax.jit(batch_update)
+def test_fused_updates_match_sequential_updates(agent):
+    """tests/batches.py: scan of updates = sequential updates (mean info), vmapped over two seeds."""
     batches = jax.tree.map(lambda *x: jnp.stack(x), *[make_batch(jax.random.PRNGKey(i)) for i in range(3)])
-    scanned, info = batch_update(agent, batches)
-    batch_update(scanned, batches)
-    assert len(traces) == 1
-    update = jax.jit(lambda agent, batch: agent.update(batch))
-    sequential, infos = agent, []
-    for i in range(3):
-        sequential, step_info = update(sequential, jax.tree.map(lambda x: x[i], batches))
-        infos.append(step_info)
-    for a, b in zip(jax.tree.leaves(scanned.network.params), jax.tree.leaves(sequential.network.params)):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
-    for key in info:
-        np.testing.assert_allclose(info[key], np.mean([step_info[key] for step_info in infos]), rtol=1e-4, atol=1e-5)
-    other = create(seed=1)
-    stacked = jax.tree.map(lambda *x: jnp.stack(x), create(seed=0), other)
-    batch = jax.tree.map(lambda x: x[0], batches)
-    vmapped, _ = jax.jit(jax.vmap(lambda agent: agent.update(batch)))(stacked)
-    alone, _ = update(other, batch)
-    for a, b in zip(jax.tree.leaves(vmapped.network.params), jax.tree.leaves(alone.network.params)):
-        np.testing.assert_allclose(a[1], b, rtol=1e-4, atol=1e-5)
+    assert_fused_updates_match_sequential_updates(agent, create(seed=1), batches, jax.jit(lambda agent, batch: agent.update(batch)))
 
 
 # ---------------------------------------------------------------------------------------------- acting
