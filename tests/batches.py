@@ -52,6 +52,7 @@ def assert_fused_updates_match_sequential_updates(agent, other, batches, update)
         infos.append(step_info)
     assert_params_close(scanned, sequential)
     assert set(info) == set(infos[0])
+    assert all(np.isfinite(np.asarray(value)).all() for value in info.values())  # assert_allclose lets NaN equal NaN
     for key in info:
         np.testing.assert_allclose(info[key], np.mean([step_info[key] for step_info in infos]), rtol=1e-4, atol=1e-5)
 
