@@ -13,7 +13,7 @@ import pytest
 
 from agents import fql
 from tests import bandit
-from tests.batches import assert_fused_updates_match_sequential_updates, random_batch
+from tests.batches import assert_fused_updates_match_sequential_updates, assert_trees_close, random_batch
 
 O, A, H = 5, 2, 2
 D = H * A
@@ -48,11 +48,6 @@ def perturbed(params, key, scale=0.3):
 
 def global_norm(tree):
     return np.sqrt(sum(np.sum(np.square(np.asarray(x, np.float64))) for x in jax.tree.leaves(tree)))
-
-
-def assert_trees_close(a, b, rtol=1e-4, atol=1e-6):
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_allclose(x, y, rtol=rtol, atol=atol)
 
 
 def euler_loop(apply_velocity, observations, noises, steps=10):
