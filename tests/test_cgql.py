@@ -44,7 +44,9 @@ def with_params(agent, name, params):
 
 
 def with_config(agent, **changes):
-    config = agent.config.as_configdict()
+    # as_configdict() returns the frozen config's cached ConfigDict: updating it in place would leak `changes`
+    # into every later with_config of the same agent, so update a copy.
+    config = agent.config.as_configdict().copy_and_resolve_references()
     config.update(changes)
     return agent.replace(config=type(agent.config)(config))
 
