@@ -15,6 +15,7 @@ import pytest
 
 from agents import cgql
 from tests import bandit
+from tests.agent_tools import global_norm, perturbed, to_float64, with_config, with_params
 from tests.batches import assert_fused_updates_match_sequential_updates, random_batch
 
 O, A, H = 5, 2, 2
@@ -37,32 +38,6 @@ def create(seed=0, **overrides):
 
 def make_batch(key, batch_size=B):
     return random_batch(key, O, A, H, batch_size)
-
-
-def with_params(agent, name, params):
-    return agent.replace(network=agent.network.replace(params={**agent.network.params, name: params}))
-
-
-def with_config(agent, **changes):
-    # as_configdict() returns the frozen config's cached ConfigDict: updating it in place would leak `changes`
-    # into every later with_config of the same agent, so update a copy.
-    config = agent.config.as_configdict().copy_and_resolve_references()
-    config.update(changes)
-    return agent.replace(config=type(agent.config)(config))
-
-
-def perturbed(params, key, scale=0.3):
-    leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(key, len(leaves))
-    return treedef.unflatten([p + scale * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
-
-
-def to_float64(tree):
-    return jax.tree.map(lambda x: x.astype(jnp.float64) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
-
-
-def global_norm(tree):
-    return np.sqrt(sum(np.sum(np.square(np.asarray(x, np.float64))) for x in jax.tree.leaves(tree)))
 
 
 def full_time(x, t):

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.agent_tools import global_norm, perturbed, to_float64
 from utils import diffusion
 from utils.networks import CriticEnsemble
 
@@ -52,26 +53,6 @@ def ddpm_loop(noise_fn, observations, rng, action_size, num_steps, clip_before, 
         if clip_after:
             x = np.clip(x, -1, 1)
     return x
-
-
-
-
-def with_params(agent, name, params):
-    return agent.replace(network=agent.network.replace(params={**agent.network.params, name: params}))
-
-
-def perturbed(params, key, scale=0.3):
-    leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(key, len(leaves))
-    return treedef.unflatten([p + scale * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
-
-
-def to_float64(tree):
-    return jax.tree.map(lambda x: x.astype(jnp.float64) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
-
-
-def global_norm(tree):
-    return np.sqrt(sum(np.sum(np.square(np.asarray(x, np.float64))) for x in jax.tree.leaves(tree)))
 
 
 def finite_difference_q_gradient(q_fn, actions, eps=1e-6):

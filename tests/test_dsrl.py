@@ -10,13 +10,13 @@ loss, noise-policy sample); bc_flow_loss → (x_0, t); sampling draws the noise 
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest
 
 from agents import dsrl
 from tests import bandit
+from tests.agent_tools import euler_loop, global_norm, np_pessimistic, perturbed, with_config, with_params
 from tests.batches import assert_fused_updates_match_sequential_updates, random_batch
 
 O, A, H = 5, 2, 2
@@ -38,36 +38,6 @@ def create(seed=0, **overrides):
 
 def make_batch(key, batch_size=16):
     return random_batch(key, O, A, H, batch_size)
-
-
-def with_config(agent, **changes):
-    return agent.replace(config=ml_collections.FrozenConfigDict({**agent.config, **changes}))
-
-
-def with_params(agent, name, params):
-    return agent.replace(network=agent.network.replace(params={**agent.network.params, name: params}))
-
-
-def perturbed(params, key, scale=0.3):
-    leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(key, len(leaves))
-    return treedef.unflatten([p + scale * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
-
-
-def global_norm(tree):
-    return np.sqrt(sum(np.sum(np.square(np.asarray(x, np.float64))) for x in jax.tree.leaves(tree)))
-
-
-def np_pessimistic(q, rho):
-    q = np.asarray(q, np.float64)
-    return q.mean(0) - rho * np.sqrt(np.mean((q - q.mean(0)) ** 2, axis=0))
-
-
-def euler_loop(agent, name, observations, noises):
-    x = noises
-    for i in range(STEPS):
-        x = x + agent.network.apply(name, observations, x, jnp.full((*x.shape[:-1], 1), i / STEPS)) / STEPS
-    return np.clip(np.asarray(x), -1, 1)
 
 
 def np_noise_policy_sample(agent, observations, key):
@@ -106,9 +76,10 @@ def test_decoder_is_clipped_euler_ode_of_the_chosen_flow(agent, use_target_laten
     observations = jax.random.normal(jax.random.PRNGKey(0), (8, O))
     noises = 2 * jax.random.normal(jax.random.PRNGKey(1), (8, D))
     decoded = np.asarray(jax.jit(type(agent).decode)(agent, observations, noises))
-    np.testing.assert_allclose(decoded, euler_loop(agent, name, observations, noises), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(decoded, euler_loop(agent.network.select(name), observations, noises, STEPS),
+                               rtol=1e-5, atol=1e-6)
     other = 'behavior_flow' if use_target_latent else 'target_behavior_flow'
-    assert np.abs(decoded - euler_loop(agent, other, observations, noises)).max() > 1e-2
+    assert np.abs(decoded - euler_loop(agent.network.select(other), observations, noises, STEPS)).max() > 1e-2
 
 
 # ------------------------------------------------------------------------------------------- losses
@@ -121,7 +92,8 @@ def test_critic_loss_is_td_plus_memberwise_distillation(agent):
 
     next_observations = batch['next_observation']
     latents, _ = np_noise_policy_sample(agent, next_observations, target_key)
-    next_actions = euler_loop(agent, 'target_behavior_flow', next_observations, jnp.asarray(0.7 * latents, jnp.float32))
+    next_actions = euler_loop(agent.network.select('target_behavior_flow'), next_observations,
+                              jnp.asarray(0.7 * latents, jnp.float32), STEPS)
     next_q = agent.network.apply('target_critic', next_observations, next_actions)
     y = np.asarray(batch['chunk_return']) + 0.9**H * np.asarray(batch['bootstrap_mask']) * np_pessimistic(next_q, 0.5)
     observations = batch['observations']
@@ -130,7 +102,7 @@ def test_critic_loss_is_td_plus_memberwise_distillation(agent):
     td_loss = np.sum(w * (q - y) ** 2) / (2 * 16)
 
     noises = jax.random.normal(distill_key, (16, D))  # plain N(0, I): not scaled by noise_scale, not clipped
-    decoded = euler_loop(agent, 'target_behavior_flow', observations, noises)
+    decoded = euler_loop(agent.network.select('target_behavior_flow'), observations, noises, STEPS)
     action_q = np.asarray(agent.network.apply('critic', observations, decoded), np.float64)  # (K, B)
     noise_q = np.asarray(agent.network.apply('noise_critic', observations, noises), np.float64)
     distill_loss = np.mean((noise_q - action_q) ** 2)  # member k against member k, no mask
@@ -226,7 +198,8 @@ def test_noise_critic_matches_action_critic_after_distillation():
     def r_squared(noise_critic_params):  # per member, on 64 held-out noises per observation
         s = jnp.repeat(observations, 64, axis=0)
         z = jax.random.normal(jax.random.PRNGKey(99), (s.shape[0], D))
-        target = np.asarray(agent.network.apply('critic', s, euler_loop(agent, 'target_behavior_flow', s, z)))
+        decoded = euler_loop(agent.network.select('target_behavior_flow'), s, z, STEPS)
+        target = np.asarray(agent.network.apply('critic', s, decoded))
         prediction = np.asarray(agent.network.apply('noise_critic', s, z, params=noise_critic_params))
         return 1 - np.mean((prediction - target) ** 2, axis=1) / np.var(target, axis=1)
 
@@ -283,7 +256,8 @@ def test_sample_actions_shapes_range_and_decoding(agent, best_of_n):
 
     def decoded(key):
         latents, _ = np_noise_policy_sample(agent, observations, key)
-        return euler_loop(agent, 'target_behavior_flow', observations, jnp.asarray(0.7 * latents, jnp.float32))
+        return euler_loop(agent.network.select('target_behavior_flow'), observations,
+                          jnp.asarray(0.7 * latents, jnp.float32), STEPS)
 
     if best_of_n == 1:
         np.testing.assert_allclose(batch, decoded(key), rtol=1e-4, atol=1e-5)

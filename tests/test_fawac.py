@@ -14,6 +14,7 @@ import pytest
 
 from agents import fawac
 from tests import bandit
+from tests.agent_tools import euler_loop, global_norm, perturbed, with_params
 from tests.batches import assert_fused_updates_match_sequential_updates, random_batch
 
 O, A, H = 5, 2, 2
@@ -35,27 +36,6 @@ def create(seed=0, **overrides):
 
 def make_batch(key, batch_size=B):
     return random_batch(key, O, A, H, batch_size)
-
-
-def with_params(agent, name, params):
-    return agent.replace(network=agent.network.replace(params={**agent.network.params, name: params}))
-
-
-def perturbed(params, key, scale=0.3):
-    leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(key, len(leaves))
-    return treedef.unflatten([p + scale * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
-
-
-def global_norm(tree):
-    return np.sqrt(sum(np.sum(np.square(np.asarray(x, np.float64))) for x in jax.tree.leaves(tree)))
-
-
-def euler_loop(agent, observations, noises, steps=10):
-    x = noises
-    for i in range(steps):
-        x = x + agent.network.apply('flow_policy', observations, x, jnp.full((*x.shape[:-1], 1), i / steps)) / steps
-    return np.clip(np.asarray(x), -1, 1)
 
 
 @pytest.fixture(scope='module')
@@ -89,7 +69,8 @@ def test_critic_loss_matches_direct_computation(agent):
     batch, key = make_batch(jax.random.PRNGKey(1)), jax.random.PRNGKey(2)
     loss, info = jax.jit(type(agent).critic_loss)(agent, batch, agent.network.trainable_params, key)
     next_observations = batch['next_observation']
-    next_actions = euler_loop(agent, next_observations, jax.random.normal(key, (B, D)))  # the acting policy
+    next_actions = euler_loop(agent.network.select('flow_policy'), next_observations,  # the acting policy
+                              jax.random.normal(key, (B, D)))
     next_q = np.asarray(agent.network.apply('target_critic', next_observations, jnp.asarray(next_actions)), np.float64)
     v = next_q.mean(0) - 0.5 * np.sqrt(np.mean((next_q - next_q.mean(0)) ** 2, axis=0))
     y = np.asarray(batch['chunk_return']) + 0.9**H * np.asarray(batch['bootstrap_mask']) * v
@@ -178,8 +159,8 @@ def test_sample_actions_shapes_range_and_euler_ode(agent):
     observations = jax.random.normal(key, (7, O)) * 3
     batch = np.asarray(sample(agent, observations, key))
     assert batch.shape == (7, D) and np.abs(batch).max() <= 1.0
-    np.testing.assert_allclose(batch, euler_loop(agent, observations, jax.random.normal(key, (7, D))),
-                               rtol=1e-4, atol=1e-5)
+    expected = euler_loop(agent.network.select('flow_policy'), observations, jax.random.normal(key, (7, D)))
+    np.testing.assert_allclose(batch, expected, rtol=1e-4, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------- config

@@ -13,6 +13,7 @@ import pytest
 
 from agents import fedit
 from tests import bandit
+from tests.agent_tools import euler_loop, global_norm, perturbed, with_params
 from tests.batches import assert_fused_updates_match_sequential_updates, random_batch
 
 O, A, H = 5, 2, 2
@@ -36,28 +37,6 @@ def make_batch(key, batch_size=B):
     return random_batch(key, O, A, H, batch_size)
 
 
-def with_params(agent, name, params):
-    return agent.replace(network=agent.network.replace(params={**agent.network.params, name: params}))
-
-
-def perturbed(params, key, scale=0.3):
-    leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(key, len(leaves))
-    return treedef.unflatten([p + scale * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
-
-
-def global_norm(tree):
-    return np.sqrt(sum(np.sum(np.square(np.asarray(x, np.float64))) for x in jax.tree.leaves(tree)))
-
-
-def euler_loop(agent, observations, noises, steps=10):
-    """The BC flow's Euler ODE, unrolled: x ← x + v(s, x, i/T)/T, clip at the end."""
-    x = noises
-    for i in range(steps):
-        x = x + agent.network.apply('behavior_flow', observations, x, jnp.full((*x.shape[:-1], 1), i / steps)) / steps
-    return np.clip(np.asarray(x), -1, 1)
-
-
 def edit_sample(agent, observations, flow_actions, key):
     """Pre-tanh sample u, e = tanh(u) and log π(e) in float64, from the edit actor's outputs."""
     means, log_stds = (np.asarray(a, np.float64) for a in agent.network.apply('edit_actor', observations,
@@ -70,7 +49,8 @@ def edit_sample(agent, observations, flow_actions, key):
 
 def direct_sample(agent, observations, key):
     noise_key, edit_key = jax.random.split(key)
-    flow_actions = euler_loop(agent, observations, jax.random.normal(noise_key, (*observations.shape[:-1], D)))
+    noises = jax.random.normal(noise_key, (*observations.shape[:-1], D))
+    flow_actions = euler_loop(agent.network.select('behavior_flow'), observations, noises)
     edits, _ = edit_sample(agent, observations, flow_actions, edit_key)
     return np.clip(flow_actions + agent.config.edit_scale * edits, -1, 1)
 
@@ -114,7 +94,7 @@ def test_actor_loss_matches_direct_computation_and_routes_gradients(agent):
     v = np.asarray(agent.network.apply('behavior_flow', observations, jnp.asarray(x_t), jnp.asarray(t)))
     bc = np.mean(np.asarray(batch['valid']) * np.mean((v - (actions - x0)) ** 2, axis=-1))
 
-    flow_actions = euler_loop(agent, observations, jax.random.normal(noise_key, (B, D)))
+    flow_actions = euler_loop(agent.network.select('behavior_flow'), observations, jax.random.normal(noise_key, (B, D)))
     edits, log_probs = edit_sample(agent, observations, flow_actions, edit_key)
     edited = np.clip(flow_actions + 0.4 * edits, -1, 1).astype(np.float32)
     q = np.asarray(agent.network.apply('critic', observations, edited), np.float64).mean(0)
@@ -205,8 +185,8 @@ def test_sample_actions_shapes_and_range(overrides):
     if overrides.get('edit_scale') == 0.0:  # the edit is a no-op: the BC flow's ODE action
         noise_key, _ = jax.random.split(key)
         observations = jax.random.normal(key, (7, O)) * 3
-        np.testing.assert_allclose(batch, euler_loop(agent, observations, jax.random.normal(noise_key, (7, D))),
-                                   rtol=1e-4, atol=1e-5)
+        expected = euler_loop(agent.network.select('behavior_flow'), observations, jax.random.normal(noise_key, (7, D)))
+        np.testing.assert_allclose(batch, expected, rtol=1e-4, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------- config

@@ -13,6 +13,7 @@ import pytest
 
 from agents import fql
 from tests import bandit
+from tests.agent_tools import bc_loss_direct, euler_loop, global_norm, perturbed, with_params
 from tests.batches import assert_fused_updates_match_sequential_updates, assert_trees_close, random_batch
 
 O, A, H = 5, 2, 2
@@ -34,36 +35,6 @@ def create(seed=0, **overrides):
 
 def make_batch(key, batch_size=B):
     return random_batch(key, O, A, H, batch_size)
-
-
-def with_params(agent, name, params):
-    return agent.replace(network=agent.network.replace(params={**agent.network.params, name: params}))
-
-
-def perturbed(params, key, scale=0.3):
-    leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(key, len(leaves))
-    return treedef.unflatten([p + scale * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
-
-
-def global_norm(tree):
-    return np.sqrt(sum(np.sum(np.square(np.asarray(x, np.float64))) for x in jax.tree.leaves(tree)))
-
-
-def euler_loop(apply_velocity, observations, noises, steps=10):
-    """x ← x + v(s, x, i/T)/T for i = 0 … T−1, then clip: the spec's sampler written out."""
-    x = noises
-    for i in range(steps):
-        x = x + apply_velocity(observations, x, jnp.full((*x.shape[:-1], 1), i / steps)) / steps
-    return jnp.clip(x, -1.0, 1.0)
-
-
-def bc_loss_direct(apply_velocity, observations, actions, valid, key):
-    noise_key, time_key = jax.random.split(key)
-    x0 = jax.random.normal(noise_key, actions.shape)
-    t = jax.random.uniform(time_key, (actions.shape[0], 1))
-    v = apply_velocity(observations, (1 - t) * x0 + t * actions, t)
-    return jnp.sum(valid * jnp.mean((v - (actions - x0)) ** 2, axis=-1)) / actions.shape[0]
 
 
 @pytest.fixture(scope='module')

@@ -14,6 +14,7 @@ import pytest
 
 from agents import ifql
 from tests import bandit
+from tests.agent_tools import euler_loop, global_norm, perturbed, with_params
 from tests.batches import assert_fused_updates_match_sequential_updates, random_batch
 from utils import rl
 
@@ -37,27 +38,6 @@ def create(seed=0, **overrides):
 
 def make_batch(key, batch_size=B):
     return random_batch(key, O, A, H, batch_size)
-
-
-def with_params(agent, name, params):
-    return agent.replace(network=agent.network.replace(params={**agent.network.params, name: params}))
-
-
-def perturbed(params, key, scale=0.3):
-    leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(key, len(leaves))
-    return treedef.unflatten([p + scale * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
-
-
-def global_norm(tree):
-    return np.sqrt(sum(np.sum(np.square(np.asarray(x, np.float64))) for x in jax.tree.leaves(tree)))
-
-
-def euler_loop(agent, observations, noises, steps=10):
-    x = noises
-    for i in range(steps):
-        x = x + agent.network.apply('behavior_flow', observations, x, jnp.full((*x.shape[:-1], 1), i / steps)) / steps
-    return np.clip(np.asarray(x), -1, 1)
 
 
 @pytest.fixture(scope='module')
@@ -145,7 +125,7 @@ def test_best_of_samples_for_one_observation_and_a_batch(agent):
         assert single.shape == (D,)
         np.testing.assert_allclose(batch_actions[b], single, rtol=1e-5, atol=1e-6)
         repeated = jnp.broadcast_to(observations[b], (N, O))
-        candidates = euler_loop(agent, repeated, noises[b])
+        candidates = euler_loop(agent.network.select('behavior_flow'), repeated, noises[b])
         q = np.asarray(agent.network.apply('critic', repeated, jnp.asarray(candidates)))  # (K, N)
         chosen.append(int(np.argmax(q.min(axis=0))))
         chosen_by_mean.append(int(np.argmax(q.mean(axis=0))))

@@ -8,12 +8,12 @@ the SDE key split into T − 1 step keys; sample_actions → (noise, edit)."""
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
 from agents import qam
 from tests import bandit
+from tests.agent_tools import euler_loop, global_norm, perturbed, to_float64, with_config, with_params
 from tests.batches import assert_fused_updates_match_sequential_updates, random_batch
 from utils import flow, rl
 from utils.networks import VelocityField
@@ -40,34 +40,11 @@ def make_batch(key, batch_size=16, horizon=H):
     return random_batch(key, O, A, horizon, batch_size)
 
 
-def with_config(agent, **changes):
-    return agent.replace(config=ml_collections.FrozenConfigDict({**agent.config.to_dict(), **changes}))
-
-
-def with_params(agent, name, params):
-    network = agent.network.replace(params={**agent.network.params, name: params})
-    return agent.replace(network=network)
-
-
-def perturbed(params, key, scale=0.3):
-    leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(key, len(leaves))
-    return treedef.unflatten([p + scale * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
-
-
 def zero_output_layer(params, num_hidden=2):
     """A VelocityField whose output layer is zero, i.e. the field ≡ 0."""
     mlp = dict(params['MLP_0'])
     mlp[f'Dense_{num_hidden}'] = jax.tree.map(jnp.zeros_like, mlp[f'Dense_{num_hidden}'])
     return {**params, 'MLP_0': mlp}
-
-
-def to_float64(tree):
-    return jax.tree.map(lambda x: x.astype(jnp.float64) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
-
-
-def global_norm(tree):
-    return np.sqrt(sum(np.sum(np.square(np.asarray(x, np.float64))) for x in jax.tree.leaves(tree)))
 
 
 # One jitted function each, shared by the tests: agents with equal configs reuse the compiled programs.
@@ -301,13 +278,6 @@ def test_actor_loss_adjoint_matching_term_matches_loop(agent):
     np.testing.assert_allclose(loss, info['actor/adjoint_matching_loss'] + info['actor/bc_flow_loss'], rtol=1e-6)
 
 
-def _euler_loop(agent, name, observations, noises, steps=10):
-    x = noises
-    for i in range(steps):
-        x = x + agent.network.apply(name, observations, x, jnp.full((*x.shape[:-1], 1), i / steps)) / steps
-    return np.clip(np.asarray(x), -1, 1)
-
-
 def test_qam_f_loss_matches_direct_computation():
     agent = create(fql_alpha=3.0)
     observations = jax.random.normal(jax.random.PRNGKey(0), (16, O))
@@ -315,7 +285,7 @@ def test_qam_f_loss_matches_direct_computation():
     params = agent.network.trainable_params
     loss_fn = jax.jit(lambda agent, p: agent.one_step_loss(observations, noises, p))
     loss, info = loss_fn(agent, params)
-    flow_actions = _euler_loop(agent, 'finetuned_flow', observations, noises)
+    flow_actions = euler_loop(agent.network.select('finetuned_flow'), observations, noises)
     mu = np.asarray(agent.network.apply('one_step_actor', observations, noises))
     q = np.asarray(agent.network.apply('critic', observations, np.clip(mu, -1, 1))).mean(0)
     np.testing.assert_allclose(loss, -q.mean() + 3.0 * np.mean((mu - flow_actions) ** 2), rtol=1e-4)
@@ -336,7 +306,7 @@ def test_qam_e_loss_matches_direct_computation():
     loss_fn = jax.jit(lambda agent, p: agent.edit_loss(observations, noises, key, p))
     loss, info = loss_fn(agent, params)
 
-    flow_actions = _euler_loop(agent, 'finetuned_flow', observations, noises)
+    flow_actions = euler_loop(agent.network.select('finetuned_flow'), observations, noises)
     means, log_stds = (np.asarray(a, np.float64) for a in agent.network.apply('edit_actor', observations, flow_actions))
     u = means + np.exp(log_stds) * np.asarray(jax.random.normal(key, means.shape), np.float64)
     log_probs = np.sum(-0.5 * ((u - means) / np.exp(log_stds)) ** 2 - log_stds - 0.5 * np.log(2 * np.pi)
@@ -434,7 +404,7 @@ def test_sample_actions_shapes_and_range(overrides):
         observations = jax.random.normal(key, (7, O)) * 3
         noise_key, _ = jax.random.split(key)
         name = 'behavior_flow' if overrides else 'finetuned_flow'
-        expected = _euler_loop(agent, name, observations, jax.random.normal(noise_key, (7, D)))
+        expected = euler_loop(agent.network.select(name), observations, jax.random.normal(noise_key, (7, D)))
         np.testing.assert_allclose(batch, expected, rtol=1e-4, atol=1e-5)
 
 

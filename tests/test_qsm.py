@@ -8,15 +8,14 @@ actor); actor_loss → forward noising (t, ε); sample_actions → DDPM sampler 
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
 from agents import qsm
 from tests import bandit
+from tests.agent_tools import adam_first_moment, global_norm, perturbed, to_float64, with_config, with_params
 from tests.batches import assert_fused_updates_match_sequential_updates, random_batch
-from tests.test_diffusion import (closed_form_schedule, ddpm_loop, finite_difference_q_gradient, global_norm,
-                                  perturbed, to_float64, with_params)
+from tests.test_diffusion import closed_form_schedule, ddpm_loop, finite_difference_q_gradient
 
 O, A, H = 5, 2, 2
 D, T, B = H * A, 10, 16
@@ -32,10 +31,6 @@ def small_config(**overrides):
 
 def create(seed=0, **overrides):
     return qsm.Agent.create(seed, np.zeros(O, np.float32), np.zeros(A, np.float32), small_config(**overrides))
-
-
-def with_config(agent, **changes):
-    return agent.replace(config=ml_collections.FrozenConfigDict({**agent.config.to_dict(), **changes}))
 
 
 def batch(seed=0):
@@ -126,11 +121,6 @@ def test_actor_loss_matches_direct_computation(agent, use_target_critic_grad):
 
 
 # -------------------------------------------------------------------------------------- update, targets
-def adam_first_moment(opt_state):
-    (adam_state,) = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda s: hasattr(s, 'mu')) if hasattr(s, 'mu')]
-    return adam_state.mu
-
-
 def test_update_compiles_once_moves_targets_exactly_and_clips_the_global_norm(agent):
     data = batch()
     data['chunk_return'] = 30.0 * data['chunk_return']  # a large critic gradient, so the clipping at 1.0 is active

@@ -10,12 +10,12 @@ smoothing noise ε of the critic's TD target (the actor loss is deterministic)."
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
 from agents import rebrac
 from tests import bandit
+from tests.agent_tools import global_norm, np_pessimistic, perturbed, with_config, with_params
 from tests.batches import assert_fused_updates_match_sequential_updates, random_batch
 from utils.networks import DeterministicTanhActor
 
@@ -37,29 +37,6 @@ def create(seed=0, **overrides):
 
 def make_batch(key, batch_size=16):
     return random_batch(key, O, A, H, batch_size)
-
-
-def with_config(agent, **changes):
-    return agent.replace(config=ml_collections.FrozenConfigDict({**agent.config, **changes}))
-
-
-def with_params(agent, name, params):
-    return agent.replace(network=agent.network.replace(params={**agent.network.params, name: params}))
-
-
-def perturbed(params, key, scale=0.3):
-    leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(key, len(leaves))
-    return treedef.unflatten([p + scale * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
-
-
-def global_norm(tree):
-    return np.sqrt(sum(np.sum(np.square(np.asarray(x, np.float64))) for x in jax.tree.leaves(tree)))
-
-
-def np_pessimistic(q, rho):
-    q = np.asarray(q, np.float64)
-    return q.mean(0) - rho * np.sqrt(np.mean((q - q.mean(0)) ** 2, axis=0))
 
 
 @pytest.fixture(scope='module')

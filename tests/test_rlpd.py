@@ -15,6 +15,7 @@ import pytest
 
 from agents import rlpd
 from tests import bandit
+from tests.agent_tools import global_norm, np_pessimistic, perturbed, with_params
 from tests.batches import assert_fused_updates_match_sequential_updates, random_batch
 
 O, A, H = 5, 2, 2
@@ -38,22 +39,8 @@ def make_batch(key, batch_size=16):
     return {**batch, 'actions': batch['actions'].at[0, 0, 0].set(1.0)}
 
 
-def with_params(agent, name, params):
-    return agent.replace(network=agent.network.replace(params={**agent.network.params, name: params}))
-
-
 def with_alpha(agent, alpha):
     return with_params(agent, 'alpha', {'log_value': jnp.float32(np.log(alpha))})
-
-
-def perturbed(params, key, scale=0.3):
-    leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(key, len(leaves))
-    return treedef.unflatten([p + scale * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
-
-
-def global_norm(tree):
-    return np.sqrt(sum(np.sum(np.square(np.asarray(x, np.float64))) for x in jax.tree.leaves(tree)))
 
 
 def np_gaussian_tanh_log_prob(u, means, log_stds):
@@ -65,11 +52,6 @@ def np_gaussian_tanh_log_prob(u, means, log_stds):
 def np_policy(agent, observations):
     means, log_stds = agent.network.apply('actor', observations)
     return np.asarray(means, np.float64), np.asarray(log_stds, np.float64)
-
-
-def np_pessimistic(q, rho):
-    q = np.asarray(q, np.float64)
-    return q.mean(0) - rho * np.sqrt(np.mean((q - q.mean(0)) ** 2, axis=0))
 
 
 @pytest.fixture(scope='module')
