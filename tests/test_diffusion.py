@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.agent_tools import global_norm, perturbed, to_float64
+from tests.agent_tools import adam_first_moment, global_norm, perturbed, to_float64
 from utils import diffusion
 from utils.networks import CriticEnsemble
 
@@ -64,6 +64,47 @@ def finite_difference_q_gradient(q_fn, actions, eps=1e-6):
         step[:, d] = eps
         grads[:, d] = (np.asarray(q_fn(actions + step)) - np.asarray(q_fn(actions - step))) / (2 * eps)
     return grads
+
+
+def check_update_compiles_once_moves_targets_exactly_and_clips_the_global_norm(agent, data, next_data, loss_name):
+    """What DAC's and QSM's updates share (ALGORITHMS §11): one compilation for two calls, finite infos, the EMA
+    of the critic (rate 0.005) as the only target, and one optimizer step on the total-loss gradient clipped
+    jointly over critic and actor to global norm 1. `loss_name`: the actor-loss info key besides actor/bc_loss."""
+    traces = []
+
+    def counted_update(agent, batch):
+        traces.append('update')
+        return agent.update(batch)
+
+    update = jax.jit(counted_update)
+    data = {**data, 'chunk_return': 30.0 * data['chunk_return']}  # a large critic gradient: the clipping is active
+    new_agent, info = update(agent, data)
+    newer_agent, _ = update(new_agent, next_data)
+    assert traces == ['update'] and update._cache_size() == 1  # the second call does not retrace
+    assert {'critic/critic_loss', 'critic/q_mean', 'critic/q_max', 'critic/q_min', 'actor/actor_loss',
+            'actor/bc_loss', loss_name, 'grad/norm'} <= set(info)
+    assert all(np.isfinite(np.asarray(value)).all() for value in info.values())
+    assert int(newer_agent.network.step) == 2 and newer_agent.network.step.dtype == jnp.int32
+    assert not np.array_equal(newer_agent.rng, agent.rng)
+
+    old, new = agent.network.params, new_agent.network.params
+    assert set(old) == {'critic', 'target_critic', 'actor'}  # EMA of the critic only
+    for t_old, o_new, t_new in zip(jax.tree.leaves(old['target_critic']), jax.tree.leaves(new['critic']),
+                                   jax.tree.leaves(new['target_critic'])):
+        t_old, o_new = np.asarray(t_old, np.float64), np.asarray(o_new, np.float64)
+        np.testing.assert_allclose(t_new, t_old + 0.005 * (o_new - t_old), rtol=2e-7, atol=1e-9)
+    assert not np.allclose(jax.tree.leaves(new['critic'])[0], jax.tree.leaves(old['critic'])[0])
+    assert not np.allclose(jax.tree.leaves(new['actor'])[0], jax.tree.leaves(old['actor'])[0])
+
+    # grad/norm is the true global norm of the total-loss gradient; Adam's first moment after one step is
+    # (1 − β1)·g·min(1, 1/‖g‖): the gradient was clipped jointly over critic and actor to norm 1.
+    _, loss_key = jax.random.split(agent.rng)
+    grads = jax.jit(jax.grad(lambda p: agent.total_loss(data, p, loss_key)[0]))(agent.network.trainable_params)
+    norm = global_norm(grads)
+    assert norm > 2.0
+    np.testing.assert_allclose(info['grad/norm'], norm, rtol=1e-4)
+    for mu, g in zip(jax.tree.leaves(adam_first_moment(new_agent.network.opt_state)), jax.tree.leaves(grads)):
+        np.testing.assert_allclose(mu, 0.1 * np.asarray(g) / norm, rtol=1e-3, atol=1e-8)
 
 
 def mish_np(x):
