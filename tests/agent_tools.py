@@ -65,3 +65,23 @@ def adam_first_moment(opt_state):
     """The first-moment tree (mu) of the one Adam state inside an optax state."""
     (adam_state,) = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda s: hasattr(s, 'mu')) if hasattr(s, 'mu')]
     return adam_state.mu
+
+
+def two_compiled_updates(agent, batch, next_batch, info_keys):
+    """Two calls of a jitted `agent.update`, the second from the first's result. Checks what every agent's update
+    must do: one trace and one compilation for both calls, the named infos (and every info finite), and the step
+    counter at 2 (int32). Returns (agent after one update, its info, agent after two)."""
+    traces = []
+
+    def counted_update(agent, batch):
+        traces.append(1)  # a Python side effect: runs only while tracing
+        return agent.update(batch)
+
+    update = jax.jit(counted_update)
+    new_agent, info = update(agent, batch)
+    newer_agent, _ = update(new_agent, next_batch)
+    assert len(traces) == 1 and update._cache_size() == 1  # the second call neither retraces nor recompiles
+    assert set(info_keys) <= set(info), set(info_keys) - set(info)
+    assert all(np.isfinite(np.asarray(value)).all() for value in info.values())
+    assert int(newer_agent.network.step) == 2 and newer_agent.network.step.dtype == jnp.int32
+    return new_agent, info, newer_agent

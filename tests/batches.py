@@ -34,11 +34,12 @@ def assert_trees_close(a, b, rtol=1e-4, atol=1e-6):
         np.testing.assert_allclose(x, y, rtol=rtol, atol=atol)
 
 
-def assert_fused_updates_match_sequential_updates(agent, other, batches, update):
+def assert_fused_updates_match_sequential_updates(agent, other, batches, update=None):
     """What main.py's fused loop relies on, for any agent. `scan_updates` over U batches (stacked on a leading axis)
     compiles once, ends where U sequential `update(agent, batch)` calls end and reports the mean of their infos;
     vmapped over two members (`agent` and `other`: two seeds, as in --num_seeds), each member ends where its own scan
-    ends. `update` is the test module's jitted single update."""
+    ends. `update`: a jitted single update (the test module's, to reuse its compilation); by default a new one."""
+    update = update or jax.jit(lambda agent, batch: agent.update(batch))
     batch_update = jax.jit(lambda agent, batches: scan_updates(agent, batches))
     scanned, info = batch_update(agent, batches)
     batch_update(scanned, batches)

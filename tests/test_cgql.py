@@ -15,7 +15,7 @@ import pytest
 
 from agents import cgql
 from tests import bandit
-from tests.agent_tools import global_norm, perturbed, to_float64, with_config, with_params
+from tests.agent_tools import global_norm, perturbed, to_float64, two_compiled_updates, with_config, with_params
 from tests.batches import assert_fused_updates_match_sequential_updates, random_batch
 
 O, A, H = 5, 2, 2
@@ -234,21 +234,11 @@ def test_actor_loss_is_bc_flow_loss_on_online_flow(agent):
 # -------------------------------------------------------------------------------- update and targets
 def test_update_compiles_once_scans_and_moves_targets_exactly(agent):
     agent = with_config(agent, mode='linex')
-    traces = []
-
-    def step(agent, batch):
-        traces.append(1)
-        return agent.update(batch)
-
-    update = jax.jit(step)
     batch = make_batch(jax.random.PRNGKey(0))
-    new_agent, info = update(agent, batch)
-    newer_agent, _ = update(new_agent, make_batch(jax.random.PRNGKey(1)))
-    assert len(traces) == 1
-    assert {'critic/critic_loss', 'critic/td_loss', 'critic/noisy_loss', 'critic/q_mean', 'critic/q_max',
-            'critic/q_min', 'actor/bc_flow_loss', 'grad/norm'} <= set(info)
-    assert all(np.isfinite(np.asarray(value)).all() for value in info.values())
-    assert int(newer_agent.network.step) == 2 and newer_agent.network.step.dtype == jnp.int32
+    new_agent, info, newer_agent = two_compiled_updates(
+        agent, batch, make_batch(jax.random.PRNGKey(1)),
+        {'critic/critic_loss', 'critic/td_loss', 'critic/noisy_loss', 'critic/q_mean', 'critic/q_max', 'critic/q_min',
+         'actor/bc_flow_loss', 'grad/norm'})
     old, new = agent.network.params, new_agent.network.params
     assert set(old) == {'critic', 'target_critic', 'behavior_flow', 'target_behavior_flow'}
     for target, online in [('target_critic', 'critic'), ('target_behavior_flow', 'behavior_flow')]:
@@ -258,7 +248,7 @@ def test_update_compiles_once_scans_and_moves_targets_exactly(agent):
             np.testing.assert_allclose(t_new, t_old + 0.005 * (o_new - t_old), rtol=2e-7, atol=1e-9)
     # tests/batches.py: a scan of the two updates equals them in sequence (mean info), vmapped over two seeds.
     batches = jax.tree.map(lambda *x: jnp.stack(x), batch, make_batch(jax.random.PRNGKey(1)))
-    assert_fused_updates_match_sequential_updates(agent, with_config(create(seed=1), mode='linex'), batches, update)
+    assert_fused_updates_match_sequential_updates(agent, with_config(create(seed=1), mode='linex'), batches)
 
 
 # ---------------------------------------------------------------------------------------------- acting

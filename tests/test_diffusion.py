@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.agent_tools import adam_first_moment, global_norm, perturbed, to_float64
+from tests.agent_tools import adam_first_moment, global_norm, perturbed, to_float64, two_compiled_updates
 from utils import diffusion
 from utils.networks import CriticEnsemble
 
@@ -70,21 +70,11 @@ def check_update_compiles_once_moves_targets_exactly_and_clips_the_global_norm(a
     """What DAC's and QSM's updates share (ALGORITHMS §11): one compilation for two calls, finite infos, the EMA
     of the critic (rate 0.005) as the only target, and one optimizer step on the total-loss gradient clipped
     jointly over critic and actor to global norm 1. `loss_name`: the actor-loss info key besides actor/bc_loss."""
-    traces = []
-
-    def counted_update(agent, batch):
-        traces.append('update')
-        return agent.update(batch)
-
-    update = jax.jit(counted_update)
     data = {**data, 'chunk_return': 30.0 * data['chunk_return']}  # a large critic gradient: the clipping is active
-    new_agent, info = update(agent, data)
-    newer_agent, _ = update(new_agent, next_data)
-    assert traces == ['update'] and update._cache_size() == 1  # the second call does not retrace
-    assert {'critic/critic_loss', 'critic/q_mean', 'critic/q_max', 'critic/q_min', 'actor/actor_loss',
-            'actor/bc_loss', loss_name, 'grad/norm'} <= set(info)
-    assert all(np.isfinite(np.asarray(value)).all() for value in info.values())
-    assert int(newer_agent.network.step) == 2 and newer_agent.network.step.dtype == jnp.int32
+    new_agent, info, newer_agent = two_compiled_updates(
+        agent, data, next_data,
+        {'critic/critic_loss', 'critic/q_mean', 'critic/q_max', 'critic/q_min', 'actor/actor_loss', 'actor/bc_loss',
+         loss_name, 'grad/norm'})
     assert not np.array_equal(newer_agent.rng, agent.rng)
 
     old, new = agent.network.params, new_agent.network.params

@@ -14,7 +14,7 @@ import pytest
 
 from agents import fawac
 from tests import bandit
-from tests.agent_tools import euler_loop, global_norm, perturbed, with_params
+from tests.agent_tools import euler_loop, global_norm, perturbed, two_compiled_updates, with_params
 from tests.batches import assert_fused_updates_match_sequential_updates, random_batch
 
 O, A, H = 5, 2, 2
@@ -121,21 +121,11 @@ def test_each_loss_trains_only_its_own_network(agent):
 
 # -------------------------------------------------------------------------------- update and targets
 def test_update_compiles_once_scans_and_moves_targets_exactly(agent):
-    traces = []
-
-    def step(agent, batch):
-        traces.append(1)
-        return agent.update(batch)
-
-    update = jax.jit(step)
     batch = make_batch(jax.random.PRNGKey(0))
-    new_agent, info = update(agent, batch)
-    newer_agent, _ = update(new_agent, make_batch(jax.random.PRNGKey(1)))
-    assert len(traces) == 1
-    assert {'critic/critic_loss', 'critic/q_mean', 'critic/q_max', 'critic/q_min', 'value/value_loss',
-            'actor/actor_loss', 'actor/weight_mean', 'grad/norm'} <= set(info)
-    assert all(np.isfinite(np.asarray(value)).all() for value in info.values())
-    assert int(newer_agent.network.step) == 2 and newer_agent.network.step.dtype == jnp.int32
+    new_agent, info, newer_agent = two_compiled_updates(
+        agent, batch, make_batch(jax.random.PRNGKey(1)),
+        {'critic/critic_loss', 'critic/q_mean', 'critic/q_max', 'critic/q_min', 'value/value_loss', 'actor/actor_loss',
+         'actor/weight_mean', 'grad/norm'})
     old, new = agent.network.params, new_agent.network.params
     assert set(old) == {'critic', 'target_critic', 'value', 'flow_policy'}
     for t_old, o_new, t_new in zip(jax.tree.leaves(old['target_critic']), jax.tree.leaves(new['critic']),
@@ -148,7 +138,7 @@ def test_update_compiles_once_scans_and_moves_targets_exactly(agent):
 
     # tests/batches.py: a scan of the two updates equals them in sequence (mean info), vmapped over two seeds.
     batches = jax.tree.map(lambda *x: jnp.stack(x), batch, make_batch(jax.random.PRNGKey(1)))
-    assert_fused_updates_match_sequential_updates(agent, create(seed=1), batches, update)
+    assert_fused_updates_match_sequential_updates(agent, create(seed=1), batches)
 
 
 # ---------------------------------------------------------------------------------------------- acting

@@ -14,7 +14,8 @@ from jax.flatten_util import ravel_pytree
 
 from agents import fbrac
 from tests import bandit
-from tests.agent_tools import bc_loss_direct, euler_loop, global_norm, perturbed, to_float64, with_params
+from tests.agent_tools import (bc_loss_direct, euler_loop, global_norm, perturbed, to_float64, two_compiled_updates,
+                               with_params)
 from tests.batches import assert_fused_updates_match_sequential_updates, assert_trees_close, random_batch
 
 O, A, H = 5, 2, 2
@@ -123,21 +124,11 @@ def test_critic_loss_matches_direct_computation(agent):
 
 # -------------------------------------------------------------------------------- update and targets
 def test_update_compiles_once_is_finite_and_moves_the_target_critic_exactly(agent):
-    traces = []
-
-    def counted_update(agent, batch):
-        traces.append(1)
-        return agent.update(batch)
-
-    update = jax.jit(counted_update)
     batch = make_batch(jax.random.PRNGKey(0))
-    new_agent, info = update(agent, batch)
-    newer_agent, _ = update(new_agent, make_batch(jax.random.PRNGKey(1)))
-    assert len(traces) == 1  # the second call reuses the first trace
-    assert {'critic/critic_loss', 'critic/q_mean', 'critic/q_max', 'critic/q_min', 'actor/actor_loss',
-            'actor/bc_flow_loss', 'actor/q_loss', 'grad/norm'} <= set(info)
-    assert all(np.isfinite(np.asarray(value)).all() for value in info.values())
-    assert int(newer_agent.network.step) == 2 and newer_agent.network.step.dtype == jnp.int32
+    new_agent, info, newer_agent = two_compiled_updates(
+        agent, batch, make_batch(jax.random.PRNGKey(1)),
+        {'critic/critic_loss', 'critic/q_mean', 'critic/q_max', 'critic/q_min', 'actor/actor_loss',
+         'actor/bc_flow_loss', 'actor/q_loss', 'grad/norm'})
 
     old, new = agent.network.params, new_agent.network.params
     assert set(old) == {'critic', 'target_critic', 'actor_flow'}  # only the critic has a target
@@ -155,7 +146,7 @@ def test_update_compiles_once_is_finite_and_moves_the_target_critic_exactly(agen
 def test_fused_updates_match_sequential_updates(agent):
     """tests/batches.py: scan of updates = sequential updates (mean info), vmapped over two seeds."""
     batches = jax.tree.map(lambda *x: jnp.stack(x), *[make_batch(jax.random.PRNGKey(i)) for i in range(3)])
-    assert_fused_updates_match_sequential_updates(agent, create(seed=1), batches, jax.jit(lambda agent, batch: agent.update(batch)))
+    assert_fused_updates_match_sequential_updates(agent, create(seed=1), batches)
 
 
 # ---------------------------------------------------------------------------------------------- acting

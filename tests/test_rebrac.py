@@ -15,7 +15,7 @@ import pytest
 
 from agents import rebrac
 from tests import bandit
-from tests.agent_tools import global_norm, np_pessimistic, perturbed, with_config, with_params
+from tests.agent_tools import global_norm, np_pessimistic, perturbed, two_compiled_updates, with_config, with_params
 from tests.batches import assert_fused_updates_match_sequential_updates, random_batch
 from utils.networks import DeterministicTanhActor
 
@@ -198,20 +198,10 @@ def test_delayed_actor_freezes_actor_parameters_and_adam_moments_on_skipped_step
 
 # -------------------------------------------------------------------------------- update, compile once
 def test_update_compiles_once_is_finite(agent):
-    traces = []
-
-    def update(agent, batch):
-        traces.append(1)
-        return agent.update(batch)
-
-    update = jax.jit(update)
-    new_agent, info = update(agent, make_batch(jax.random.PRNGKey(0)))
-    newer_agent, _ = update(new_agent, make_batch(jax.random.PRNGKey(1)))
-    assert len(traces) == 1 and update._cache_size() == 1
-    assert {'critic/critic_loss', 'critic/q_mean', 'critic/q_max', 'critic/q_min', 'actor/actor_loss',
-            'actor/q_loss', 'actor/bc_loss', 'actor/q_scale', 'grad/norm'} <= set(info)
-    assert all(np.isfinite(np.asarray(value)).all() for value in info.values())
-    assert int(newer_agent.network.step) == 2 and newer_agent.network.step.dtype == jnp.int32
+    new_agent, info, newer_agent = two_compiled_updates(
+        agent, make_batch(jax.random.PRNGKey(0)), make_batch(jax.random.PRNGKey(1)),
+        {'critic/critic_loss', 'critic/q_mean', 'critic/q_max', 'critic/q_min', 'actor/actor_loss', 'actor/q_loss',
+         'actor/bc_loss', 'actor/q_scale', 'grad/norm'})
     assert set(agent.network.params) == {'critic', 'target_critic', 'actor', 'target_actor'}
     batch = make_batch(jax.random.PRNGKey(0))
     _, loss_key = jax.random.split(agent.rng)
@@ -222,7 +212,7 @@ def test_update_compiles_once_is_finite(agent):
 def test_fused_updates_match_sequential_updates(agent):
     """tests/batches.py: scan of updates = sequential updates (mean info), vmapped over two seeds."""
     batches = jax.tree.map(lambda *x: jnp.stack(x), *[make_batch(jax.random.PRNGKey(i)) for i in range(3)])
-    assert_fused_updates_match_sequential_updates(agent, create(seed=1), batches, jax.jit(lambda agent, batch: agent.update(batch)))
+    assert_fused_updates_match_sequential_updates(agent, create(seed=1), batches)
 
 
 # ---------------------------------------------------------------------------------------------- acting

@@ -15,7 +15,7 @@ import pytest
 
 from agents import rlpd
 from tests import bandit
-from tests.agent_tools import global_norm, np_pessimistic, perturbed, with_params
+from tests.agent_tools import global_norm, np_pessimistic, perturbed, two_compiled_updates, with_params
 from tests.batches import assert_fused_updates_match_sequential_updates, random_batch
 
 O, A, H = 5, 2, 2
@@ -147,22 +147,11 @@ def test_temperature_moves_toward_its_target(agent, target_entropy, direction):
 
 # -------------------------------------------------------------------------------- update and targets
 def test_update_compiles_once_is_finite_and_moves_targets_exactly(agent):
-    traces = []
-
-    def update(agent, batch):
-        traces.append(1)
-        return agent.update(batch)
-
-    update = jax.jit(update)
     batch = make_batch(jax.random.PRNGKey(0))
-    new_agent, info = update(agent, batch)
-    newer_agent, _ = update(new_agent, make_batch(jax.random.PRNGKey(1)))
-    assert len(traces) == 1 and update._cache_size() == 1  # no retracing on the second call
-    assert {'critic/critic_loss', 'critic/q_mean', 'critic/q_max', 'critic/q_min', 'actor/actor_loss',
-            'actor/policy_loss', 'actor/bc_loss', 'actor/alpha', 'actor/alpha_loss', 'actor/entropy',
-            'grad/norm'} <= set(info)
-    assert all(np.isfinite(np.asarray(value)).all() for value in info.values())
-    assert int(newer_agent.network.step) == 2 and newer_agent.network.step.dtype == jnp.int32
+    new_agent, info, newer_agent = two_compiled_updates(
+        agent, batch, make_batch(jax.random.PRNGKey(1)),
+        {'critic/critic_loss', 'critic/q_mean', 'critic/q_max', 'critic/q_min', 'actor/actor_loss', 'actor/policy_loss',
+         'actor/bc_loss', 'actor/alpha', 'actor/alpha_loss', 'actor/entropy', 'grad/norm'})
     assert newer_agent.network.params['alpha']['log_value'].dtype == jnp.float32
     assert set(agent.network.params) == {'critic', 'target_critic', 'actor', 'alpha'}
 
@@ -181,7 +170,7 @@ def test_update_compiles_once_is_finite_and_moves_targets_exactly(agent):
 def test_fused_updates_match_sequential_updates(agent):
     """tests/batches.py: scan of updates = sequential updates (mean info), vmapped over two seeds."""
     batches = jax.tree.map(lambda *x: jnp.stack(x), *[make_batch(jax.random.PRNGKey(i)) for i in range(3)])
-    assert_fused_updates_match_sequential_updates(agent, create(seed=1), batches, jax.jit(lambda agent, batch: agent.update(batch)))
+    assert_fused_updates_match_sequential_updates(agent, create(seed=1), batches)
 
 
 # ---------------------------------------------------------------------------------------------- acting
