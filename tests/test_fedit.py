@@ -50,7 +50,7 @@ def edit_sample(agent, observations, flow_actions, key):
 def direct_sample(agent, observations, key):
     noise_key, edit_key = jax.random.split(key)
     noises = jax.random.normal(noise_key, (*observations.shape[:-1], D))
-    flow_actions = euler_loop(agent.network.select('behavior_flow'), observations, noises)
+    flow_actions = np.asarray(euler_loop(agent.network.select('behavior_flow'), observations, noises))
     edits, _ = edit_sample(agent, observations, flow_actions, edit_key)
     return np.clip(flow_actions + agent.config.edit_scale * edits, -1, 1)
 
@@ -94,7 +94,8 @@ def test_actor_loss_matches_direct_computation_and_routes_gradients(agent):
     v = np.asarray(agent.network.apply('behavior_flow', observations, jnp.asarray(x_t), jnp.asarray(t)))
     bc = np.mean(np.asarray(batch['valid']) * np.mean((v - (actions - x0)) ** 2, axis=-1))
 
-    flow_actions = euler_loop(agent.network.select('behavior_flow'), observations, jax.random.normal(noise_key, (B, D)))
+    noises = jax.random.normal(noise_key, (B, D))
+    flow_actions = np.asarray(euler_loop(agent.network.select('behavior_flow'), observations, noises))
     edits, log_probs = edit_sample(agent, observations, flow_actions, edit_key)
     edited = np.clip(flow_actions + 0.4 * edits, -1, 1).astype(np.float32)
     q = np.asarray(agent.network.apply('critic', observations, edited), np.float64).mean(0)
