@@ -3,9 +3,10 @@
     python -m benchmarks.quickstart_frontier --points=c1-100ep-2x128-q2-10k --table_out=/tmp/frontier.md
 
 Each point is one `main.py` command run from scratch, the way a newcomer runs the quick start: its dataset is
-generated into a fresh cache folder (so the total time includes generation), then it trains offline and evaluates
-four times. It prints one Markdown row per point (and appends it to --table_out): task, dataset episodes, networks,
-critics, batch, steps, generation and total wall time, and success at every evaluation. Points run one at a time,
+generated into a fresh cache folder (so the total time includes generation), then it trains offline, evaluating
+four times unless the point says otherwise, and then online if the point has online steps. It prints one Markdown row
+per point (and appends it to --table_out): task, dataset episodes, networks, critics, batch, offline and online steps,
+generation and total wall time, and success at every evaluation. Points run one at a time,
 so each has the machine to itself; say which machine the table is from. The README's table was made with it.
 """
 
@@ -24,9 +25,9 @@ from sweeps import report_runs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Shared by every point: QAM, chunked, 2 generation workers, 20 evaluation episodes, offline only.
-COMMON = ('--agent=qam --agent.action_chunking=True --num_workers=2 --eval_episodes=20 --online_steps=0 '
-          '--log_interval=1000 --progress=false')
+# Shared by every point: QAM, chunked, 2 generation workers, 20 evaluation episodes.
+COMMON = ('--agent=qam --agent.action_chunking=True --num_workers=2 --eval_episodes=20 --log_interval=1000 '
+          '--progress=false')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,11 +42,14 @@ class Point:
     # The paper's value on scene and cube-double; cube-single, which the paper does not have, takes cube-double's.
     # 0: the behaviour-cloning floor.
     inv_temp: float = 1.0
+    online_steps: int = 0  # online environment steps after the offline phase (the quick start has 4K)
+    eval_every: int = 0  # steps between evaluations; 0: steps / 4
 
     def argv(self):
         dims = repr((self.width,) * self.depth)
-        interval = max(self.steps // 4, 1)
-        return shlex.split(COMMON) + [
+        interval = self.eval_every or max(self.steps // 4, 1)
+        online = [f'--online_steps={self.online_steps}'] + (['--start_training=1000'] if self.online_steps else [])
+        return shlex.split(COMMON) + online + [
             f'--env_name={self.env_name}', f'--dataset_episodes={self.episodes}', f'--agent.actor_hidden_dims={dims}',
             f'--agent.value_hidden_dims={dims}', f'--agent.num_qs={self.critics}', f'--agent.batch_size={self.batch}',
             f'--offline_steps={self.steps}', f'--eval_interval={interval}', f'--save_interval={self.steps}',
@@ -65,6 +69,13 @@ POINTS = {
     'c1-300ep-2x128-q2-20k': Point(CUBE_SINGLE.format(1), 300, 2, 128, 2, 256, 20_000),
     'c2-100ep-2x128-q2-20k': Point(CUBE_SINGLE.format(2), 100, 2, 128, 2, 256, 20_000),
     's1-100ep-2x128-q2-20k': Point(SCENE.format(1), 100, 2, 128, 2, 256, 20_000),
+    # The quick start (16K offline, 4K online, evaluations every 4K) and other splits of its steps.
+    'c1-100ep-2x128-q2-16k-on4k': Point(CUBE_SINGLE.format(1), 100, 2, 128, 2, 256, 16_000, online_steps=4_000),
+    'c1-100ep-2x128-q2-12k-on8k': Point(CUBE_SINGLE.format(1), 100, 2, 128, 2, 256, 12_000, online_steps=8_000,
+                                        eval_every=4_000),
+    'c1-100ep-2x128-q2-16k-on8k': Point(CUBE_SINGLE.format(1), 100, 2, 128, 2, 256, 16_000, online_steps=8_000),
+    'c1-100ep-2x128-q2-16k-on8k-e8k': Point(CUBE_SINGLE.format(1), 100, 2, 128, 2, 256, 16_000, online_steps=8_000,
+                                            eval_every=8_000),
 }
 
 FLAGS = flags.FLAGS
@@ -72,8 +83,8 @@ flags.DEFINE_list('points', list(POINTS), 'Points to run, in order: ' + ', '.joi
 flags.DEFINE_string('table_out', None, 'Also write the Markdown table to this file (appended to, one row per point).')
 flags.DEFINE_integer('timeout_s', 1800, 'Stop a point after this many seconds.')
 
-HEADER = ('| point | task | inv_temp | episodes | networks | critics | batch | offline steps | generation (s) | '
-          'total (s) | success at each evaluation (%) |\n' + '|---' * 11 + '|')
+HEADER = ('| point | task | inv_temp | episodes | networks | critics | batch | offline steps | online steps | '
+          'generation (s) | total (s) | success at each evaluation (%) |\n' + '|---' * 12 + '|')
 
 
 def run_point(name, timeout_s):
@@ -97,7 +108,7 @@ def run_point(name, timeout_s):
     successes = ', '.join(f'{step / 1000:g}K: {value:.0f}' for step, value in zip(run.steps, run.scores))
     return (f'| {name} | {task} | {point.inv_temp:g} | {point.episodes} | {point.depth}x{point.width} | '
             f'{point.critics} | {point.batch} | '
-            f'{point.steps:,} | {generation:.0f} | {total:.0f} | {successes} |')
+            f'{point.steps:,} | {point.online_steps:,} | {generation:.0f} | {total:.0f} | {successes} |')
 
 
 def main(argv):

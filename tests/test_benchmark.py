@@ -2,6 +2,7 @@
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 
@@ -55,13 +56,31 @@ def test_quickstart_frontier_times_a_point_from_scratch_and_reads_its_evaluation
     row = frontier.run_point('tiny', timeout_s=900)
     cells = [cell.strip() for cell in row.strip('|').split('|')]
     assert len(cells) == frontier.HEADER.splitlines()[0].count('|') - 1
-    assert cells[:8] == ['tiny', 'cube-single-play-task1', '1', '2', '2x16', '2', '16', '20']
-    generation, total = float(cells[8]), float(cells[9])
+    assert cells[:9] == ['tiny', 'cube-single-play-task1', '1', '2', '2x16', '2', '16', '20', '0']
+    generation, total = float(cells[9]), float(cells[10])
     assert 0 < generation <= total
     # Four evaluations, at steps / 4 intervals, each a success rate of 20 episodes (a multiple of 5%).
-    evaluations = [item.split(': ') for item in cells[10].split(', ')]
+    evaluations = [item.split(': ') for item in cells[11].split(', ')]
     assert [step for step, _ in evaluations] == ['0.005K', '0.01K', '0.015K', '0.02K']
     assert all(float(value) % 5 == 0 for _, value in evaluations)
+
+
+
+def test_quickstart_frontier_points_with_an_online_phase_are_the_quick_start_command():
+    from benchmarks import quickstart_frontier as frontier
+
+    argv = frontier.POINTS['c1-100ep-2x128-q2-16k-on4k'].argv()
+    # The README's first command, flag for flag, except its output folder and checkpoint interval.
+    readme_path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'README.md')
+    with open(readme_path) as f:
+        (command,) = [line for line in f if line.startswith('pip install -r requirements.txt && python main.py')]
+    readme = [a for a in shlex.split(command.split('main.py', 1)[1])
+              if not a.startswith(('--save_dir=', '--save_interval='))]
+    assert len(readme) == 14
+    assert set(readme) <= set(argv)
+    offline_only = frontier.POINTS['c1-100ep-2x128-q2-10k'].argv()
+    assert '--online_steps=0' in offline_only and not any(a.startswith('--start_training') for a in offline_only)
+    assert '--eval_interval=8000' in frontier.POINTS['c1-100ep-2x128-q2-16k-on8k-e8k'].argv()
 
 
 def test_action_probe_restores_the_run_and_prints_its_table(tmp_path, generated_datasets_dir):
