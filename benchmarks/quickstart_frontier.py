@@ -6,8 +6,8 @@ Each point is one `main.py` command run from scratch, the way a newcomer runs th
 generated into a fresh cache folder (so the total time includes generation), then it trains offline, evaluating
 four times unless the point says otherwise, and then online if the point has online steps. It prints one Markdown row
 per point (and appends it to --table_out): task, dataset episodes, networks, critics, batch, offline and online steps,
-generation and total wall time, and success at every evaluation. Points run one at a time,
-so each has the machine to itself; say which machine the table is from. The README's table was made with it.
+generation and total wall time, and success at every evaluation. Points run one at a time, so each has the machine
+to itself; say which machine the table is from. The README's offline table was made with it.
 """
 
 import dataclasses
