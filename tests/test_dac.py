@@ -39,9 +39,6 @@ def batch(seed=0):
     return random_batch(jax.random.PRNGKey(seed), O, A, H, B)
 
 
-UPDATE = jax.jit(lambda agent, batch: agent.update(batch))
-
-
 @pytest.fixture(scope='module')
 def agent():
     """A fresh agent whose target critic differs from the online one (so tests can tell them apart)."""
@@ -131,7 +128,7 @@ def test_update_compiles_once_moves_targets_exactly_and_clips_the_global_norm(ag
 def test_fused_updates_match_sequential_updates(agent):
     """tests/batches.py: scan of updates = sequential updates (mean info), vmapped over two seeds."""
     batches = jax.tree.map(lambda *x: jnp.stack(x), *[batch(i) for i in range(3)])
-    assert_fused_updates_match_sequential_updates(agent, create(seed=1), batches, UPDATE)
+    assert_fused_updates_match_sequential_updates(agent, create(seed=1), batches)
 
 
 # ---------------------------------------------------------------------------------------------- config
