@@ -65,7 +65,6 @@ def test_quickstart_frontier_times_a_point_from_scratch_and_reads_its_evaluation
     assert all(float(value) % 5 == 0 for _, value in evaluations)
 
 
-
 def test_quickstart_frontier_points_with_an_online_phase_are_the_quick_start_command():
     from benchmarks import quickstart_frontier as frontier
 
