@@ -4,8 +4,7 @@
 
 For each worker count it generates `--episodes` training episodes (+ the validation episodes, one tenth, at least
 one) into a temporary folder and prints transitions per second end to end (what a user waits for) and after the
-start-up (spawning the workers, importing MuJoCo/ogbench and building one environment per worker; with 1 worker
-the environment is built in this process). Each episode is 1001 environment steps = 1000 transitions.
+start-up (spawning the workers, importing MuJoCo/ogbench and building one environment per worker). Each episode is 1001 environment steps = 1000 transitions.
 """
 
 import os
@@ -25,12 +24,8 @@ def _pid_after_init(_):
 
 
 def startup_seconds(dataset_name, num_workers):
-    """Seconds until every worker has its environment (1 worker: building it in this process)."""
+    """Seconds until every worker has its environment."""
     start = time.perf_counter()
-    if num_workers == 1:
-        generate._WORKER.clear()
-        generate._init_worker(dataset_name)
-        return time.perf_counter() - start
     with generate.EpisodeRunner(dataset_name, num_workers) as runner:
         pids = set()
         while len(pids) < num_workers:
@@ -48,7 +43,6 @@ def main(_):
     print(f'machine: {machine}, {os.cpu_count()} CPU cores, Python {platform.python_version()}')
     for num_workers in (1, 2):
         startup = startup_seconds(name, num_workers)
-        generate._WORKER.clear()  # the timed run builds its environment again, like a fresh command would
         out_dir = tempfile.mkdtemp(prefix='generation_speed_')
         try:
             start = time.perf_counter()

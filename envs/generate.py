@@ -20,7 +20,10 @@ Differences from the official generator, none of which changes the distribution:
 randomness (environment reset seed, the oracles' draws from the global `np.random`, random actions, action
 noise, xi, p_stack) comes from (seed, stream, split, episode index, attempt) through `np.random.SeedSequence`,
 so a dataset is byte-identical whatever the number of worker processes, and the first k episodes of a larger
-set equal a k-episode set. Random actions are drawn from that per-episode generator rather than from
+set equal a k-episode set. Byte-identical across machines too: a 1-ULP difference in one sin or dot product grows
+into a different episode, and NumPy and its OpenBLAS pick their kernels by CPU (an AVX-512 machine and an AVX2 one
+gave different cube-double sets from the same seed). So episodes always run in worker processes whose kernels are
+pinned to what an AVX2 machine uses (`pinned_numerics`). Random actions are drawn from that per-episode generator rather than from
 `env.action_space.sample()` (the same uniform distribution on [-1, 1]^5).
 
 Command line:
@@ -28,10 +31,12 @@ Command line:
   python -m envs.generate --dataset_name=puzzle-4x4-play-100m-v0 --num_shards=4 --out_dir=data
 """
 
+import contextlib
 import dataclasses
 import json
 import multiprocessing
 import os
+import platform
 import warnings
 
 import numpy as np
@@ -296,8 +301,6 @@ _WORKER = {}
 
 def _init_worker(dataset_name):
     spec = DATASETS[dataset_name]
-    if 'env' in _WORKER:
-        _WORKER.pop('env').close()
     env = make_collection_env(spec.domain)
     _WORKER.update(dataset_name=dataset_name, env=env, oracles=make_oracles(env, spec.domain, spec.dataset_type))
 
@@ -308,8 +311,46 @@ def _worker_episode(job):
     return position, rows
 
 
+def _cpu_flags():
+    """The CPU's feature flags as Linux reports them (empty where /proc/cpuinfo is not there)."""
+    try:
+        with open('/proc/cpuinfo') as f:
+            return next((set(line.split(':', 1)[1].split()) for line in f if line.startswith('flags')), set())
+    except OSError:
+        return set()
+
+
+def pinned_numerics():
+    """Environment variables that make the worker processes compute the same floating-point results on every x86-64
+    CPU with AVX2 and FMA (Intel since 2013, AMD since 2015): NumPy's kernels capped at its X86_V3 (AVX2) level,
+    OpenBLAS's at Haswell's (AVX2), OpenBLAS on one thread. Without AVX2 and FMA only NumPy's cap applies, and the
+    bytes may differ from other machines' (the fingerprint in each run's flags.json tells). Not x86: nothing."""
+    if platform.machine().lower() not in ('x86_64', 'amd64'):
+        return {}
+    pinned = dict(NPY_DISABLE_CPU_FEATURES='X86_V4 AVX512_ICL AVX512_SPR', OPENBLAS_NUM_THREADS='1')
+    if {'avx2', 'fma'} <= _cpu_flags():
+        pinned['OPENBLAS_CORETYPE'] = 'Haswell'
+    return pinned
+
+
+@contextlib.contextmanager
+def _environment(values):
+    """os.environ with `values` set, restored on exit: spawned processes copy the environment when they start."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 class EpisodeRunner:
-    """Runs episode jobs in `num_workers` spawned processes (in this process when num_workers == 1)."""
+    """Runs episode jobs in `num_workers` spawned processes with pinned numerics (also for one worker: NumPy reads
+    its kernel choice once, when it is imported, so only a fresh process can be pinned)."""
 
     def __init__(self, dataset_name, num_workers=1):
         self.dataset_name = dataset_name
@@ -317,34 +358,23 @@ class EpisodeRunner:
         self._pool = None
 
     def __enter__(self):
-        if self.num_workers > 1:
-            # 'spawn': no fork of a parent that may hold JAX/MuJoCo threads.
-            context = multiprocessing.get_context('spawn')
+        # 'spawn': no fork of a parent that may hold JAX/MuJoCo threads, and a fresh NumPy in each worker.
+        context = multiprocessing.get_context('spawn')
+        with _environment(pinned_numerics()):
             self._pool = context.Pool(self.num_workers, initializer=_init_worker, initargs=(self.dataset_name,))
         return self
 
     def __exit__(self, *exc):
-        if self._pool is not None:
-            if exc[0] is None:
-                self._pool.close()  # all jobs are done: let the workers exit
-            else:
-                self._pool.terminate()  # an error or Ctrl-C: stop them now
-            self._pool.join()
-            self._pool = None
+        if exc[0] is None:
+            self._pool.close()  # all jobs are done: let the workers exit
+        else:
+            self._pool.terminate()  # an error or Ctrl-C: stop them now
+        self._pool.join()
+        self._pool = None
 
     def run(self, jobs):
         """Yields (position, rows) for jobs (position, seed, split, index, shard), in completion order."""
-        if self._pool is not None:
-            yield from self._pool.imap_unordered(_worker_episode, jobs, chunksize=1)
-            return
-        saved_state = np.random.get_state()  # episodes seed the global np.random: restore the caller's
-        try:
-            if _WORKER.get('dataset_name') != self.dataset_name:
-                _init_worker(self.dataset_name)
-            for job in jobs:
-                yield _worker_episode(job)
-        finally:
-            np.random.set_state(saved_state)
+        yield from self._pool.imap_unordered(_worker_episode, jobs, chunksize=1)
 
 
 def _collect(runner, jobs, progress_bar):
@@ -515,7 +545,7 @@ if __name__ == '__main__':
     flags.DEFINE_integer('dataset_episodes', None, 'Episodes (per shard for the 100M sets); default: standard size.')
     flags.DEFINE_integer('num_workers', os.cpu_count() or 1, 'Worker processes.')
     flags.DEFINE_string('out_dir', 'data', 'Output folder; existing files are never overwritten.')
-    flags.DEFINE_integer('seed', 0, 'Generation seed: same seed, same bytes, whatever --num_workers.')
+    flags.DEFINE_integer('seed', 0, 'Generation seed: same seed, same bytes, whatever --num_workers and CPU (x86-64 with AVX2).')
     flags.DEFINE_integer('num_shards', 100, 'Shards of a 100M set (fewer than 100 is a deviation to report).')
     flags.mark_flag_as_required('dataset_name')
     app.run(_main)

@@ -233,8 +233,25 @@ def test_same_seed_same_bytes_for_any_worker_count(tmp_path, generated_datasets_
     assert not np.array_equal(train['observations'], val['observations'])  # splits are seeded apart
 
 
+@pytest.mark.skipif('OPENBLAS_CORETYPE' not in generate.pinned_numerics(), reason='pins apply to x86-64 with AVX2')
+def test_same_bytes_whatever_kernels_the_caller_would_pick(tmp_path, monkeypatch, generated_datasets_dir):
+    """Another CPU makes NumPy and OpenBLAS pick other kernels, and their last-bit differences change the episodes.
+    Emulated here by the caller's environment: without the workers' pins (pinned_numerics) the episode differs from
+    the fixture's; with them it is the same bytes."""
+    monkeypatch.setenv('NPY_DISABLE_CPU_FEATURES', 'X86_V3 X86_V4 AVX512_ICL AVX512_SPR')  # as a pre-AVX2 CPU
+    monkeypatch.setenv('OPENBLAS_CORETYPE', 'Prescott')
+    fixture = raw(generate.dataset_paths('cube-double-play-v0', str(generated_datasets_dir))[0])
+    pinned, unpinned = str(tmp_path / 'pinned'), str(tmp_path / 'unpinned')
+    generate.generate_dataset('cube-double-play-v0', pinned, num_episodes=1, seed=0, progress=False)
+    assert_same_arrays(raw(generate.dataset_paths('cube-double-play-v0', pinned)[0]), episode(fixture, 0))
+    monkeypatch.setattr(generate, 'pinned_numerics', dict)
+    generate.generate_dataset('cube-double-play-v0', unpinned, num_episodes=1, seed=0, progress=False)
+    assert not np.array_equal(raw(generate.dataset_paths('cube-double-play-v0', unpinned)[0])['qpos'],
+                              episode(fixture, 0)['qpos'])
+
+
 def test_generation_leaves_the_global_rng_alone(tmp_path):
-    # The oracles draw from np.random, which the generator seeds per episode (in-process with one worker).
+    # The oracles draw from np.random, which the generator seeds per episode: in its worker processes, not here.
     np.random.seed(123)
     expected = np.random.RandomState(123).uniform(size=3)
     generate.generate_dataset('cube-single-play-v0', str(tmp_path), num_episodes=1, num_workers=1, progress=False)
