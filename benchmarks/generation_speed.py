@@ -4,7 +4,8 @@
 
 For each worker count it generates `--episodes` training episodes (+ the validation episodes, one tenth, at least
 one) into a temporary folder and prints transitions per second end to end (what a user waits for) and after the
-start-up (spawning the workers, importing MuJoCo/ogbench and building one environment per worker). Each episode is 1001 environment steps = 1000 transitions.
+start-up (spawning the workers, importing MuJoCo/ogbench and building one environment per worker). Each episode
+is 1001 environment steps = 1000 transitions.
 """
 
 import os

@@ -20,11 +20,12 @@ Differences from the official generator, none of which changes the distribution:
 randomness (environment reset seed, the oracles' draws from the global `np.random`, random actions, action
 noise, xi, p_stack) comes from (seed, stream, split, episode index, attempt) through `np.random.SeedSequence`,
 so a dataset is byte-identical whatever the number of worker processes, and the first k episodes of a larger
-set equal a k-episode set. Byte-identical across machines too: a 1-ULP difference in one sin or dot product grows
-into a different episode, and NumPy and its OpenBLAS pick their kernels by CPU (an AVX-512 machine and an AVX2 one
-gave different cube-double sets from the same seed). So episodes always run in worker processes whose kernels are
-pinned to what an AVX2 machine uses (`pinned_numerics`). Random actions are drawn from that per-episode generator rather than from
-`env.action_space.sample()` (the same uniform distribution on [-1, 1]^5).
+set equal a k-episode set. Across machines too, where it can be: a 1-ULP difference in one sine or dot product
+grows into a different episode, and NumPy and its OpenBLAS pick their kernels by CPU (on an AVX-512 machine,
+turning NumPy's AVX-512 kernels off, or forcing another OpenBLAS kernel, changed a cube-double set's bytes). So
+episodes always run in worker processes whose kernels are pinned to an AVX2 machine's (`pinned_numerics`).
+Random actions are drawn from that per-episode generator rather than from `env.action_space.sample()` (the
+same uniform distribution on [-1, 1]^5).
 
 Command line:
   python -m envs.generate --dataset_name=cube-double-play-v0 --dataset_episodes=100 --num_workers=2 --out_dir=data
@@ -321,10 +322,12 @@ def _cpu_flags():
 
 
 def pinned_numerics():
-    """Environment variables that make the worker processes compute the same floating-point results on every x86-64
+    """Environment variables for the worker processes, meant to give the same floating-point results on every x86-64
     CPU with AVX2 and FMA (Intel since 2013, AMD since 2015): NumPy's kernels capped at its X86_V3 (AVX2) level,
-    OpenBLAS's at Haswell's (AVX2), OpenBLAS on one thread. Without AVX2 and FMA only NumPy's cap applies, and the
-    bytes may differ from other machines' (the fingerprint in each run's flags.json tells). Not x86: nothing."""
+    OpenBLAS's at Haswell's (AVX2), OpenBLAS on one thread. Checked on one machine by emulating other kernel choices
+    (tests/test_generate.py); MuJoCo and the C library are not pinned. Without AVX2 and FMA only NumPy's cap
+    applies, and the bytes may differ from other machines' (each run's flags.json has the fingerprint). Not x86:
+    nothing."""
     if platform.machine().lower() not in ('x86_64', 'amd64'):
         return {}
     pinned = dict(NPY_DISABLE_CPU_FEATURES='X86_V4 AVX512_ICL AVX512_SPR', OPENBLAS_NUM_THREADS='1')
@@ -545,7 +548,9 @@ if __name__ == '__main__':
     flags.DEFINE_integer('dataset_episodes', None, 'Episodes (per shard for the 100M sets); default: standard size.')
     flags.DEFINE_integer('num_workers', os.cpu_count() or 1, 'Worker processes.')
     flags.DEFINE_string('out_dir', 'data', 'Output folder; existing files are never overwritten.')
-    flags.DEFINE_integer('seed', 0, 'Generation seed: same seed, same bytes, whatever --num_workers and CPU (x86-64 with AVX2).')
+    flags.DEFINE_integer(
+        'seed', 0, 'Generation seed: same seed, same bytes, whatever --num_workers and CPU (x86-64 with AVX2).'
+    )
     flags.DEFINE_integer('num_shards', 100, 'Shards of a 100M set (fewer than 100 is a deviation to report).')
     flags.mark_flag_as_required('dataset_name')
     app.run(_main)

@@ -445,6 +445,6 @@ def _dataset_lines(runs):
             lines.append(f'- {name}: {len(by_fingerprint)} different datasets by fingerprint, {counts}')
     if lines:
         lines = ['### Datasets', '', 'Runs of one dataset did not all train on the same arrays (runs.csv has each '
-                 'run\'s fingerprint; a set generated before the generator pinned its numerical kernels can differ from one '
-                 'machine to another, and one generated on a CPU without AVX2 still can):', '', *lines, '']
+                 'run\'s fingerprint; a set generated before the generator pinned its numerical kernels can differ '
+                 'from one machine to another, and one generated on a CPU without AVX2 still can):', '', *lines, '']
     return lines
