@@ -32,7 +32,6 @@ Command line:
   python -m envs.generate --dataset_name=puzzle-4x4-play-100m-v0 --num_shards=4 --out_dir=data
 """
 
-import contextlib
 import dataclasses
 import json
 import multiprocessing
@@ -42,7 +41,7 @@ import warnings
 
 import numpy as np
 
-from utils import files
+from utils import environment, files
 from utils.files import TEMP_SUFFIX, temp_path  # noqa: F401 (part of this module's interface: tests, shard listing)
 
 EPISODE_LENGTH = 1001  # stored rows per episode: 1000 transitions + the final (time-limit) row
@@ -336,21 +335,6 @@ def pinned_numerics():
     return pinned
 
 
-@contextlib.contextmanager
-def _environment(values):
-    """os.environ with `values` set, restored on exit: spawned processes copy the environment when they start."""
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
 class EpisodeRunner:
     """Runs episode jobs in `num_workers` spawned processes with pinned numerics (also for one worker: NumPy reads
     its kernel choice once, when it is imported, so only a fresh process can be pinned)."""
@@ -363,7 +347,7 @@ class EpisodeRunner:
     def __enter__(self):
         # 'spawn': no fork of a parent that may hold JAX/MuJoCo threads, and a fresh NumPy in each worker.
         context = multiprocessing.get_context('spawn')
-        with _environment(pinned_numerics()):
+        with environment.variables_set(pinned_numerics()):  # the spawned workers copy it
             self._pool = context.Pool(self.num_workers, initializer=_init_worker, initargs=(self.dataset_name,))
         return self
 

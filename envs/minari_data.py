@@ -40,6 +40,7 @@ import minari
 import numpy as np
 
 from envs.data_sources import ACTION_CLIP, DatasetError
+from utils import environment
 
 gymnasium.register_envs(gymnasium_robotics)
 
@@ -105,17 +106,11 @@ def locate(task, source, dataset_dir, log=print):
             f'{DEFAULT_ROOT}); point --dataset_dir at the folder that holds D4RL/, or use --dataset_source=download.')
     _check_network()
     log(f'Downloading {task.dataset_name} with Minari into {dataset_dir}.')
-    previous = os.environ.get('MINARI_DATASETS_PATH')
-    os.environ['MINARI_DATASETS_PATH'] = dataset_dir  # Minari's download writes where this names
     try:
-        minari.download_dataset(task.dataset_name)
+        with environment.variables_set({'MINARI_DATASETS_PATH': dataset_dir}):  # where Minari's download writes
+            minari.download_dataset(task.dataset_name)
     except Exception as e:
         raise DatasetError(f'{task.dataset_name}: Minari\'s download failed ({type(e).__name__}: {e}).') from e
-    finally:
-        if previous is None:
-            del os.environ['MINARI_DATASETS_PATH']
-        else:
-            os.environ['MINARI_DATASETS_PATH'] = previous
     return dict(source='download', dataset_name=task.dataset_name, minari_path=path)
 
 

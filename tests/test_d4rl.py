@@ -16,7 +16,7 @@ import pytest
 import agents
 from envs import data_sources, env_utils, minari_data, online, tasks
 from tests.test_main import run_main
-from utils import evaluation
+from utils import environment, evaluation
 
 ANTMAZE, DOOR, PEN = 'D4RL/antmaze/umaze-v1', 'D4RL/door/human-v2', 'D4RL/pen/human-v2'
 DOOR_REFERENCE = (-50.0, 2900.0)  # the test dataset's reference scores (D4RL's door: -56.51, 2880.57)
@@ -56,20 +56,13 @@ def minari_datasets(tmp_path_factory):
     """(folder holding D4RL/..., {dataset id: records}): AntMaze umaze (continuing data, goal on the ant in episode
     0), door and pen, each a few random-action episodes of 8 to 25 steps."""
     root = tmp_path_factory.mktemp('minari')
-    previous = os.environ.get('MINARI_DATASETS_PATH')
-    os.environ['MINARI_DATASETS_PATH'] = str(root)
-    try:
+    with environment.variables_set({'MINARI_DATASETS_PATH': str(root)}):
         records = {
             ANTMAZE: collect(ANTMAZE, 'AntMaze_UMaze-v4', 3, 25, dict(continuing_task=True, reset_target=False),
                              dict(continuing_task=True, reset_target=False), goal_on_ant=(0,), ref=(0.0, 400.0)),
             DOOR: collect(DOOR, 'AdroitHandDoor-v1', 3, 20, ref=DOOR_REFERENCE),
             PEN: collect(PEN, 'AdroitHandPen-v1', 2, 8),
         }
-    finally:
-        if previous is None:
-            del os.environ['MINARI_DATASETS_PATH']
-        else:
-            os.environ['MINARI_DATASETS_PATH'] = previous
     return root, records
 
 
@@ -219,6 +212,25 @@ def test_download_without_a_network_fails_within_seconds(minari_datasets, tmp_pa
     for source in ('download', 'auto'):  # auto downloads what is not in the folder
         with pytest.raises(data_sources.DatasetError, match="Cannot reach Minari's download server"):
             data_sources.locate_dataset(task, source=source, dataset_dir=str(tmp_path), log=lambda m: None)
+
+
+def test_download_writes_into_the_dataset_dir_and_leaves_the_environment_as_it_was(tmp_path, monkeypatch):
+    """Minari's download writes where MINARI_DATASETS_PATH names: --dataset_dir during the download, the caller's
+    value again after it, also when the download fails."""
+    monkeypatch.setenv('MINARI_DATASETS_PATH', '/callers/own/folder')
+    monkeypatch.setattr(minari_data, '_check_network', lambda: None)
+    seen = []
+
+    def failing_download(dataset_id):
+        seen.append((dataset_id, os.environ['MINARI_DATASETS_PATH']))
+        raise OSError('disk full')
+
+    monkeypatch.setattr(minari_data.minari, 'download_dataset', failing_download)
+    with pytest.raises(data_sources.DatasetError, match="Minari's download failed.*disk full"):
+        data_sources.locate_dataset(tasks.parse_env_name(ANTMAZE), source='download', dataset_dir=str(tmp_path),
+                                    log=lambda m: None)
+    assert seen == [(ANTMAZE, str(tmp_path))]
+    assert os.environ['MINARI_DATASETS_PATH'] == '/callers/own/folder'
 
 
 def test_missing_and_mismatched_datasets_are_refused_with_the_fix(minari_datasets, tmp_path):

@@ -1,5 +1,6 @@
 """Lockstep evaluation, CSV logging, run directories, checkpoints and atomic file writes."""
 
+import contextlib
 import os
 
 import jax.numpy as jnp
@@ -7,7 +8,7 @@ import numpy as np
 
 import pytest
 
-from utils import evaluation, experiment, files
+from utils import environment, evaluation, experiment, files
 from utils.checkpoints import Checkpointer
 from utils.logger import CsvLogger
 
@@ -150,3 +151,19 @@ def test_atomic_write_replaces_the_file_whole_or_leaves_it_as_it_was(tmp_path):
     with open(path) as f:
         assert f.read() == 'second'
     assert os.listdir(tmp_path / 'sub') == ['record.json']  # no temporary file is left behind
+
+
+def test_variables_set_restores_each_variable_as_it_was(monkeypatch):
+    """Inside the block the values are set; after it a variable that was set has its old value again and one that
+    was not is gone, also when the block raises."""
+    monkeypatch.setenv('QAM_TEST_SET_BEFORE', 'old')
+    monkeypatch.delenv('QAM_TEST_UNSET_BEFORE', raising=False)
+    values = {'QAM_TEST_SET_BEFORE': 'new', 'QAM_TEST_UNSET_BEFORE': 'added'}
+    for fails in (False, True):
+        with pytest.raises(RuntimeError) if fails else contextlib.nullcontext():
+            with environment.variables_set(values):
+                assert {k: os.environ[k] for k in values} == values
+                if fails:
+                    raise RuntimeError('inside the block')
+        assert os.environ['QAM_TEST_SET_BEFORE'] == 'old'
+        assert 'QAM_TEST_UNSET_BEFORE' not in os.environ
