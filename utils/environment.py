@@ -8,7 +8,8 @@ import os
 @contextlib.contextmanager
 def variables_set(values):
     """os.environ with `values` (name -> string) set inside the block, and each name's earlier value (or absence)
-    restored on exit, also on an error."""
+    restored on exit, also on an error. Not `unittest.mock.patch.dict(os.environ, ...)`: it restores by clearing the
+    whole environment and refilling it, while other threads (JAX's, a download's) may be reading it."""
     saved = {name: os.environ.get(name) for name in values}
     os.environ.update(values)
     try:
