@@ -312,7 +312,8 @@ class Run:
         for log in self.train_logs + self.eval_logs:
             log.truncate_after(start_step)  # rows written after that checkpoint are redone
         self.agents = training.stack(member_agents)
-        self.eval_envs = [[self.data.make_env() for _ in range(FLAGS.eval_episodes)] for _ in self.members]
+        envs_per_member = max(1, min(FLAGS.eval_episodes, FLAGS.eval_envs // len(self.members)))
+        self.eval_envs = [[self.data.make_env() for _ in range(envs_per_member)] for _ in self.members]
         self.video_envs = [[self.data.make_env(render=True) for _ in range(FLAGS.video_episodes)] for _ in self.members]
         self.progress = tqdm.tqdm(total=FLAGS.offline_steps + FLAGS.online_steps, initial=start_step, unit='step',
                                   disable=not FLAGS.progress, dynamic_ncols=True, smoothing=0.05)
@@ -359,7 +360,7 @@ class Run:
 
         seeds = [self.members[m].seed for m in indices]
         member_metrics, _ = evaluation.evaluate_members(policy, [self.eval_envs[m] for m in indices], seeds, eval_index,
-                                                        action_dim)
+                                                        action_dim, num_episodes=FLAGS.eval_episodes)
         if normalized_score:  # D4RL: the normalised score is linear in the return, so that of the mean return
             for metrics in member_metrics:
                 metrics['normalized_score'] = normalized_score(metrics['episode_return'])

@@ -165,6 +165,7 @@ def test_a_second_signal_of_the_same_kind_stops_at_once_and_ignored_signals_stay
         ({'--agent=': '--agent=no_such_agent'}, 'Unknown agent'),
         ({'--env_name=': '--env_name=cube-double-play-singletask-task9-v0'}, 'Unknown environment name'),
         ({'--eval_episodes=': '--eval_episodes=0'}, '--eval_episodes must be at least 1'),
+        ({'--eval_episodes=': '--eval_envs=0'}, '--eval_envs must be at least 1'),
         ({'--offline_steps=': '--offline_steps=-5'}, '--offline_steps must be >= 0'),
         ({'--agent.num_qs=': '--agent.no_such_key=1'}, 'no_such_key'),
         ({'--dataset_dir=': '--dataset_dir=/nonexistent'}, 'expected the official files'),
@@ -220,8 +221,9 @@ def assert_same_results(run_dir, reference_dir, rtol=1e-4):
 
 
 def test_two_vmapped_seeds_give_the_results_of_two_single_seed_runs(tmp_path, generated_datasets_dir):
-    # Seeds 3 and 10004 (--num_seeds=2 from --seed=3), stopped at the end of the offline phase and resumed.
-    two_seeds = tiny_args(tmp_path, generated_datasets_dir, extra=['--num_seeds=2'])
+    # Seeds 3 and 10004 (--num_seeds=2 from --seed=3), stopped at the end of the offline phase and resumed. With 2
+    # evaluation environments for the process, each seed's 2 episodes run in 2 waves of 1 (the single runs: 1 wave).
+    two_seeds = tiny_args(tmp_path, generated_datasets_dir, extra=['--num_seeds=2', '--eval_envs=2'])
     stopped = run_main(two_seeds + ['--stop_at_step=40'], tmp_path)
     assert 'Stopped at step 40' in stopped.stdout
     resumed = run_main(two_seeds, tmp_path)

@@ -3,6 +3,7 @@
 import contextlib
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -88,6 +89,80 @@ def test_evaluation_success_is_read_at_episode_end():
 
     metrics, _ = evaluation.evaluate(policy, envs, seed=0, eval_index=0, action_dim=2)
     assert metrics['success'] == 0.5
+
+
+class SeededLengthEnv:
+    """Episodes whose length (2 to 6 steps) comes from the reset seed; it records each episode's actions under that
+    seed, so episodes can be compared whichever environment hosted them. Observation: (seed % 7, step)."""
+
+    def __init__(self, episodes):
+        self.episodes = episodes  # shared: reset seed -> executed actions
+
+    def reset(self, seed=None):
+        self.seed, self.t, self.length = seed, 0, 2 + seed % 5
+        self.episodes[seed] = []
+        return np.array([seed % 7, 0.0], np.float32), {}
+
+    def step(self, action):
+        self.episodes[self.seed].append(np.array(action))
+        self.t += 1
+        success = float(action[0] > 0)
+        return (np.array([self.seed % 7, self.t], np.float32), -abs(float(action[1])), False, self.t >= self.length,
+                {'success': success})
+
+
+def evaluate_in_waves(policy, num_envs, num_episodes=5, seeds=(3, 8), action_dim=2):
+    episodes = [{} for _ in seeds]
+    groups = [[SeededLengthEnv(recorded) for _ in range(num_envs)] for recorded in episodes]
+    metrics, _ = evaluation.evaluate_members(policy, groups, list(seeds), 4, action_dim, num_episodes=num_episodes)
+    return metrics, episodes
+
+
+def test_evaluation_in_waves_gives_every_episode_what_it_gets_all_at_once():
+    """5 episodes of 2 members on 5, 2 and 1 environments per member: every episode gets the same reset seed and
+    executes the same actions (the policy's output depends on its row's observation and on its row of noise, drawn
+    for all rows from the chunk's key), so the metrics are identical."""
+    calls = []
+
+    def policy(observations, keys):  # (M, N, O), (M, 2) -> (M, N, 2 actions of 2)
+        calls.append(observations.shape)
+        noise = np.stack([np.asarray(jax.random.normal(key, observations.shape[1:2] + (4,))) for key in keys])
+        return np.tanh(noise + observations.sum(-1, keepdims=True) / 10)
+
+    all_at_once, episodes = evaluate_in_waves(policy, num_envs=5)
+    assert all(shape == (2, 5, 2) for shape in calls)
+    for member, seed in zip(episodes, (3, 8)):
+        assert sorted(member) == sorted(evaluation.episode_seed(seed, 4, i) for i in range(5))
+        assert [len(actions) for actions in member.values()] == [2 + s % 5 for s in member]
+    for num_envs in (2, 1):
+        calls.clear()
+        metrics, waves = evaluate_in_waves(policy, num_envs)
+        assert all(shape == (2, 5, 2) for shape in calls)  # every call still has a row per episode
+        assert metrics == [{**m, 'wall_time': w['wall_time']} for m, w in zip(all_at_once, metrics)]
+        for member, reference in zip(waves, episodes):
+            assert member.keys() == reference.keys()
+            for seed, actions in reference.items():
+                np.testing.assert_array_equal(member[seed], actions)
+    with pytest.raises(ValueError, match='environments'):
+        evaluate_in_waves(policy, num_envs=6)
+
+
+def test_a_flow_policy_evaluated_in_waves_acts_as_all_at_once():
+    """The property the waves rely on, for a real policy: QAM's actions for a row do not depend on the other rows of
+    the call (two vmapped members, as main.py acts)."""
+    from agents import qam
+    from tests.test_qam import small_config
+
+    config = small_config(horizon_length=2)
+    members = [qam.Agent.create(seed, np.zeros(2, np.float32), np.zeros(2, np.float32), config) for seed in (0, 1)]
+    agents = jax.tree.map(lambda *leaves: jnp.stack(leaves), *members)
+    act = jax.jit(jax.vmap(lambda agent, observations, key: agent.sample_actions(observations, key)))
+    policy = lambda observations, keys: np.asarray(act(agents, jnp.asarray(observations), jnp.asarray(keys)))  # noqa: E731
+    _, all_at_once = evaluate_in_waves(policy, num_envs=5)
+    _, in_waves = evaluate_in_waves(policy, num_envs=2)
+    for member, reference in zip(in_waves, all_at_once):
+        for seed, actions in reference.items():
+            np.testing.assert_array_equal(member[seed], actions)
 
 
 def test_csv_logger_keeps_new_columns_and_truncates(tmp_path):

@@ -7,6 +7,11 @@ keep their slot (the batch shape never changes, so the policy compiles once) but
 seeds and policy keys derive from (seed, evaluation index, episode index / chunk index), so an evaluation
 is reproducible, and a member of a vmapped run (several seeds or hyperparameter values trained in one
 program) is evaluated exactly as the same run on its own.
+
+With fewer environments than episodes (an OGBench manipulation environment holds about 165 MB, so 12 vmapped seeds
+with 50 episodes each would need 100 GB), the episodes run in consecutive waves, each environment hosting one
+episode per wave. Every policy call still has a row for every episode, and episode i keeps row i: it gets the same
+reset seed and the same policy noise in any wave, so the results do not depend on how many environments there are.
 """
 
 import time
@@ -31,45 +36,61 @@ def evaluate(policy, envs, seed, eval_index, action_dim, video_frames=0):
     return metrics, frames
 
 
-def evaluate_members(policy, env_groups, seeds, eval_index, action_dim, video_frames=0):
-    """Run one episode in every env of every member's group, all in lockstep.
+def evaluate_members(policy, env_groups, seeds, eval_index, action_dim, video_frames=0, num_episodes=None):
+    """Run `num_episodes` episodes per member (default: one per environment of its group), all members in lockstep.
 
     policy: (observations (M, N, O) float32, keys (M, 2)) -> actions (M, N, D), D a multiple of action_dim; member m's
-    episodes use the keys and reset seeds that `evaluate` would give a run with seed `seeds[m]`.
+    episodes use the keys and reset seeds that `evaluate` would give a run with seed `seeds[m]`. With fewer
+    environments than episodes, the episodes run in waves of len(group); the rows of the episodes outside the current
+    wave keep their last observation (zeros before their wave), and their actions are dropped. The first
+    `video_frames` episodes are recorded (they must be in the first wave).
     Returns (metrics per member, frames per member).
     """
     start = time.time()
-    num_members, n = len(env_groups), len(env_groups[0])
-    if any(len(group) != n for group in env_groups):
+    num_members, num_envs = len(env_groups), len(env_groups[0])
+    n = num_envs if num_episodes is None else num_episodes
+    if any(len(group) != num_envs for group in env_groups):
         raise ValueError('Every member needs the same number of evaluation environments.')
-    observations = np.stack([
-        np.stack([env.reset(seed=episode_seed(seed, eval_index, i))[0] for i, env in enumerate(group)])
-        for group, seed in zip(env_groups, seeds)
-    ]).astype(np.float32)
-    running = np.ones((num_members, n), bool)
+    if not 1 <= num_envs <= n or video_frames > num_envs:
+        raise ValueError(f'{num_envs} environments for {n} episodes, {video_frames} of them recorded: need 1 to {n} '
+                         'environments, and one for each recorded episode.')
+    observations = None  # (M, N, O), allocated at the first reset
     success, returns = np.zeros((num_members, n)), np.zeros((num_members, n))
     lengths = np.zeros((num_members, n), np.int64)
-    frames = [[[np.array(env.render())] for env in group[:video_frames]] for group in env_groups]
+    frames = [[None] * video_frames for _ in env_groups]
     keys = [jax.random.fold_in(jax.random.PRNGKey(seed), eval_index) for seed in seeds]
-    chunk_index = 0
-    while running.any():
-        chunk_keys = np.stack([jax.random.fold_in(key, chunk_index) for key in keys])
-        chunk = np.asarray(policy(observations, chunk_keys))
-        chunk = np.clip(chunk.reshape(num_members, n, -1, action_dim), -1.0, 1.0)  # D / A actions per call
-        chunk_index += 1
-        for step in range(chunk.shape[2]):
-            for m, i in zip(*np.nonzero(running)):
-                observation, reward, terminated, truncated, info = env_groups[m][i].step(chunk[m, i, step])
-                observations[m, i] = observation  # copied into the row: the environment's array is not kept
-                returns[m, i] += reward
-                lengths[m, i] += 1
+    for first in range(0, n, num_envs):
+        wave = range(first, min(first + num_envs, n))
+        for m, (group, seed) in enumerate(zip(env_groups, seeds)):
+            for i in wave:
+                observation = group[i - first].reset(seed=episode_seed(seed, eval_index, i))[0]
+                if observations is None:
+                    observations = np.zeros((num_members, n, *np.shape(observation)), np.float32)
+                observations[m, i] = observation
                 if i < video_frames:
-                    frames[m][i].append(np.array(env_groups[m][i].render()))  # a copy: renderers may reuse a buffer
-                if terminated or truncated:
-                    running[m, i] = False
-                    success[m, i] = float(info['success'])
-            if not running.any():
-                break
+                    frames[m][i] = [np.array(group[i].render())]
+        running = np.zeros((num_members, n), bool)
+        running[:, wave.start:wave.stop] = True
+        chunk_index = 0
+        while running.any():
+            chunk_keys = np.stack([jax.random.fold_in(key, chunk_index) for key in keys])
+            chunk = np.asarray(policy(observations, chunk_keys))
+            chunk = np.clip(chunk.reshape(num_members, n, -1, action_dim), -1.0, 1.0)  # D / A actions per call
+            chunk_index += 1
+            for step in range(chunk.shape[2]):
+                for m, i in zip(*np.nonzero(running)):
+                    env = env_groups[m][i - first]
+                    observation, reward, terminated, truncated, info = env.step(chunk[m, i, step])
+                    observations[m, i] = observation  # copied into the row: the environment's array is not kept
+                    returns[m, i] += reward
+                    lengths[m, i] += 1
+                    if i < video_frames:
+                        frames[m][i].append(np.array(env.render()))  # a copy: renderers may reuse a buffer
+                    if terminated or truncated:
+                        running[m, i] = False
+                        success[m, i] = float(info['success'])
+                if not running.any():
+                    break
     wall_time = time.time() - start
     metrics = [
         {'success': float(success[m].mean()), 'episode_return': float(returns[m].mean()),

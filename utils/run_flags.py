@@ -41,6 +41,9 @@ def define_flags(flag_values, argv=None):
     define('integer', 'online_steps', 500_000, 'Online environment steps.')
     define('integer', 'eval_interval', 50_000, 'Evaluate every this many steps of the current phase.')
     define('integer', 'eval_episodes', 50, 'Evaluation episodes, run in lockstep.')
+    define('integer', 'eval_envs', 50, 'Most evaluation environments alive at once, all seeds of the process together '
+           '(at least one per seed; an OGBench manipulation one holds about 165 MB): more episodes run in waves, '
+           'with the same results.')
     define('integer', 'log_interval', 5_000, 'Log training metrics every this many steps.')
     define('integer', 'save_interval', 100_000, 'Checkpoint every this many steps of the current phase.')
     define('integer', 'utd_ratio', 1, 'Online updates per environment step.')
@@ -80,7 +83,7 @@ def define_flags(flag_values, argv=None):
 NON_RESULT_FLAGS = (
     'seed', 'num_seeds', 'hyper_sweep', 'save_dir', 'method', 'log_interval', 'save_interval', 'dataset_source',
     'dataset_dir', 'dataset_cache_dir', 'num_workers', 'wandb', 'wandb_project', 'video_episodes', 'progress',
-    'keep_checkpoints', 'stop_at_step', 'force_restart',
+    'keep_checkpoints', 'stop_at_step', 'force_restart', 'eval_envs',
 )
 # The flags that flags.json records (the agent, horizon_length and sparse are recorded resolved, in the settings).
 RUN_FLAGS = (
@@ -179,8 +182,8 @@ def check_agent_config(flag_values, config):
 
 
 def check_flags(flag_values, config):
-    positive = ('num_seeds', 'eval_interval', 'eval_episodes', 'log_interval', 'save_interval', 'utd_ratio', 'num_workers',
-                'dataset_shards', 'shard_interval')
+    positive = ('num_seeds', 'eval_interval', 'eval_episodes', 'eval_envs', 'log_interval', 'save_interval', 'utd_ratio',
+                'num_workers', 'dataset_shards', 'shard_interval')
     for name in positive:
         if flag_values[name].value < 1:
             raise app.UsageError(f'--{name} must be at least 1, got {flag_values[name].value}.')
