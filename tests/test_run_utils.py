@@ -9,7 +9,7 @@ import numpy as np
 
 import pytest
 
-from utils import environment, evaluation, experiment, files
+from utils import environment, evaluation, experiment, files, training
 from utils.checkpoints import Checkpointer
 from utils.logger import CsvLogger
 
@@ -149,14 +149,14 @@ def test_evaluation_in_waves_gives_every_episode_what_it_gets_all_at_once():
 
 def test_a_flow_policy_evaluated_in_waves_acts_as_all_at_once():
     """The property the waves rely on, for a real policy: QAM's actions for a row do not depend on the other rows of
-    the call (two vmapped members, as main.py acts)."""
+    the call (two members, acting through main.py's vmapped `act`)."""
     from agents import qam
     from tests.test_qam import small_config
 
     config = small_config(horizon_length=2)
     members = [qam.Agent.create(seed, np.zeros(2, np.float32), np.zeros(2, np.float32), config) for seed in (0, 1)]
-    agents = jax.tree.map(lambda *leaves: jnp.stack(leaves), *members)
-    act = jax.jit(jax.vmap(lambda agent, observations, key: agent.sample_actions(observations, key)))
+    agents = training.stack(members)
+    _, _, act, _ = training.make_train_functions(members[0].config, balanced=False, utd_ratio=1)
     policy = lambda observations, keys: np.asarray(act(agents, jnp.asarray(observations), jnp.asarray(keys)))  # noqa: E731
     _, all_at_once = evaluate_in_waves(policy, num_envs=5)
     _, in_waves = evaluate_in_waves(policy, num_envs=2)

@@ -42,7 +42,7 @@ def define_flags(flag_values, argv=None):
     define('integer', 'eval_interval', 50_000, 'Evaluate every this many steps of the current phase.')
     define('integer', 'eval_episodes', 50, 'Evaluation episodes, run in lockstep.')
     define('integer', 'eval_envs', 50, 'Most evaluation environments alive at once, all seeds of the process together '
-           '(at least one per seed; an OGBench manipulation one holds about 165 MB): more episodes run in waves, '
+           '(at least one per seed; an OGBench manipulation one holds 150-170 MB): more episodes run in waves, '
            'with the same results.')
     define('integer', 'log_interval', 5_000, 'Log training metrics every this many steps.')
     define('integer', 'save_interval', 100_000, 'Checkpoint every this many steps of the current phase.')
