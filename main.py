@@ -7,8 +7,9 @@ Results go to <save_dir>/<agent>/<env_name>/seed<seed>-<hash of the settings>/: 
 eval.csv, checkpoints/, and DONE (the final summary) once the run has finished. One process writes a run (it holds
 the run's lock). Running the same command again resumes from the last checkpoint that restores, exactly (online,
 the training episode in progress is replayed), or skips the run if it is DONE; on other data than the run was
-started on it stops instead. SIGTERM (Slurm's preemption and time limit), SIGUSR1 and Ctrl-C save a checkpoint at
-the end of the current step before the run exits.
+started on it stops instead. SIGTERM (Slurm's preemption and time limit), SIGUSR1 and SIGUSR2 (warnings of a time
+limit), SIGHUP and Ctrl-C save a checkpoint at the end of the current step before the run exits, even when the
+launcher or terminal that showed the output is gone.
 
 Several runs of one configuration (seeds, and optionally the values of one scalar hyperparameter) can train
 as the members of one vmapped program: the dataset is shared on the device, each member keeps its own agent,
@@ -321,7 +322,8 @@ class Run:
         return ResumePoint(start_step, meta, online_rows, environment_states)
 
     def catch_stop_signals(self):
-        """From here on a signal (Slurm preemption or time limit, Ctrl-C) checkpoints at the end of the current step."""
+        """From here on a signal (Slurm preemption or time limit, Ctrl-C, hangup) checkpoints at the end of the current
+        step."""
         self.stop_signals = experiment.StopSignals().install()
 
     def active(self):
@@ -616,6 +618,8 @@ def command_line_main(argv):
 
 
 if __name__ == '__main__':
+    # A launcher or terminal that dies before this run must not take the run's checkpoint with it.
+    sys.stdout, sys.stderr = experiment.OutputWithoutReader(sys.stdout), experiment.OutputWithoutReader(sys.stderr)
     sys.argv = prepare_command_line(sys.argv)
     if any(arg in run_flags.HELP_FLAGS for arg in sys.argv):
         print(run_flags.agent_help(sys.argv), end='\n\n')  # then absl's help lists the flags

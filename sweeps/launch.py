@@ -14,6 +14,7 @@ with --retry_diverged). Give `status` the same --save_dir, --tiny and --extra_ar
 """
 
 import argparse
+import contextlib
 import math
 import os
 import shlex
@@ -23,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 
 from sweeps import runs as run_state
 from sweeps import sweeps
@@ -102,7 +104,8 @@ def build_parser():
     slurm.add_argument('--slurm_arg', action='append', default=[], metavar='KEY=VALUE',
                        help='another sbatch option, repeatable: --slurm_arg=exclude=node1,node2 --slurm_arg=exclusive')
     slurm.add_argument('--signal_delay_s', type=int, default=120,
-                       help='seconds before the time limit at which a task is checkpointed and requeued')
+                       help='seconds before the time limit at which Slurm signals a task: its runs get this less '
+                            '30 s to finish their current step with a checkpoint, then the task is requeued')
     slurm.add_argument('--max_requeues', type=int, default=100, help='time-limit requeues allowed per array task')
     slurm.add_argument('--wait', action='store_true', help='wait until the submitted jobs have left the queue')
     return parser
@@ -161,6 +164,31 @@ def confirm(count, args):
 
 
 # -------------------------------------------------------------------------------------------------- local
+class StopRequested(Exception):
+    """Ctrl-C, SIGTERM or SIGHUP to the launcher."""
+
+
+@contextlib.contextmanager
+def stop_requests():
+    """Within: Ctrl-C, SIGTERM (e.g. `kill`) and SIGHUP (a closed terminal) raise StopRequested in the main thread,
+    so that the launcher stops its runs and waits for their checkpoints rather than dying at once: its death would
+    close the pipes that carry the runs' output into their logs. Yields an object whose `first` is the number of
+    the first signal received."""
+    received = types.SimpleNamespace(first=None)
+
+    def request(signum, frame):
+        received.first = received.first or signum
+        raise StopRequested(signal.Signals(signum).name.replace('SIGINT', 'Interrupted (Ctrl-C)'))
+
+    previous = {signum: signal.signal(signum, request) for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+                if signal.getsignal(signum) != signal.SIG_IGN}
+    try:
+        yield received
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def detect_gpus():
     visible = os.environ.get('CUDA_VISIBLE_DEVICES')
     if visible is not None:
@@ -208,23 +236,34 @@ def launch_local(packs, root, args):
                           flush=True)
 
     threads = [threading.Thread(target=worker, args=(slot,), daemon=True) for slot in range(slots)]
-    for thread in threads:
-        thread.start()
-    try:
-        while any(thread.is_alive() for thread in threads):
-            time.sleep(0.2)
-    except KeyboardInterrupt:
-        stopping.set()
-        print('\nInterrupted: stopping the running runs (they resume from their checkpoints when launched again).',
-              flush=True)
-        for pid in set(processes.values()):
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+    with stop_requests() as requests:
         for thread in threads:
-            thread.join(timeout=60)
-        return 130
+            thread.start()
+        try:
+            while any(thread.is_alive() for thread in threads):
+                time.sleep(0.2)
+        except StopRequested as stop:
+            stopping.set()
+            print(f'\n{stop}: stopping the running runs. Each saves a checkpoint at the end of its current step '
+                  '(minutes on a CPU) and resumes from it when launched again. Waiting for them; a second signal '
+                  'stops them at once, losing what they did since their last checkpoint.', flush=True)
+            signalled = set()
+
+            def stop_and_wait():  # meanwhile the workers keep writing the runs' output to their logs
+                while any(thread.is_alive() for thread in threads):
+                    for pid in set(processes.values()) - signalled:  # also a process that was just starting
+                        signalled.add(pid)
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(pid, signal.SIGTERM)
+                    time.sleep(0.2)
+
+            try:
+                stop_and_wait()
+            except StopRequested:
+                signalled.clear()  # SIGTERM again, on which main.py stops at once
+                with contextlib.suppress(StopRequested):
+                    stop_and_wait()
+            return 128 + requests.first
     return 0 if all(r in ('done', 'skipped') for r in results.values()) else 1
 
 
@@ -256,7 +295,8 @@ def launch_slurm(packs, root, sweep, args):
     k = args.runs_per_task
     groups = [packs[i : i + k] for i in range(0, len(packs), k)]
     with executor.batch():
-        jobs = [executor.submit(RunGroup(group, root, args.python)) for group in groups]
+        stop_wait_s = max(0, args.signal_delay_s - 30)  # what the runs get for their step's end after the signal
+        jobs = [executor.submit(RunGroup(group, root, args.python, stop_wait_s)) for group in groups]
     submitted = time.strftime('%Y-%m-%d %H:%M:%S')
     for job, group in zip(jobs, groups):
         for run in (run for pack in group for run in pack):

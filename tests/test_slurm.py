@@ -1,6 +1,7 @@
 """The slurm backend on a real Slurm cluster: the tiny sweep of test_sweeps.py (two agents x two seeds) submitted as
 a job array (two runs packed per array task), one array task requeued mid-run with `scontrol requeue`, every run
-finished from its checkpoint with each evaluation logged exactly once, and a second launch submitting nothing.
+finished from its checkpoint with each evaluation logged exactly once, and a second launch submitting nothing; and a
+run warned of its time limit (submitit's SIGUSR2) checkpointing before its task is requeued.
 
 Needs a cluster that answers `sinfo` (CI starts a single-node one with .ci/start_slurm.sh). Without one the test is
 skipped, unless QAM_REQUIRE_SLURM=1 (set by .ci/run), where a missing cluster is a failure.
@@ -8,6 +9,7 @@ skipped, unless QAM_REQUIRE_SLURM=1 (set by .ci/run), where a missing cluster is
 
 import os
 import shutil
+import signal
 import subprocess
 import time
 
@@ -23,7 +25,8 @@ try:
 except ImportError:
     submitit = None
 from sweeps import runs as run_state
-from test_sweeps import check_finished, tiny_sweep
+from sweeps import sweeps
+from test_sweeps import check_finished, read_steps, tiny_sweep
 
 REQUIRED = os.environ.get('QAM_REQUIRE_SLURM') == '1'
 TIMEOUT_S = 900
@@ -126,3 +129,40 @@ def test_slurm_backend_runs_the_tiny_sweep_through_a_requeue(tmp_path, generated
     assert launch.main(selection + slurm) == 0
     assert '(4 done, 0 running or queued, 0 diverged): 0 to launch.' in capsys.readouterr().out
     assert [run_state.read_json(run_state.launch_paths(run, root)['job'])['job_id'] for run in runs] == jobs
+
+
+def test_a_time_limit_warning_lets_the_run_checkpoint_before_the_requeue(tmp_path, generated_datasets_dir, monkeypatch,
+                                                                          capsys):
+    # Before a time limit Slurm sends submitit's signal (SIGUSR2, --signal_delay_s ahead) to every process of the
+    # job. main.py used to die of it at once; submitit's exit then closed the pipe of the run's output. Now the run
+    # finishes its step with a checkpoint, its output still reaching the log, and only then is the task requeued.
+    if PROBLEM:
+        pytest.fail(f'QAM_REQUIRE_SLURM=1 but no Slurm cluster: {PROBLEM}')
+    monkeypatch.setenv('JAX_PLATFORMS', 'cpu')
+    monkeypatch.setenv('JAX_COMPILATION_CACHE_DIR', os.environ['QAM_TEST_JAX_CACHE'])
+    root = str(tmp_path / 'runs')
+    extra = (f'--dataset_source=dir --dataset_dir={generated_datasets_dir} --agent.flow_steps=3 '
+             '--online_steps=100000 --eval_interval=50000 --save_interval=50000')  # stopped long before its end
+    selection = ['paper', '--methods=QAM', '--domains=cube-double', '--tasks=2', '--seeds=10001', '--tiny',
+                 f'--extra_args={extra}']
+    (run,) = sweeps.expand(sweeps.load('paper'), ['QAM'], ['cube-double'], [2], [10001], extra, tiny=True)
+    assert launch.main(selection + ['--backend=slurm', '--gpus_per_task=0', '--cpus_per_task=1', '--time=30',
+                                    f'--save_dir={root}']) == 0
+    job = run_state.read_json(run_state.launch_paths(run, root)['job'])['job_id']
+    try:
+        def online_row():
+            run_dir = run_state.find_run_dir(run, root)
+            path = os.path.join(run_dir, 'train.csv') if run_dir else ''
+            return os.path.exists(path) and max(read_steps(path), default=0) > 20
+
+        wait_for(online_row, f'an online row of {run.key}')
+        subprocess.run(['scancel', '--signal=USR2', job], check=True)  # what Slurm sends before the time limit
+        wait_for(lambda: job_state(job) == 'PENDING', f'job {job} to be requeued', timeout=300)
+    finally:
+        subprocess.run(['scancel', job.split('_')[0]], capture_output=True)
+    record = run_state.read_json(run_state.launch_paths(run, root)['json'])
+    assert record['state'] == 'interrupted' and record['returncode'] == -signal.SIGUSR2, record
+    run_dir = run_state.find_run_dir(run, root)
+    step = run_state.latest_checkpoint(run_dir)
+    log = open(run_state.launch_paths(run, root)['log']).read()
+    assert step and step > 20 and f'Stopped at step {step} after SIGUSR2, with a checkpoint' in log, log[-3000:]

@@ -2,14 +2,21 @@
 threshold, run status from run directories, and the local backend running a tiny sweep to completion."""
 
 import ast
+import contextlib
 import copy
 import csv
 import fcntl
 import functools
 import json
 import os
+import pickle
 import re
 import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
 
 import pytest
 
@@ -633,3 +640,103 @@ def test_local_backend_runs_a_tiny_sweep_resumes_and_skips(tmp_path, generated_d
     assert launch.main(selection + ['--backend=local', f'--save_dir={root}']) == 0
     assert '(4 done, 0 running or queued, 0 diverged): 0 to launch.' in capsys.readouterr().out
     assert stamps == {r.key: os.path.getmtime(os.path.join(run_state.find_run_dir(r, root), 'DONE')) for r in runs}
+
+
+def test_a_local_launch_stopped_with_sigterm_waits_for_its_runs_checkpoints(tmp_path, generated_datasets_dir):
+    # `kill <launcher>`: the launcher passes SIGTERM on and waits while its run finishes the current step, saves a
+    # checkpoint and exits, writing the run's output to its log all along. (It used to die at once, closing the pipe
+    # of the run's output: the run then died at its next line, before its checkpoint.)
+    extra = (f'--dataset_source=dir --dataset_dir={generated_datasets_dir} --agent.flow_steps=3 '
+             '--online_steps=100000 --eval_interval=50000 --save_interval=50000')  # stopped long before its end
+    argv = ['paper', '--methods=QAM', '--domains=cube-double', '--tasks=2', '--seeds=10001', '--tiny',
+            f'--extra_args={extra}', '--backend=local', f'--save_dir={tmp_path / "runs"}']
+    (run,) = sweeps.expand(sweeps.load('paper'), ['QAM'], ['cube-double'], [2], [10001], extra, tiny=True)
+    env = dict(os.environ, JAX_PLATFORMS='cpu', JAX_COMPILATION_CACHE_DIR=os.environ['QAM_TEST_JAX_CACHE'])
+    output = tmp_path / 'launcher.log'
+    with open(output, 'w') as out:
+        launcher = subprocess.Popen([sys.executable, '-m', 'sweeps.launch', *argv], cwd=ROOT, env=env, stdout=out,
+                                    stderr=subprocess.STDOUT)
+    root = str(tmp_path / 'runs')
+
+    def online_rows():
+        run_dir = run_state.find_run_dir(run, root)
+        path = os.path.join(run_dir, 'train.csv') if run_dir else ''
+        return [step for step in read_steps(path) if step > 20] if os.path.exists(path) else []
+
+    try:
+        deadline = time.time() + 600
+        while not online_rows():
+            assert launcher.poll() is None and time.time() < deadline, open(output).read()[-3000:]
+            time.sleep(0.05)
+        launcher.send_signal(signal.SIGTERM)
+        assert launcher.wait(timeout=300) == 128 + signal.SIGTERM, open(output).read()[-3000:]
+    except BaseException:  # leave no training process behind
+        launcher.kill()
+        pid = (run_state.read_json(run_state.launch_paths(run, root)['json']) or {}).get('pid')
+        with contextlib.suppress(ProcessLookupError, TypeError):
+            os.kill(pid, signal.SIGKILL)
+        raise
+    assert 'SIGTERM: stopping the running runs' in open(output).read()
+
+    # By then the run has ended by the signal, with a checkpoint at the step it was in and every row up to it.
+    record = run_state.read_json(run_state.launch_paths(run, root)['json'])
+    assert record['state'] == 'interrupted' and record['returncode'] == -signal.SIGTERM, record
+    run_dir = run_state.find_run_dir(run, root)
+    step = run_state.latest_checkpoint(run_dir)
+    assert step is not None and step > 20  # the step the signal came in (the periodic one is at 50000)
+    assert read_steps(os.path.join(run_dir, 'train.csv')) == list(range(10, step + 1, 10))
+    log = open(run_state.launch_paths(run, root)['log']).read()
+    assert f'Stopped at step {step} after SIGTERM, with a checkpoint' in log
+
+
+RUN_UNDER_SLURM = '''#!{python}
+# Stands for main.py in a Slurm job: on SIGUSR2 (submitit's warning of the time limit, which Slurm sends to every
+# process of the job) it finishes its current step, here 1 s, then exits by the signal; unless it is {stubborn}.
+import os, signal, time
+stop = []
+signal.signal(signal.SIGUSR2, lambda signum, frame: stop.append(signum) if not {stubborn} else None)
+print('handler installed', flush=True)
+while not stop:
+    time.sleep(0.01)
+time.sleep(1)
+print('Stopped after SIGUSR2, with a checkpoint', flush=True)
+signal.signal(signal.SIGUSR2, signal.SIG_DFL)
+os.kill(os.getpid(), signal.SIGUSR2)
+'''
+
+
+@pytest.mark.parametrize('stubborn', [False, True])
+def test_a_slurm_task_lets_its_signalled_runs_checkpoint_before_it_is_requeued(tmp_path, stubborn):
+    # submitit calls RunGroup.checkpoint on its signal, then requeues the job and exits, and Slurm kills what is
+    # left: the group first waits for its runs to finish their step and exit, up to stop_wait_s.
+    from sweeps.slurm_job import RunGroup
+
+    (run,) = sweeps.expand(sweeps.load('paper'), ['QAM'], ['cube-double'], [2], [10001], '', tiny=True)
+    root, python = str(tmp_path / 'runs'), tmp_path / 'python'
+    python.write_text(RUN_UNDER_SLURM.format(python=sys.executable, stubborn=stubborn))
+    python.chmod(0o755)
+    group = RunGroup([[run]], root, str(python), stop_wait_s=2 if stubborn else 120)
+    job = threading.Thread(target=group, daemon=True)
+    job.start()
+    paths = run_state.launch_paths(run, root)
+    deadline = time.time() + 60
+    while not (os.path.exists(paths['log']) and 'handler installed' in open(paths['log']).read()):
+        assert time.time() < deadline and job.is_alive()
+        time.sleep(0.01)
+    pid = run_state.read_json(paths['json'])['pid']
+    os.kill(pid, signal.SIGUSR2)  # as Slurm does
+    start = time.time()
+    requeued = group.checkpoint()
+    waited = time.time() - start
+    record = run_state.read_json(paths['json'])
+    if stubborn:  # it gave up after stop_wait_s: the run is still going (Slurm kills it)
+        assert 2 <= waited < 30 and record['state'] == 'running'
+        os.kill(pid, signal.SIGKILL)
+    else:  # it returned once the run had exited, having logged its output all along
+        assert 1 <= waited < 30 and record['state'] == 'interrupted' and record['returncode'] == -signal.SIGUSR2
+        assert 'Stopped after SIGUSR2, with a checkpoint' in open(paths['log']).read()
+    job.join(timeout=60)
+    # The requeued job runs a new group of the same runs; submitit pickles it.
+    again = pickle.loads(pickle.dumps(requeued)).function
+    assert (again.packs, again.root, again.python, again.stop_wait_s) == (group.packs, root, str(python),
+                                                                           group.stop_wait_s)

@@ -189,19 +189,22 @@ def write_marker(run_dir, name, content):
 
 
 class StopSignals:
-    """SIGTERM, SIGINT and SIGUSR1 become a request to checkpoint and stop at the end of the current step.
+    """SIGTERM, SIGINT, SIGUSR1, SIGUSR2 and SIGHUP become a request to checkpoint and stop at the end of the
+    current step.
 
-    Slurm sends SIGTERM when it preempts, requeues or times out a job and kills it KillWait seconds later (sbatch
-    `--signal=USR1@<seconds>` warns earlier), and the sweep launchers pass Ctrl-C on as SIGTERM: without this a
-    run would lose everything since its last periodic checkpoint. A second signal of the same kind takes its
-    default action at once, so a run can still be killed immediately.
+    Slurm sends SIGTERM when it preempts, requeues or times out a job and kills it KillWait seconds later. Before a
+    time limit it sends the `--signal` of the job (`sbatch --signal=USR1@<seconds>`; submitit's is SIGUSR2) to
+    every process of the job step, main.py included, whose default action for it is to die. The sweep launchers
+    pass Ctrl-C and their own SIGTERM on as SIGTERM, and a closed terminal sends SIGHUP. Without this a run would
+    lose everything since its last periodic checkpoint. A second signal of the same kind takes its default action
+    at once, so a run can still be killed immediately.
 
         stop_signals = StopSignals().install()
         ...  # at each step boundary: if stop_signals.received: checkpoint, then stop_signals.exit()
         stop_signals.restore()
     """
 
-    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP)
 
     def __init__(self):
         self.received = None  # the first signal's name, e.g. 'SIGTERM'
@@ -241,3 +244,47 @@ class StopSignals:
         signum = signal.Signals[self.received]
         signal.signal(signum, signal.SIG_DFL)
         signal.raise_signal(signum)
+
+
+class OutputWithoutReader:
+    """A text stream (sys.stdout, sys.stderr) whose writes still succeed once its reader is gone.
+
+    A launcher pipes main.py's output into the runs' logs, and a terminal shows it. If the launcher dies first
+    (killed, or a Slurm job's submitit process exiting to requeue) or the terminal closes, the next write would
+    raise (BrokenPipeError, or EIO) wherever it happens, even in the handler of the stop signal that
+    followed, and the run would end without its checkpoint. Here the first failed write points the stream's file
+    descriptor at /dev/null instead: later output, Python's own buffered bytes and C libraries' writes to the
+    descriptor are dropped, and the run goes on to its checkpoint.
+
+        sys.stdout, sys.stderr = OutputWithoutReader(sys.stdout), OutputWithoutReader(sys.stderr)
+    """
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text):
+        try:
+            return self._stream.write(text)
+        except OSError:
+            self._drop_output()
+            return len(text)
+
+    def flush(self):
+        try:
+            self._stream.flush()
+        except OSError:
+            self._drop_output()
+
+    def _drop_output(self):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, self._stream.fileno())
+        finally:
+            os.close(devnull)
+        try:
+            self._stream.flush()  # the bytes still buffered go to /dev/null now
+        except OSError:
+            pass
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
