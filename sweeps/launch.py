@@ -28,6 +28,7 @@ import types
 
 from sweeps import runs as run_state
 from sweeps import sweeps
+from utils import experiment
 
 LOCAL_STATES = ('done', 'running', 'queued', 'failed', 'interrupted', 'not started')
 
@@ -373,4 +374,6 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
+    # After a closed terminal (SIGHUP) the launcher must still wait for its runs, printing into nothing.
+    sys.stdout, sys.stderr = experiment.OutputWithoutReader(sys.stdout), experiment.OutputWithoutReader(sys.stderr)
     sys.exit(main())

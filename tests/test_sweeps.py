@@ -642,10 +642,12 @@ def test_local_backend_runs_a_tiny_sweep_resumes_and_skips(tmp_path, generated_d
     assert stamps == {r.key: os.path.getmtime(os.path.join(run_state.find_run_dir(r, root), 'DONE')) for r in runs}
 
 
-def test_a_local_launch_stopped_with_sigterm_waits_for_its_runs_checkpoints(tmp_path, generated_datasets_dir):
-    # `kill <launcher>`: the launcher passes SIGTERM on and waits while its run finishes the current step, saves a
-    # checkpoint and exits, writing the run's output to its log all along. (It used to die at once, closing the pipe
-    # of the run's output: the run then died at its next line, before its checkpoint.)
+@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGHUP], ids=['SIGTERM', 'SIGHUP'])
+def test_a_local_launch_stopped_by_a_signal_waits_for_its_runs_checkpoints(tmp_path, generated_datasets_dir, signum):
+    # `kill <launcher>`, or its terminal closing (SIGHUP, its output then going nowhere): the launcher passes SIGTERM
+    # on and waits while its run finishes the current step, saves a checkpoint and exits, writing the run's output
+    # to its log all along. (It used to die at once, closing the pipe of the run's output: the run then died at its
+    # next line, before its checkpoint.)
     extra = (f'--dataset_source=dir --dataset_dir={generated_datasets_dir} --agent.flow_steps=3 '
              '--online_steps=100000 --eval_interval=50000 --save_interval=50000')  # stopped long before its end
     argv = ['paper', '--methods=QAM', '--domains=cube-double', '--tasks=2', '--seeds=10001', '--tiny',
@@ -653,9 +655,10 @@ def test_a_local_launch_stopped_with_sigterm_waits_for_its_runs_checkpoints(tmp_
     (run,) = sweeps.expand(sweeps.load('paper'), ['QAM'], ['cube-double'], [2], [10001], extra, tiny=True)
     env = dict(os.environ, JAX_PLATFORMS='cpu', JAX_COMPILATION_CACHE_DIR=os.environ['QAM_TEST_JAX_CACHE'])
     output = tmp_path / 'launcher.log'
+    terminal_closed = signum == signal.SIGHUP
     with open(output, 'w') as out:
-        launcher = subprocess.Popen([sys.executable, '-m', 'sweeps.launch', *argv], cwd=ROOT, env=env, stdout=out,
-                                    stderr=subprocess.STDOUT)
+        launcher = subprocess.Popen([sys.executable, '-m', 'sweeps.launch', *argv], cwd=ROOT, env=env,
+                                    stdout=subprocess.PIPE if terminal_closed else out, stderr=subprocess.STDOUT)
     root = str(tmp_path / 'runs')
 
     def online_rows():
@@ -668,15 +671,17 @@ def test_a_local_launch_stopped_with_sigterm_waits_for_its_runs_checkpoints(tmp_
         while not online_rows():
             assert launcher.poll() is None and time.time() < deadline, open(output).read()[-3000:]
             time.sleep(0.05)
-        launcher.send_signal(signal.SIGTERM)
-        assert launcher.wait(timeout=300) == 128 + signal.SIGTERM, open(output).read()[-3000:]
+        if terminal_closed:
+            launcher.stdout.close()
+        launcher.send_signal(signum)
+        assert launcher.wait(timeout=300) == 128 + signum, open(output).read()[-3000:]
     except BaseException:  # leave no training process behind
         launcher.kill()
         pid = (run_state.read_json(run_state.launch_paths(run, root)['json']) or {}).get('pid')
         with contextlib.suppress(ProcessLookupError, TypeError):
             os.kill(pid, signal.SIGKILL)
         raise
-    assert 'SIGTERM: stopping the running runs' in open(output).read()
+    assert terminal_closed or 'SIGTERM: stopping the running runs' in open(output).read()
 
     # By then the run has ended by the signal, with a checkpoint at the step it was in and every row up to it.
     record = run_state.read_json(run_state.launch_paths(run, root)['json'])
