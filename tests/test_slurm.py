@@ -25,8 +25,7 @@ try:
 except ImportError:
     submitit = None
 from sweeps import runs as run_state
-from sweeps import sweeps
-from test_sweeps import check_finished, read_steps, tiny_sweep
+from test_sweeps import check_finished, in_online_phase, long_tiny_run, tiny_sweep
 
 REQUIRED = os.environ.get('QAM_REQUIRE_SLURM') == '1'
 TIMEOUT_S = 900
@@ -131,8 +130,7 @@ def test_slurm_backend_runs_the_tiny_sweep_through_a_requeue(tmp_path, generated
     assert [run_state.read_json(run_state.launch_paths(run, root)['job'])['job_id'] for run in runs] == jobs
 
 
-def test_a_time_limit_warning_lets_the_run_checkpoint_before_the_requeue(tmp_path, generated_datasets_dir, monkeypatch,
-                                                                          capsys):
+def test_a_time_limit_warning_lets_the_run_checkpoint_before_the_requeue(tmp_path, generated_datasets_dir, monkeypatch):
     # Before a time limit Slurm sends submitit's signal (SIGUSR2, --signal_delay_s ahead) to every process of the
     # job. main.py used to die of it at once; submitit's exit then closed the pipe of the run's output. Now the run
     # finishes its step with a checkpoint, its output still reaching the log, and only then is the task requeued.
@@ -141,21 +139,12 @@ def test_a_time_limit_warning_lets_the_run_checkpoint_before_the_requeue(tmp_pat
     monkeypatch.setenv('JAX_PLATFORMS', 'cpu')
     monkeypatch.setenv('JAX_COMPILATION_CACHE_DIR', os.environ['QAM_TEST_JAX_CACHE'])
     root = str(tmp_path / 'runs')
-    extra = (f'--dataset_source=dir --dataset_dir={generated_datasets_dir} --agent.flow_steps=3 '
-             '--online_steps=100000 --eval_interval=50000 --save_interval=50000')  # stopped long before its end
-    selection = ['paper', '--methods=QAM', '--domains=cube-double', '--tasks=2', '--seeds=10001', '--tiny',
-                 f'--extra_args={extra}']
-    (run,) = sweeps.expand(sweeps.load('paper'), ['QAM'], ['cube-double'], [2], [10001], extra, tiny=True)
+    selection, run = long_tiny_run(generated_datasets_dir)
     assert launch.main(selection + ['--backend=slurm', '--gpus_per_task=0', '--cpus_per_task=1', '--time=30',
                                     f'--save_dir={root}']) == 0
     job = run_state.read_json(run_state.launch_paths(run, root)['job'])['job_id']
     try:
-        def online_row():
-            run_dir = run_state.find_run_dir(run, root)
-            path = os.path.join(run_dir, 'train.csv') if run_dir else ''
-            return os.path.exists(path) and max(read_steps(path), default=0) > 20
-
-        wait_for(online_row, f'an online row of {run.key}')
+        wait_for(lambda: in_online_phase(run, root), f'an online row of {run.key}')
         subprocess.run(['scancel', '--signal=USR2', job], check=True)  # what Slurm sends before the time limit
         wait_for(lambda: job_state(job) == 'PENDING', f'job {job} to be requeued', timeout=300)
     finally:

@@ -642,33 +642,42 @@ def test_local_backend_runs_a_tiny_sweep_resumes_and_skips(tmp_path, generated_d
     assert stamps == {r.key: os.path.getmtime(os.path.join(run_state.find_run_dir(r, root), 'DONE')) for r in runs}
 
 
+def long_tiny_run(dataset_dir):
+    """One run of the tiny sweep with an online phase too long to finish in a test, to be stopped in it: (the
+    launcher's arguments, the run)."""
+    extra = (f'--dataset_source=dir --dataset_dir={dataset_dir} --agent.flow_steps=3 '
+             '--online_steps=100000 --eval_interval=50000 --save_interval=50000')
+    selection = ['paper', '--methods=QAM', '--domains=cube-double', '--tasks=2', '--seeds=10001', '--tiny',
+                 f'--extra_args={extra}']
+    (run,) = sweeps.expand(sweeps.load('paper'), ['QAM'], ['cube-double'], [2], [10001], extra, tiny=True)
+    return selection, run
+
+
+def in_online_phase(run, root):
+    """Whether the run has logged a row of its online phase (after its 20 offline steps)."""
+    run_dir = run_state.find_run_dir(run, root)
+    path = os.path.join(run_dir, 'train.csv') if run_dir else ''
+    return os.path.exists(path) and max(read_steps(path), default=0) > 20
+
+
 @pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGHUP], ids=['SIGTERM', 'SIGHUP'])
 def test_a_local_launch_stopped_by_a_signal_waits_for_its_runs_checkpoints(tmp_path, generated_datasets_dir, signum):
     # `kill <launcher>`, or its terminal closing (SIGHUP, its output then going nowhere): the launcher passes SIGTERM
     # on and waits while its run finishes the current step, saves a checkpoint and exits, writing the run's output
     # to its log all along. (It used to die at once, closing the pipe of the run's output: the run then died at its
     # next line, before its checkpoint.)
-    extra = (f'--dataset_source=dir --dataset_dir={generated_datasets_dir} --agent.flow_steps=3 '
-             '--online_steps=100000 --eval_interval=50000 --save_interval=50000')  # stopped long before its end
-    argv = ['paper', '--methods=QAM', '--domains=cube-double', '--tasks=2', '--seeds=10001', '--tiny',
-            f'--extra_args={extra}', '--backend=local', f'--save_dir={tmp_path / "runs"}']
-    (run,) = sweeps.expand(sweeps.load('paper'), ['QAM'], ['cube-double'], [2], [10001], extra, tiny=True)
+    selection, run = long_tiny_run(generated_datasets_dir)
+    root = str(tmp_path / 'runs')
     env = dict(os.environ, JAX_PLATFORMS='cpu', JAX_COMPILATION_CACHE_DIR=os.environ['QAM_TEST_JAX_CACHE'])
     output = tmp_path / 'launcher.log'
     terminal_closed = signum == signal.SIGHUP
     with open(output, 'w') as out:
-        launcher = subprocess.Popen([sys.executable, '-m', 'sweeps.launch', *argv], cwd=ROOT, env=env,
+        launcher = subprocess.Popen([sys.executable, '-m', 'sweeps.launch', *selection, '--backend=local',
+                                     f'--save_dir={root}'], cwd=ROOT, env=env,
                                     stdout=subprocess.PIPE if terminal_closed else out, stderr=subprocess.STDOUT)
-    root = str(tmp_path / 'runs')
-
-    def online_rows():
-        run_dir = run_state.find_run_dir(run, root)
-        path = os.path.join(run_dir, 'train.csv') if run_dir else ''
-        return [step for step in read_steps(path) if step > 20] if os.path.exists(path) else []
-
     try:
         deadline = time.time() + 600
-        while not online_rows():
+        while not in_online_phase(run, root):
             assert launcher.poll() is None and time.time() < deadline, open(output).read()[-3000:]
             time.sleep(0.05)
         if terminal_closed:
