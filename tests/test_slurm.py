@@ -71,12 +71,17 @@ def wait_for(condition, what, timeout=TIMEOUT_S, check=None):
     raise AssertionError(f'Timed out after {timeout} s waiting for {what}.')
 
 
-def test_slurm_backend_runs_the_tiny_sweep_through_a_requeue(tmp_path, generated_datasets_dir, monkeypatch, capsys):
+@pytest.fixture
+def cluster(monkeypatch):
+    """A Slurm cluster to submit to (a failure without one where QAM_REQUIRE_SLURM=1)."""
     if PROBLEM:
         pytest.fail(f'QAM_REQUIRE_SLURM=1 but no Slurm cluster: {PROBLEM}')
     # The jobs inherit this environment (sbatch exports it): CPU JAX and the repository's compilation cache.
     monkeypatch.setenv('JAX_PLATFORMS', 'cpu')
     monkeypatch.setenv('JAX_COMPILATION_CACHE_DIR', os.environ['QAM_TEST_JAX_CACHE'])
+
+
+def test_slurm_backend_runs_the_tiny_sweep_through_a_requeue(tmp_path, generated_datasets_dir, cluster, capsys):
     root = str(tmp_path / 'runs')
     selection, runs = tiny_sweep(generated_datasets_dir)
     slurm = ['--backend=slurm', '--gpus_per_task=0', '--cpus_per_task=1', '--runs_per_task=2', '--time=30',
@@ -130,14 +135,10 @@ def test_slurm_backend_runs_the_tiny_sweep_through_a_requeue(tmp_path, generated
     assert [run_state.read_json(run_state.launch_paths(run, root)['job'])['job_id'] for run in runs] == jobs
 
 
-def test_a_time_limit_warning_lets_the_run_checkpoint_before_the_requeue(tmp_path, generated_datasets_dir, monkeypatch):
+def test_a_time_limit_warning_lets_the_run_checkpoint_before_the_requeue(tmp_path, generated_datasets_dir, cluster):
     # Before a time limit Slurm sends submitit's signal (SIGUSR2, --signal_delay_s ahead) to every process of the
     # job. main.py used to die of it at once; submitit's exit then closed the pipe of the run's output. Now the run
     # finishes its step with a checkpoint, its output still reaching the log, and only then is the task requeued.
-    if PROBLEM:
-        pytest.fail(f'QAM_REQUIRE_SLURM=1 but no Slurm cluster: {PROBLEM}')
-    monkeypatch.setenv('JAX_PLATFORMS', 'cpu')
-    monkeypatch.setenv('JAX_COMPILATION_CACHE_DIR', os.environ['QAM_TEST_JAX_CACHE'])
     root = str(tmp_path / 'runs')
     selection, run = long_tiny_run(generated_datasets_dir)
     assert launch.main(selection + ['--backend=slurm', '--gpus_per_task=0', '--cpus_per_task=1', '--time=30',
