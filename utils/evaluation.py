@@ -10,8 +10,9 @@ program) is evaluated exactly as the same run on its own.
 
 With fewer environments than episodes (an OGBench manipulation environment holds 150-170 MB by
 benchmarks/env_memory.py, so 12 vmapped seeds with 50 episodes each would need about 100 GB), the episodes run in
-consecutive waves, each environment hosting one episode per wave. Every policy call still has a row for every episode, and episode i keeps row i: it gets the same
-reset seed and the same policy noise in any wave, so the results do not depend on how many environments there are.
+consecutive waves, each environment hosting one episode per wave. Every policy call still has a row for every
+episode, and episode i keeps row i: it gets the same reset seed and the same policy noise in any wave, so the
+results do not depend on how many environments there are.
 """
 
 import time
