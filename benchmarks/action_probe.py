@@ -12,7 +12,8 @@ A second table does the same on states close to a success in the data: rows whos
 dataset (the TD target's rewards and masks, summed along the recorded episode) is above --near_success_return.
 There the critic should be well above the never-succeed value and, if it can guide the policy, should differ
 between actions. Each table also gives ‖∇_a Q‖ at the agent's actions (QAM's pull away from its BC flow).
-Finished runs keep their checkpoints only with main.py's --keep_checkpoints.
+Finished runs keep their checkpoints only with main.py's --keep_checkpoints. A run whose data is no longer found
+as it was (another fingerprint than its flags.json records) is refused rather than probed on other data.
 """
 
 import json
@@ -46,6 +47,13 @@ def load_run(run_dir, step):
         task, source=run_flags['dataset_source'], dataset_dir=run_flags['dataset_dir'],
         cache_dir=run_flags['dataset_cache_dir'], episodes=settings['dataset_episodes'],
         seed=settings['dataset_seed'], use_sharded=settings['sharded_dataset'], num_shards=settings['dataset_shards'])
+    # A set generated again (on another machine, or before the generator's pin) is other data with the same name:
+    # a probe on it would not describe what the run's critic was trained on.
+    difference = record.get('data') and data_sources.identity_difference(record['data'],
+                                                                        data_sources.dataset_identity(located))
+    if difference:
+        raise app.UsageError(f'{run_dir} was trained on other data than is found now: {difference}. Put the files '
+                             'it trained on back where its flags.json says, then probe again.')
     _, _, dataset, _, _ = env_utils.make_env_and_datasets(settings['env_name'], sparse=settings['sparse'],
                                                           located=located)
     dataset = dataset.current if isinstance(dataset, env_utils.ShardedDataset) else dataset

@@ -98,6 +98,18 @@ def test_action_probe_restores_the_run_and_prints_its_table(tmp_path, generated_
     assert step == 40 and len(dataset['observations']) == 2000  # the latest checkpoint; the run's 2 episodes
     with pytest.raises(app.UsageError, match=r'no checkpoint at step 10; it has \[20, 40\].*--step'):
         action_probe.load_run(run_dir, 10)  # saved every 20 steps
+    flags_path = os.path.join(run_dir, 'flags.json')
+    with open(flags_path) as f:
+        record = json.load(f)
+    trained_on = record['data']['fingerprint']
+    record['data']['fingerprint'] = '0123456789abcdef'  # as if the set had been generated again since
+    with open(flags_path, 'w') as f:
+        json.dump(record, f)
+    with pytest.raises(app.UsageError, match=rf'other data .*fingerprint 0123456789abcdef then, {trained_on} now'):
+        action_probe.load_run(run_dir, None)
+    record['data']['fingerprint'] = trained_on
+    with open(flags_path, 'w') as f:
+        json.dump(record, f)
     stored = ocp.PyTreeCheckpointer().restore(os.path.join(run_dir, 'checkpoints', '40', 'state'))['agent']['network']
     for name in ('critic', 'finetuned_flow'):
         for ours, saved in zip(jax.tree.leaves(agent.network.params[name]), jax.tree.leaves(stored['params'][name])):
