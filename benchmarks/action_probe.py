@@ -13,20 +13,17 @@ dataset (the TD target's rewards and masks, summed along the recorded episode) i
 There the critic should be well above the never-succeed value and, if it can guide the policy, should differ
 between actions. Each table also gives ‖∇_a Q‖ at the agent's actions (QAM's pull away from its BC flow).
 Finished runs keep their checkpoints only with main.py's --keep_checkpoints. A run whose data is no longer found
-as it was (another fingerprint than its flags.json records) is refused rather than probed on other data.
+as it was (another fingerprint than its flags.json records) is refused rather than probed on other data
+(`benchmarks/saved_run.py`).
 """
-
-import json
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-import agents
-from envs import data_sources, env_utils, tasks
-from utils import checkpoints, datasets, flow
+from benchmarks import saved_run
+from utils import datasets, flow
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('run_dir', None, 'A run directory of main.py (holding flags.json and checkpoints/).', required=True)
@@ -35,41 +32,6 @@ flags.DEFINE_integer('states', 1024, 'Dataset states to probe (in each table).')
 flags.DEFINE_float('near_success_return', -50.0,
                    'The second table\'s states: rows whose discounted return-to-go in the data is above this (with '
                    'sparse rewards, -50 is a success about 70 steps ahead at discount 0.99).')
-
-
-def load_run(run_dir, step):
-    """(agent restored at `step` or the latest checkpoint, training dataset, step) of a main.py run directory."""
-    with open(os.path.join(run_dir, 'flags.json')) as f:
-        record = json.load(f)
-    run_flags, settings = record['flags'], record['settings']
-    task = tasks.parse_env_name(settings['env_name'])
-    located = data_sources.locate_dataset(
-        task, source=run_flags['dataset_source'], dataset_dir=run_flags['dataset_dir'],
-        cache_dir=run_flags['dataset_cache_dir'], episodes=settings['dataset_episodes'],
-        seed=settings['dataset_seed'], use_sharded=settings['sharded_dataset'], num_shards=settings['dataset_shards'])
-    # A set generated again (on another machine, or before the generator's pin) is other data with the same name:
-    # a probe on it would not describe what the run's critic was trained on.
-    difference = record.get('data') and data_sources.identity_difference(record['data'],
-                                                                        data_sources.dataset_identity(located))
-    if difference:
-        raise app.UsageError(f'{run_dir} was trained on other data than is found now: {difference}. Put the files '
-                             'it trained on back where its flags.json says, then probe again.')
-    _, _, dataset, _, _ = env_utils.make_env_and_datasets(settings['env_name'], sparse=settings['sparse'],
-                                                          located=located)
-    dataset = dataset.current if isinstance(dataset, env_utils.ShardedDataset) else dataset
-    module = agents.load_agent(settings['agent']['agent_name'])
-    config = module.get_config()
-    config.update(settings['agent'])
-    agent = module.Agent.create(run_flags['seed'], dataset['observations'][0], dataset['actions'][0], config)
-    checkpointer = checkpoints.Checkpointer(os.path.join(run_dir, 'checkpoints'))
-    step = checkpointer.latest_step() if step is None else step
-    if step is None:
-        raise app.UsageError(f'{run_dir} has no checkpoint (finished runs keep theirs only with --keep_checkpoints).')
-    if step not in checkpointer.all_steps():
-        raise app.UsageError(f'{run_dir} has no checkpoint at step {step}; it has {sorted(checkpointer.all_steps())} '
-                             '(a run keeps its last two). Pass one of those to --step.')
-    agent, _, _ = checkpoints.restore_agent(checkpointer, step, agent, dataset, datasets.TRANSITION_KEYS)
-    return agent, dataset, step
 
 
 def returns_to_go(rewards, masks, terminals, discount, value_after_end):
@@ -111,7 +73,8 @@ def print_table(agent, dataset, starts, keys):
 
 
 def main(_):
-    agent, dataset, step = load_run(FLAGS.run_dir, FLAGS.step)
+    run = saved_run.load(FLAGS.run_dir, FLAGS.step)
+    agent, dataset, step = run.agent, run.dataset, run.step
     horizon, discount = agent.config.horizon_length, agent.config.discount
     rng, keys = np.random.default_rng(0), jax.random.split(jax.random.PRNGKey(0), 3)
     num_starts = len(dataset['observations']) - horizon + 1

@@ -82,22 +82,26 @@ def test_quickstart_frontier_points_with_an_online_phase_are_the_quick_start_com
     assert '--eval_interval=8000' in frontier.POINTS['c1-100ep-2x128-q2-16k-on8k-e8k'].argv()
 
 
-def test_action_probe_restores_the_run_and_prints_its_table(tmp_path, generated_datasets_dir):
+def test_saved_run_action_probe_and_evaluate_checkpoint_on_a_kept_run(tmp_path, generated_datasets_dir):
     import jax
     import numpy as np
     import orbax.checkpoint as ocp
     from absl import app
 
-    from benchmarks import action_probe
-    from tests.test_main import run_main, tiny_args
+    from benchmarks import saved_run
+    from tests.test_main import read_csv, run_main, tiny_args
 
-    run_main(tiny_args(tmp_path, generated_datasets_dir, extra=['--online_steps=0', '--keep_checkpoints']), tmp_path)
-    root = tmp_path / 'runs' / 'qam' / 'cube-double-play-singletask-task2-v0'
+    # Scene: its evaluation returns differ between reset seeds even for an untrained policy (cube-double's are all
+    # -1000), so the evaluation again below can only match eval.csv with the same episodes.
+    run_main(tiny_args(tmp_path, generated_datasets_dir, extra=['--online_steps=0', '--keep_checkpoints',
+                                                                '--env_name=scene-play-singletask-task1-v0']), tmp_path)
+    root = tmp_path / 'runs' / 'qam' / 'scene-play-singletask-task1-v0'
     (run_dir,) = [str(path) for path in root.iterdir()]
-    agent, dataset, step = action_probe.load_run(run_dir, None)
+    run = saved_run.load(run_dir)
+    agent, dataset, step = run.agent, run.dataset, run.step
     assert step == 40 and len(dataset['observations']) == 2000  # the latest checkpoint; the run's 2 episodes
     with pytest.raises(app.UsageError, match=r'no checkpoint at step 10; it has \[20, 40\].*--step'):
-        action_probe.load_run(run_dir, 10)  # saved every 20 steps
+        saved_run.load(run_dir, 10)  # saved every 20 steps
     flags_path = os.path.join(run_dir, 'flags.json')
     with open(flags_path) as f:
         record = json.load(f)
@@ -106,7 +110,7 @@ def test_action_probe_restores_the_run_and_prints_its_table(tmp_path, generated_
     with open(flags_path, 'w') as f:
         json.dump(record, f)
     with pytest.raises(app.UsageError, match=rf'other data .*fingerprint 0123456789abcdef then, {trained_on} now'):
-        action_probe.load_run(run_dir, None)
+        saved_run.load(run_dir)
     record['data']['fingerprint'] = trained_on
     with open(flags_path, 'w') as f:
         json.dump(record, f)
@@ -133,6 +137,18 @@ def test_action_probe_restores_the_run_and_prints_its_table(tmp_path, generated_
     gradient_norm = all_states.split("‖∇_a Q‖ of the online critic's mean at the agent's actions: ")[1].split()[0]
     assert float(gradient_norm) > 0
     assert '| dataset chunks | ' in near_success and '‖∇_a Q‖' in near_success
+
+    # Evaluated again with its own episodes (2, index 40 // 20), the policy at 40 does what eval.csv recorded then.
+    recorded = [row for row in read_csv(os.path.join(run_dir, 'eval.csv')) if row['step'] == '40']
+    result = subprocess.run([sys.executable, '-m', 'benchmarks.evaluate_checkpoint', f'--run_dir={run_dir}',
+                             '--eval_envs=1'], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    again, own = result.stdout.strip().splitlines()[-2:]
+    assert f'at step 40, evaluation index 2: success {100 * float(recorded[0]["success"]):.1f}% (' in again
+    row = recorded[0]
+    assert f'return {float(row["episode_return"]):.2f}, length {float(row["episode_length"]):.1f}' in again
+    assert '95% interval 0.0-84.2%' in again or float(recorded[0]['success']) > 0  # Clopper-Pearson, 0 of 2
+    assert own.endswith('(the same episodes)')
 
 
 def test_action_probe_returns_to_go_against_the_closed_form():

@@ -1,0 +1,58 @@
+"""A main.py run directory's agent at one of its checkpoints, with the data it trained on and its environment:
+what the diagnostics `action_probe` and `evaluate_checkpoint` start from."""
+
+import dataclasses
+import json
+import os
+
+from absl import app
+
+import agents
+from envs import data_sources, env_utils, tasks
+from utils import checkpoints, datasets
+
+
+@dataclasses.dataclass
+class SavedRun:
+    agent: object  # restored at `step`
+    dataset: dict  # the training transitions (the current shard of a sharded set)
+    step: int
+    record: dict  # the run's flags.json: {'flags', 'settings', 'data', ...}
+    make_env: object  # make_env(render=False): a new evaluation environment of the run's task
+    info: dict  # env_utils.make_env_and_datasets's info (normalized_score for D4RL)
+
+
+def load(run_dir, step=None):
+    """The run at checkpoint `step` (default: its latest). Usage errors name what is missing: no checkpoint, no
+    checkpoint at that step, or data that is not what the run trained on."""
+    with open(os.path.join(run_dir, 'flags.json')) as f:
+        record = json.load(f)
+    run_flags, settings = record['flags'], record['settings']
+    task = tasks.parse_env_name(settings['env_name'])
+    located = data_sources.locate_dataset(
+        task, source=run_flags['dataset_source'], dataset_dir=run_flags['dataset_dir'],
+        cache_dir=run_flags['dataset_cache_dir'], episodes=settings['dataset_episodes'],
+        seed=settings['dataset_seed'], use_sharded=settings['sharded_dataset'], num_shards=settings['dataset_shards'])
+    # A set generated again (on another machine, or before the generator's pin) is other data with the same name:
+    # a diagnostic on it would not describe what the run was trained on.
+    difference = record.get('data') and data_sources.identity_difference(record['data'],
+                                                                        data_sources.dataset_identity(located))
+    if difference:
+        raise app.UsageError(f'{run_dir} was trained on other data than is found now: {difference}. Put the files '
+                             'it trained on back where its flags.json says, then run this again.')
+    _, make_env, dataset, _, info = env_utils.make_env_and_datasets(settings['env_name'], sparse=settings['sparse'],
+                                                                    located=located)
+    dataset = dataset.current if isinstance(dataset, env_utils.ShardedDataset) else dataset
+    module = agents.load_agent(settings['agent']['agent_name'])
+    config = module.get_config()
+    config.update(settings['agent'])
+    agent = module.Agent.create(run_flags['seed'], dataset['observations'][0], dataset['actions'][0], config)
+    checkpointer = checkpoints.Checkpointer(os.path.join(run_dir, 'checkpoints'))
+    step = checkpointer.latest_step() if step is None else step
+    if step is None:
+        raise app.UsageError(f'{run_dir} has no checkpoint (finished runs keep theirs only with --keep_checkpoints).')
+    if step not in checkpointer.all_steps():
+        raise app.UsageError(f'{run_dir} has no checkpoint at step {step}; it has {sorted(checkpointer.all_steps())} '
+                             '(a run keeps its last two). Pass one of those to --step.')
+    agent, _, _ = checkpoints.restore_agent(checkpointer, step, agent, dataset, datasets.TRANSITION_KEYS)
+    return SavedRun(agent, dataset, step, record, make_env, info)
