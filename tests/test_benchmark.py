@@ -144,10 +144,13 @@ def test_saved_run_action_probe_and_evaluate_checkpoint_on_a_kept_run(tmp_path, 
                              '--eval_envs=1'], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     again, own = result.stdout.strip().splitlines()[-2:]
-    assert f'at step 40, evaluation index 2: success {100 * float(recorded[0]["success"]):.1f}% (' in again
-    row = recorded[0]
+    (row,) = recorded
+    assert f'at step 40, evaluation index 2: success {100 * float(row["success"]):.1f}% (' in again
     assert f'return {float(row["episode_return"]):.2f}, length {float(row["episode_length"]):.1f}' in again
-    assert '95% interval 0.0-84.2%' in again or float(recorded[0]['success']) > 0  # Clopper-Pearson, 0 of 2
+    # Clopper-Pearson for n = 2 in closed form: k = 0 gives [0, 1 - 0.025^(1/2)], k = 2 [0.025^(1/2), 1], k = 1
+    # [1 - 0.975^(1/2), 0.975^(1/2)].
+    successes = round(2 * float(row['success']))
+    assert {0: '95% interval 0.0-84.2%', 1: '95% interval 1.3-98.7%', 2: '95% interval 15.8-100.0%'}[successes] in again
     assert own.endswith('(the same episodes)')
 
 
