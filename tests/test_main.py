@@ -86,12 +86,21 @@ def test_stopped_run_resumes_from_checkpoint_without_duplicate_rows(tmp_path, ge
     assert done['final']['offline']['step'] == 40  # read back from eval.csv after the resume
 
 
+def with_default_stop_signals(argv):
+    """`argv` (a Python command) started with SIGINT and SIGHUP at their default action. A process keeps ignoring
+    the signals it was started ignoring (utils/experiment.StopSignals), and a shell starts a background job
+    (`nohup python -m pytest &`) ignoring them: the signal tests' processes would not hear the signals they send."""
+    reset = ('import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); '
+             'signal.signal(signal.SIGHUP, signal.SIG_DFL); os.execv(sys.executable, [sys.executable, *sys.argv[1:]])')
+    return [sys.executable, '-c', reset, *argv[1:]]
+
+
 def start_main(args, log_path, pipe=False):
     """main.py in the background, its output in `log_path`, or in a pipe (`process.stdout`) if `pipe`."""
     env = dict(os.environ, JAX_PLATFORMS='cpu', MUJOCO_GL='egl',
                JAX_COMPILATION_CACHE_DIR=os.environ['QAM_TEST_JAX_CACHE'])
     with open(log_path, 'w') as log:
-        return subprocess.Popen([sys.executable, 'main.py', *args], cwd=ROOT, env=env,
+        return subprocess.Popen(with_default_stop_signals([sys.executable, 'main.py', *args]), cwd=ROOT, env=env,
                                 stdout=subprocess.PIPE if pipe else log, stderr=subprocess.STDOUT, text=True)
 
 

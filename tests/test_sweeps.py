@@ -666,14 +666,16 @@ def test_a_local_launch_stopped_by_a_signal_waits_for_its_runs_checkpoints(tmp_p
     # on and waits while its run finishes the current step, saves a checkpoint and exits, writing the run's output
     # to its log all along. (It used to die at once, closing the pipe of the run's output: the run then died at its
     # next line, before its checkpoint.)
+    from tests.test_main import with_default_stop_signals
+
     selection, run = long_tiny_run(generated_datasets_dir)
     root = str(tmp_path / 'runs')
     env = dict(os.environ, JAX_PLATFORMS='cpu', JAX_COMPILATION_CACHE_DIR=os.environ['QAM_TEST_JAX_CACHE'])
     output = tmp_path / 'launcher.log'
     terminal_closed = signum == signal.SIGHUP
     with open(output, 'w') as out:
-        launcher = subprocess.Popen([sys.executable, '-m', 'sweeps.launch', *selection, '--backend=local',
-                                     f'--save_dir={root}'], cwd=ROOT, env=env,
+        command = [sys.executable, '-m', 'sweeps.launch', *selection, '--backend=local', f'--save_dir={root}']
+        launcher = subprocess.Popen(with_default_stop_signals(command), cwd=ROOT, env=env,
                                     stdout=subprocess.PIPE if terminal_closed else out, stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 600
