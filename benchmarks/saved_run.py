@@ -2,14 +2,13 @@
 what the diagnostics `action_probe` and `evaluate_checkpoint` start from."""
 
 import dataclasses
-import json
 import os
 
 from absl import app
 
 import agents
 from envs import data_sources, env_utils, tasks
-from utils import checkpoints, datasets
+from utils import checkpoints, datasets, experiment
 
 
 @dataclasses.dataclass
@@ -25,8 +24,10 @@ class SavedRun:
 def load(run_dir, step=None):
     """The run at checkpoint `step` (default: its latest). Usage errors name what is missing: no checkpoint, no
     checkpoint at that step, or data that is not what the run trained on."""
-    with open(os.path.join(run_dir, 'flags.json')) as f:
-        record = json.load(f)
+    record = experiment.read_flags(run_dir)
+    if record is None:
+        raise app.UsageError(f'{run_dir} has no flags.json: it is not a run directory of main.py. Pass one that is '
+                             '(<save_dir>/<agent>/<env_name>/seed<seed>-<hash>).')
     run_flags, settings = record['flags'], record['settings']
     task = tasks.parse_env_name(settings['env_name'])
     located = data_sources.locate_dataset(

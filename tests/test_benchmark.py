@@ -102,6 +102,8 @@ def test_saved_run_action_probe_and_evaluate_checkpoint_on_a_kept_run(tmp_path, 
     assert step == 40 and len(dataset['observations']) == 2000  # the latest checkpoint; the run's 2 episodes
     with pytest.raises(app.UsageError, match=r'no checkpoint at step 10; it has \[20, 40\].*--step'):
         saved_run.load(run_dir, 10)  # saved every 20 steps
+    with pytest.raises(app.UsageError, match='has no flags.json: it is not a run directory'):
+        saved_run.load(str(root))  # the folder above the run
     flags_path = os.path.join(run_dir, 'flags.json')
     with open(flags_path) as f:
         record = json.load(f)
