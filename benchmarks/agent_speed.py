@@ -42,7 +42,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 import agents  # noqa: E402
-from utils import cpu_random, datasets, evaluation, host_memory, training  # noqa: E402
+from utils import cpu_random, datasets, evaluation, experiment, host_memory, training  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list('agents', None, 'Agents to measure (default: all).')
@@ -238,7 +238,7 @@ def main(_):
     host_data = random_dataset(np.random.default_rng(0))
     device_data = datasets.to_device(host_data)
     results = dict(
-        machine=dict(platform=platform.platform(), processor=platform.processor(), cpus=os.cpu_count(),
+        machine=dict(platform=platform.platform(), processor=experiment.cpu_model(), cpus=os.cpu_count(),
                      devices=[str(d) for d in jax.devices()], backend=jax.default_backend()),
         settings=dict(scan_length=FLAGS.scan_length, keep_freed_memory=FLAGS.keep_freed_memory,
                       unrolled_threefry=FLAGS.unrolled_threefry, obs_dim=OBS_DIM,

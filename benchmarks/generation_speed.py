@@ -17,6 +17,7 @@ import time
 from absl import app, flags
 
 from envs import generate
+from utils import experiment
 
 
 def _pid_after_init(_):
@@ -40,7 +41,7 @@ def main(_):
     total_episodes = episodes + max(1, episodes // 10)
     transitions = total_episodes * (generate.EPISODE_LENGTH - 1)
     print(f'{name}: {episodes} + {total_episodes - episodes} validation episodes = {transitions:,} transitions per run')
-    machine = platform.processor() or platform.machine()
+    machine = experiment.cpu_model() or platform.machine()
     print(f'machine: {machine}, {os.cpu_count()} CPU cores, Python {platform.python_version()}')
     for num_workers in (1, 2):
         startup = startup_seconds(name, num_workers)

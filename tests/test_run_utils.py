@@ -2,6 +2,8 @@
 
 import contextlib
 import os
+import shutil
+import subprocess
 
 import jax
 import jax.numpy as jnp
@@ -189,6 +191,14 @@ def test_run_dir_name_is_deterministic_and_depends_on_settings(tmp_path):
     experiment.write_marker(str(tmp_path), experiment.DONE, dict(summary='ok'))
     assert experiment.read_marker(str(tmp_path), experiment.DONE) == dict(summary='ok')
     assert experiment.read_marker(str(tmp_path), experiment.DIVERGED) is None
+
+
+@pytest.mark.skipif(shutil.which('lscpu') is None, reason='needs lscpu (util-linux) to read the model independently')
+def test_flags_record_the_cpu_model_that_lscpu_reports(tmp_path):
+    lscpu = subprocess.run(['lscpu'], capture_output=True, text=True, env=dict(os.environ, LC_ALL='C')).stdout
+    model = next(line.split(':', 1)[1].strip() for line in lscpu.splitlines() if line.startswith('Model name:'))
+    experiment.write_flags(str(tmp_path), flags={}, settings={})
+    assert experiment.read_flags(str(tmp_path))['machine']['cpu'] == model != ''
 
 
 def test_checkpointer_round_trip(tmp_path):

@@ -53,6 +53,20 @@ def code_version():
         return 'unknown'
 
 
+def cpu_model():
+    """The CPU's model name ('' when unknown). platform.processor() is empty on Linux, so this reads /proc/cpuinfo
+    there. Runs record it because a generated dataset's bytes can depend on the CPU (README, "Datasets")."""
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                key, _, value = line.partition(':')
+                if key.strip() == 'model name':
+                    return value.strip()
+    except OSError:  # not Linux
+        pass
+    return platform.processor()
+
+
 def write_flags(run_dir, flags, settings, data=None):
     """flags.json: every flag, the resolved settings, the data it trains on, the code version and the machine."""
     import jax  # here, not at the top: the sweep tools read this module's constants without loading JAX
@@ -62,7 +76,8 @@ def write_flags(run_dir, flags, settings, data=None):
         settings=settings,
         data=data,
         code_version=code_version(),
-        machine=dict(host=platform.node(), platform=platform.platform(), devices=[str(d) for d in jax.devices()]),
+        machine=dict(host=platform.node(), platform=platform.platform(), cpu=cpu_model(),
+                     devices=[str(d) for d in jax.devices()]),
         started=time.strftime('%Y-%m-%d %H:%M:%S'),
     )
     write_marker(run_dir, 'flags.json', record)  # atomically: a reader never sees half a record
