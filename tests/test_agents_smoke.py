@@ -17,7 +17,7 @@ import os
 import pytest
 
 import agents
-from tests.test_main import run_main
+from tests.main_runs import run_main
 
 TINY = {
     'actor_hidden_dims': '(32, 32)', 'value_hidden_dims': '(32, 32)', 'num_qs': '2', 'batch_size': '16',

@@ -15,7 +15,7 @@ import pytest
 
 import agents
 from envs import data_sources, env_utils, minari_data, online, tasks
-from tests.test_main import run_main
+from tests.main_runs import run_main
 from utils import environment, evaluation
 
 ANTMAZE, DOOR, PEN = 'D4RL/antmaze/umaze-v1', 'D4RL/door/human-v2', 'D4RL/pen/human-v2'

@@ -17,7 +17,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from envs import online
-from tests.test_main import ROOT, TINY_AGENT, assert_same_results, read_csv
+from tests.main_runs import ROOT, TINY_AGENT, assert_same_results, read_csv
 from utils import datasets
 
 FQL_ONLINE = [

@@ -8,7 +8,7 @@ import signal
 import numpy as np
 import pytest
 
-from tests.test_main import (assert_same_results, find_run_dir, logged_steps, read_csv, run_dirs, run_main, start_main,
+from tests.main_runs import (assert_same_results, find_run_dir, logged_steps, read_csv, run_dirs, run_main, start_main,
                              tiny_args, wait_for)
 from utils import experiment
 

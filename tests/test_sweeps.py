@@ -26,6 +26,7 @@ from sweeps import hyperparameters as hp
 from sweeps import launch, mini
 from sweeps import runs as run_state
 from sweeps import sweeps
+from tests.main_runs import with_default_stop_signals
 from utils import experiment, run_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -666,8 +667,6 @@ def test_a_local_launch_stopped_by_a_signal_waits_for_its_runs_checkpoints(tmp_p
     # on and waits while its run finishes the current step, saves a checkpoint and exits, writing the run's output
     # to its log all along. (It used to die at once, closing the pipe of the run's output: the run then died at its
     # next line, before its checkpoint.)
-    from tests.test_main import with_default_stop_signals
-
     selection, run = long_tiny_run(generated_datasets_dir)
     root = str(tmp_path / 'runs')
     env = dict(os.environ, JAX_PLATFORMS='cpu', JAX_COMPILATION_CACHE_DIR=os.environ['QAM_TEST_JAX_CACHE'])
