@@ -14,13 +14,10 @@ recorded; another --eval_index draws other episodes. Prints the success rate wit
 import csv
 import os
 
-import jax
-import numpy as np
 import scipy.stats
 from absl import app, flags
 
 from benchmarks import saved_run
-from utils import evaluation
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('run_dir', None, 'A run directory of main.py (holding flags.json and checkpoints/).', required=True)
@@ -29,24 +26,6 @@ flags.DEFINE_integer('episodes', None, 'Evaluation episodes (default: the run\'s
 flags.DEFINE_integer('eval_index', None, 'Evaluation index: with the run\'s seed, it sets every episode\'s reset seed '
                      'and policy noise (default: the run\'s own at this step, step // eval_interval).')
 flags.DEFINE_integer('eval_envs', 16, 'Environments that run the episodes, in waves (each holds 150-170 MB).')
-
-
-def evaluate(run, episodes, eval_index, eval_envs):
-    """Metrics of `episodes` episodes of the run's policy (main.py's, as one member) with evaluation index
-    `eval_index`: success, episode_return, episode_length, num_episodes (and normalized_score for D4RL)."""
-    if episodes < 1 or eval_envs < 1:
-        raise app.UsageError(f'--episodes ({episodes}) and --eval_envs ({eval_envs}) must be at least 1.')
-    # main.py's policy for a run of one member: the agent's actions for its (1, N, O) observations and (1, 2) keys.
-    act = jax.jit(lambda agent, observations, keys: agent.sample_actions(observations[0], keys[0])[None])
-    policy = lambda observations, keys: np.asarray(act(run.agent, observations, keys))  # noqa: E731
-    envs = [run.make_env() for _ in range(min(episodes, eval_envs))]
-    (metrics,), _ = evaluation.evaluate_members(policy, [envs], [run.record['flags']['seed']], eval_index,
-                                                run.dataset['actions'].shape[-1], num_episodes=episodes)
-    for env in envs:
-        env.close()
-    if run.info['normalized_score']:
-        metrics['normalized_score'] = run.info['normalized_score'](metrics['episode_return'])
-    return metrics
 
 
 def recorded_evaluation(run_dir, step):
@@ -64,7 +43,7 @@ def main(_):
     episodes = run_flags['eval_episodes'] if FLAGS.episodes is None else FLAGS.episodes
     own_index = run.step // run_flags['eval_interval']
     eval_index = own_index if FLAGS.eval_index is None else FLAGS.eval_index
-    metrics = evaluate(run, episodes, eval_index, FLAGS.eval_envs)
+    metrics = saved_run.evaluate(run, episodes, eval_index, FLAGS.eval_envs)
     successes = int(round(metrics['success'] * episodes))
     low, high = scipy.stats.binomtest(successes, episodes).proportion_ci(confidence_level=0.95)
     score = f', normalised score {metrics["normalized_score"]:.1f}' if 'normalized_score' in metrics else ''

@@ -1,14 +1,17 @@
-"""A main.py run directory's agent at one of its checkpoints, with the data it trained on and its environment:
-what the diagnostics `action_probe` and `evaluate_checkpoint` start from."""
+"""A main.py run directory's agent at one of its checkpoints, with the data it trained on and its environment, and
+its policy evaluated again: what the diagnostics `action_probe`, `evaluate_checkpoint` and `return_probe` start
+from."""
 
 import dataclasses
 import os
 
+import jax
+import numpy as np
 from absl import app
 
 import agents
 from envs import data_sources, env_utils, tasks
-from utils import checkpoints, datasets, experiment
+from utils import checkpoints, datasets, evaluation, experiment
 
 
 @dataclasses.dataclass
@@ -57,3 +60,21 @@ def load(run_dir, step=None):
                              '(a run keeps its last two). Pass one of those to --step.')
     agent, _, _ = checkpoints.restore_agent(checkpointer, step, agent, dataset, datasets.TRANSITION_KEYS)
     return SavedRun(agent, dataset, step, record, make_env, info)
+
+
+def evaluate(run, episodes, eval_index, eval_envs):
+    """Metrics of `episodes` episodes of the run's policy (main.py's, as one member) with evaluation index
+    `eval_index`: success, episode_return, episode_length, num_episodes (and normalized_score for D4RL)."""
+    if episodes < 1 or eval_envs < 1:
+        raise app.UsageError(f'--episodes ({episodes}) and --eval_envs ({eval_envs}) must be at least 1.')
+    # main.py's policy for a run of one member: the agent's actions for its (1, N, O) observations and (1, 2) keys.
+    act = jax.jit(lambda agent, observations, keys: agent.sample_actions(observations[0], keys[0])[None])
+    policy = lambda observations, keys: np.asarray(act(run.agent, observations, keys))  # noqa: E731
+    envs = [run.make_env() for _ in range(min(episodes, eval_envs))]
+    (metrics,), _ = evaluation.evaluate_members(policy, [envs], [run.record['flags']['seed']], eval_index,
+                                                run.dataset['actions'].shape[-1], num_episodes=episodes)
+    for env in envs:
+        env.close()
+    if run.info['normalized_score']:
+        metrics['normalized_score'] = run.info['normalized_score'](metrics['episode_return'])
+    return metrics

@@ -82,28 +82,38 @@ def test_quickstart_frontier_points_with_an_online_phase_are_the_quick_start_com
     assert '--eval_interval=8000' in frontier.POINTS['c1-100ep-2x128-q2-16k-on8k-e8k'].argv()
 
 
-def test_saved_run_action_probe_and_evaluate_checkpoint_on_a_kept_run(tmp_path, generated_datasets_dir):
+@pytest.fixture(scope='module')
+def kept_scene_run(tmp_path_factory, generated_datasets_dir):
+    """A tiny QAM run on scene task 1 (40 offline steps) that kept its checkpoints (20 and 40): its directory.
+    Scene: its evaluation returns differ between reset seeds even for an untrained policy (cube-double's are all
+    -1000), so an evaluation again can only match eval.csv with the same episodes."""
+    from tests.main_runs import run_main, tiny_args
+
+    tmp_path = tmp_path_factory.mktemp('kept')
+    run_main(tiny_args(tmp_path, generated_datasets_dir, extra=['--online_steps=0', '--keep_checkpoints',
+                                                                '--env_name=scene-play-singletask-task1-v0']), tmp_path)
+    (run_dir,) = (tmp_path / 'runs' / 'qam' / 'scene-play-singletask-task1-v0').iterdir()
+    return str(run_dir)
+
+
+def test_saved_run_action_probe_and_evaluate_checkpoint_on_a_kept_run(kept_scene_run):
     import jax
     import numpy as np
     import orbax.checkpoint as ocp
     from absl import app
 
     from benchmarks import saved_run
-    from tests.test_main import read_csv, run_main, tiny_args
+    from tests.main_runs import read_csv
 
-    # Scene: its evaluation returns differ between reset seeds even for an untrained policy (cube-double's are all
-    # -1000), so the evaluation again below can only match eval.csv with the same episodes.
-    run_main(tiny_args(tmp_path, generated_datasets_dir, extra=['--online_steps=0', '--keep_checkpoints',
-                                                                '--env_name=scene-play-singletask-task1-v0']), tmp_path)
-    root = tmp_path / 'runs' / 'qam' / 'scene-play-singletask-task1-v0'
-    (run_dir,) = [str(path) for path in root.iterdir()]
+    run_dir = kept_scene_run
+    root = os.path.dirname(run_dir)
     run = saved_run.load(run_dir)
     agent, dataset, step = run.agent, run.dataset, run.step
     assert step == 40 and len(dataset['observations']) == 2000  # the latest checkpoint; the run's 2 episodes
     with pytest.raises(app.UsageError, match=r'no checkpoint at step 10; it has \[20, 40\].*--step'):
         saved_run.load(run_dir, 10)  # saved every 20 steps
     with pytest.raises(app.UsageError, match='has no flags.json: it is not a run directory'):
-        saved_run.load(str(root))  # the folder above the run
+        saved_run.load(root)  # the folder above the run
     flags_path = os.path.join(run_dir, 'flags.json')
     with open(flags_path) as f:
         record = json.load(f)
@@ -175,3 +185,78 @@ def test_action_probe_returns_to_go_against_the_closed_form():
     np.testing.assert_allclose(returns[:4], [-(1 - g ** i) / (1 - g) for i in (3, 2, 1, 0)])
     # Rows 4 and 5 never succeed again before the time limit: the never-succeed value, as every row of episode 2.
     np.testing.assert_allclose(returns[4:], after)
+
+
+def test_return_probe_returns_after_each_step_against_the_closed_form():
+    import numpy as np
+
+    from benchmarks.return_probe import returns_after
+
+    g = 0.9
+    # Terminated (a success) after rewards -1, -1, -1, 0: nothing follows the termination.
+    np.testing.assert_allclose(returns_after(np.array([-1.0, -1.0, -1.0, 0.0]), True, g),
+                               [-(1 + g + g ** 2), -(1 + g), -1.0, 0.0])
+    # Cut by the time limit at -1 per step: the last reward goes on for ever, so every step is worth -1/(1-g).
+    np.testing.assert_allclose(returns_after(np.full(6, -1.0), False, g), np.full(6, -1 / (1 - g)))
+    # Cut at -2 after two -1s: the -2 goes on after the end.
+    np.testing.assert_allclose(returns_after(np.array([-1.0, -1.0, -2.0]), False, g),
+                               [-1 - g - 2 * g ** 2 / (1 - g), -1 - 2 * g / (1 - g), -2 / (1 - g)], rtol=1e-12)
+
+
+def test_return_probe_records_what_the_environment_did_and_the_return_that_followed(kept_scene_run, capsys):
+    import jax.numpy as jnp
+    import numpy as np
+
+    from benchmarks import return_probe, saved_run
+    from tests.main_runs import read_csv
+    from utils import evaluation
+
+    run = saved_run.load(kept_scene_run, 40)
+    horizon, discount = run.agent.config.horizon_length, run.agent.config.discount
+    # The run's own evaluation at 40 (index 40 // 20, its 2 episodes), in two waves of one environment: recording
+    # changes nothing in it.
+    metrics, recorded, rows = return_probe.probe(run, 2, 2, 1)
+    (row,) = [row for row in read_csv(os.path.join(kept_scene_run, 'eval.csv')) if row['step'] == '40']
+    assert metrics['success'] == float(row['success'])
+    assert metrics['episode_return'] == pytest.approx(float(row['episode_return']))
+    assert len(recorded) == 2
+    assert np.mean([sum(episode['rewards']) for episode in recorded]) == pytest.approx(metrics['episode_return'])
+    assert np.mean([len(episode['rewards']) for episode in recorded]) == metrics['episode_length']
+
+    # What the environment did: a fresh environment reset with each episode's seed and given the recorded actions
+    # goes through the recorded observations and rewards (an observation recorded one step off would not match).
+    seed = run.record['flags']['seed']
+    for i, episode in enumerate(recorded):
+        env = run.make_env()
+        observation, _ = env.reset(seed=evaluation.episode_seed(seed, 2, i))
+        for t, action in enumerate(episode['actions']):
+            np.testing.assert_array_equal(episode['observations'][t], observation)
+            observation, reward, terminated, truncated, info = env.step(action)
+            assert reward == episode['rewards'][t]
+        assert (terminated or truncated) and terminated == episode['terminated'] and info['success'] == episode['success']
+        env.close()
+
+    # One row per chunk executed in full, at steps 0, H, 2H, ...; the return that followed summed directly.
+    starts = [[t for t in range(0, len(e['rewards']) - horizon + 1, horizon)] for e in recorded]
+    assert len(rows['returns']) == sum(len(s) for s in starts)
+    k = 0
+    for episode, episode_starts in zip(recorded, starts):
+        rewards, length = np.asarray(episode['rewards']), len(episode['rewards'])
+        for t in episode_starts:
+            expected = sum(discount ** (j - t) * rewards[j] for j in range(t, length))
+            if not episode['terminated']:
+                expected += discount ** (length - t) * rewards[-1] / (1 - discount)
+            assert rows['returns'][k] == pytest.approx(expected, rel=1e-9)
+            np.testing.assert_array_equal(rows['observations'][k], episode['observations'][t])
+            np.testing.assert_array_equal(rows['actions'][k], np.concatenate(episode['actions'][t:t + horizon]))
+            assert rows['first'][k] == (t == 0) and rows['success'][k] == episode['success']
+            k += 1
+    q = run.agent.q_mean(jnp.asarray(rows['observations']), jnp.asarray(rows['actions']))
+    np.testing.assert_allclose(rows['q'], np.asarray(q), rtol=1e-5)
+    assert (rows['q_std'] >= 0).all() and (rows['bc_distance'] >= 0).all()
+
+    return_probe.print_table(rows)
+    table = capsys.readouterr().out
+    every = [line for line in table.splitlines() if line.startswith('| every chunk start |')][0].split('|')
+    assert int(every[2]) == len(rows['returns'])
+    assert float(every[5]) == pytest.approx(np.mean(rows['q'] - rows['returns']), abs=0.01)
