@@ -46,12 +46,13 @@ def define_flags():
 
 
 class StepRecorder(gymnasium.Wrapper):
-    """Every episode that the environment runs: the observation before each step, the action that it received, and
-    the reward, termination and truncation that followed (copies), appended to `episodes` as dicts of arrays."""
+    """Every episode that the environment runs, appended to `episodes` as a dict: per step the observation before
+    it, the action that the environment received and the reward that followed (copies, in lists), and whether the
+    episode terminated (rather than reaching its time limit) and succeeded."""
 
     def __init__(self, env, episodes):
         super().__init__(env)
-        self.episodes, self.current = episodes, None
+        self.episodes, self.current, self.last_observation = episodes, None, None
 
     def reset(self, **kwargs):
         observation, info = self.env.reset(**kwargs)
@@ -92,7 +93,8 @@ def chunk_starts(episodes, horizon, discount):
         returns = returns_after(np.asarray(episode['rewards']), episode['terminated'], discount)
         actions = np.asarray(episode['actions'])
         parts['observations'].append(np.asarray(episode['observations'])[starts])
-        parts['actions'].append(np.stack([actions[t:t + horizon].reshape(-1) for t in starts]))
+        chunks = actions[starts[:, None] + np.arange(horizon)]  # (starts, H, A)
+        parts['actions'].append(chunks.reshape(len(starts), horizon * actions.shape[-1]))
         parts['returns'].append(returns[starts])
         parts['success'].append(np.full(len(starts), episode['success']))
         parts['first'].append(starts == 0)
@@ -123,7 +125,8 @@ def probe(run, episodes, eval_index, eval_envs, key=jax.random.PRNGKey(0)):
 
 def print_table(rows):
     columns = [('chunk starts', None), ('return G', 'returns'), ('critic Q', 'q'), ('Q − G', None),
-               ('critic spread', 'q_std'), ('Q − Q(BC flow)', 'bc_preference'), ('distance to BC flow', 'bc_distance')]
+               ('critic spread', 'q_std'), ('Q − Q(BC flow)', 'bc_preference'),
+               ('distance to BC flow', 'bc_distance')]
     columns = [(name, key) for name, key in columns if key is None or key in rows]
     print('| states | ' + ' | '.join(name for name, _ in columns) + ' |')
     print('|---' * (len(columns) + 1) + '|')

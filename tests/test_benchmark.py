@@ -203,6 +203,26 @@ def test_return_probe_returns_after_each_step_against_the_closed_form():
                                [-1 - g - 2 * g ** 2 / (1 - g), -1 - 2 * g / (1 - g), -2 / (1 - g)], rtol=1e-12)
 
 
+def test_return_probe_chunk_starts_of_episodes_against_a_loop():
+    import numpy as np
+
+    from benchmarks.return_probe import chunk_starts
+
+    # Episodes of 7, 2 (shorter than a chunk: no row) and 6 steps, H = 3: full chunks start at 0, 3; none; 0, 3.
+    rng = np.random.default_rng(0)
+    episodes = [{'observations': list(rng.normal(size=(n, 4))), 'actions': list(rng.uniform(-1, 1, size=(n, 2))),
+                 'rewards': list(-rng.integers(0, 3, size=n).astype(float)), 'terminated': n == 6, 'success': n == 6}
+                for n in (7, 2, 6)]
+    rows = chunk_starts(episodes, 3, 0.9)
+    expected = [(0, 0), (0, 3), (2, 0), (2, 3)]  # (episode, step)
+    assert len(rows['returns']) == len(expected)
+    for k, (e, t) in enumerate(expected):
+        episode = episodes[e]
+        np.testing.assert_array_equal(rows['observations'][k], episode['observations'][t])
+        np.testing.assert_array_equal(rows['actions'][k], [x for a in episode['actions'][t:t + 3] for x in a])
+        assert rows['first'][k] == (t == 0) and rows['success'][k] == episode['success']
+
+
 def test_return_probe_records_what_the_environment_did_and_the_return_that_followed(kept_scene_run, capsys):
     import jax.numpy as jnp
     import numpy as np
@@ -233,7 +253,8 @@ def test_return_probe_records_what_the_environment_did_and_the_return_that_follo
             np.testing.assert_array_equal(episode['observations'][t], observation)
             observation, reward, terminated, truncated, info = env.step(action)
             assert reward == episode['rewards'][t]
-        assert (terminated or truncated) and terminated == episode['terminated'] and info['success'] == episode['success']
+        assert terminated or truncated
+        assert terminated == episode['terminated'] and info['success'] == episode['success']
         env.close()
 
     # One row per chunk executed in full, at steps 0, H, 2H, ...; the return that followed summed directly.
