@@ -34,19 +34,6 @@ flags.DEFINE_float('near_success_return', -50.0,
                    'sparse rewards, -50 is a success about 70 steps ahead at discount 0.99).')
 
 
-def returns_to_go(rewards, masks, terminals, discount, value_after_end):
-    """G[k] = r[k] + discount·m[k]·G[k+1] along each recorded episode (the TD target's rewards and masks), with
-    G = value_after_end after an episode's last row (its time limit: what would follow is not recorded)."""
-    returns = np.empty(len(rewards), np.float64)
-    following = value_after_end
-    for k in range(len(rewards) - 1, -1, -1):
-        if terminals[k]:
-            following = value_after_end
-        returns[k] = rewards[k] + discount * masks[k] * following
-        following = returns[k]
-    return returns
-
-
 def print_table(agent, dataset, starts, keys):
     """The critic at the data's chunks, the agent's, the BC flow's and random chunks at these start rows."""
     batch = datasets.sample_chunks_at_np(dataset, starts, agent.config.horizon_length, agent.config.discount)
@@ -82,7 +69,7 @@ def main(_):
     print_table(agent, dataset, rng.integers(0, num_starts, size=FLAGS.states), keys)
 
     # Never succeeding is worth min(r)/(1 - discount): the value after a time limit, where the data stops.
-    returns = returns_to_go(dataset['rewards'], dataset['masks'], dataset['terminals'], discount,
+    returns = saved_run.returns_to_go(dataset['rewards'], dataset['masks'], dataset['terminals'], discount,
                             float(np.min(dataset['rewards'])) / (1.0 - discount))
     near = np.flatnonzero(returns[:num_starts] > FLAGS.near_success_return)
     print(f'The data\'s discounted return-to-go: mean {returns.mean():.2f} over all rows; {len(near)} rows '

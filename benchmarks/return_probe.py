@@ -30,19 +30,12 @@ from benchmarks import saved_run
 from utils import flow
 
 FLAGS = flags.FLAGS
-
-
-def define_flags():
-    """Defined when run as a script only: action_probe defines flags of the same names, and a test process imports
-    both modules."""
-    flags.DEFINE_string('run_dir', None, 'A run directory of main.py (holding flags.json and checkpoints/).',
-                        required=True)
-    flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
-    flags.DEFINE_integer('episodes', 50, 'Evaluation episodes to record.')
-    flags.DEFINE_integer('eval_index', 1000, 'Evaluation index: with the run\'s seed, it sets every episode\'s reset '
-                         'seed and policy noise (the default is one that no run of main.py reaches in its own '
-                         'evaluations).')
-    flags.DEFINE_integer('eval_envs', 16, 'Environments that run the episodes, in waves (each holds 150-170 MB).')
+flags.DEFINE_string('run_dir', None, 'A run directory of main.py (holding flags.json and checkpoints/).', required=True)
+flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
+flags.DEFINE_integer('episodes', 50, 'Evaluation episodes to record.')
+flags.DEFINE_integer('eval_index', 1000, 'Evaluation index: with the run\'s seed, it sets every episode\'s reset seed '
+                     'and policy noise (the default is one that no run of main.py reaches in its own evaluations).')
+flags.DEFINE_integer('eval_envs', 16, 'Environments that run the episodes, in waves (each holds 150-170 MB).')
 
 
 class StepRecorder(gymnasium.Wrapper):
@@ -71,17 +64,6 @@ class StepRecorder(gymnasium.Wrapper):
         return observation, reward, terminated, truncated, info
 
 
-def returns_after(rewards, terminated, discount):
-    """G[t] = Σ_{k ≥ 0} discount^k r[t + k] for each step t of one episode; after a truncation (not `terminated`) its
-    last reward is taken to go on for ever."""
-    following = 0.0 if terminated else rewards[-1] / (1.0 - discount)
-    returns = np.empty(len(rewards), np.float64)
-    for t in range(len(rewards) - 1, -1, -1):
-        returns[t] = rewards[t] + discount * following
-        following = returns[t]
-    return returns
-
-
 def chunk_starts(episodes, horizon, discount):
     """The start of every chunk that an episode executed in full (steps 0, H, 2H, ... with t + H ≤ T): its
     observation (N, O), the executed chunk flattened (N, H·A), the return that followed (N,), whether the episode
@@ -90,7 +72,13 @@ def chunk_starts(episodes, horizon, discount):
     for episode in episodes:
         length = len(episode['rewards'])
         starts = np.arange(0, length - horizon + 1, horizon)
-        returns = returns_after(np.asarray(episode['rewards']), episode['terminated'], discount)
+        # One recorded episode: nothing follows a termination (mask 0 on its last step); after the time limit, its
+        # last reward is taken to go on for ever (the value of staying where a failed episode ended).
+        rewards = np.asarray(episode['rewards'])
+        masks, ends = np.ones(length), np.zeros(length, bool)
+        masks[-1], ends[-1] = 0.0 if episode['terminated'] else 1.0, True
+        value_after_end = 0.0 if episode['terminated'] else rewards[-1] / (1.0 - discount)
+        returns = saved_run.returns_to_go(rewards, masks, ends, discount, value_after_end)
         actions = np.asarray(episode['actions'])
         parts['observations'].append(np.asarray(episode['observations'])[starts])
         chunks = actions[starts[:, None] + np.arange(horizon)]  # (starts, H, A)
@@ -159,5 +147,4 @@ def main(_):
 
 
 if __name__ == '__main__':
-    define_flags()
     app.run(main)

@@ -1,6 +1,6 @@
 """A main.py run directory's agent at one of its checkpoints, with the data it trained on and its environment, and
-its policy evaluated again: what the diagnostics `action_probe`, `evaluate_checkpoint` and `return_probe` start
-from."""
+its policy evaluated again, and discounted returns-to-go: what the diagnostics `action_probe`,
+`evaluate_checkpoint` and `return_probe` start from."""
 
 import dataclasses
 import os
@@ -78,3 +78,16 @@ def evaluate(run, episodes, eval_index, eval_envs):
     if run.info['normalized_score']:
         metrics['normalized_score'] = run.info['normalized_score'](metrics['episode_return'])
     return metrics
+
+
+def returns_to_go(rewards, masks, terminals, discount, value_after_end):
+    """G[k] = r[k] + discount·m[k]·G[k+1] along each recorded episode (the TD target's rewards and masks), with
+    G = value_after_end after an episode's last row (its time limit: what would follow is not recorded)."""
+    returns = np.empty(len(rewards), np.float64)
+    following = value_after_end
+    for k in range(len(rewards) - 1, -1, -1):
+        if terminals[k]:
+            following = value_after_end
+        returns[k] = rewards[k] + discount * masks[k] * following
+        following = returns[k]
+    return returns

@@ -166,10 +166,10 @@ def test_saved_run_action_probe_and_evaluate_checkpoint_on_a_kept_run(kept_scene
     assert own.endswith('(the same episodes)')
 
 
-def test_action_probe_returns_to_go_against_the_closed_form():
+def test_returns_to_go_against_the_closed_form():
     import numpy as np
 
-    from benchmarks.action_probe import returns_to_go
+    from benchmarks.saved_run import returns_to_go
 
     # Two recorded episodes of sparse rewards (-1 per step, 0 on success; mask 0 on success), discount g:
     # episode 1 (rows 0-5) succeeds at row 3 and goes on; episode 2 (rows 6-9) never succeeds. After a time limit
@@ -187,19 +187,23 @@ def test_action_probe_returns_to_go_against_the_closed_form():
     np.testing.assert_allclose(returns[4:], after)
 
 
-def test_return_probe_returns_after_each_step_against_the_closed_form():
+def test_return_probe_returns_of_a_terminated_and_a_truncated_episode_against_the_closed_form():
     import numpy as np
 
-    from benchmarks.return_probe import returns_after
+    from benchmarks.return_probe import chunk_starts
+
+    def returns(rewards, terminated, g):  # one-step chunks: a row at every step
+        episode = {'observations': [np.zeros(2)] * len(rewards), 'actions': [np.zeros(1)] * len(rewards),
+                   'rewards': rewards, 'terminated': terminated, 'success': terminated}
+        return chunk_starts([episode], 1, g)['returns']
 
     g = 0.9
     # Terminated (a success) after rewards -1, -1, -1, 0: nothing follows the termination.
-    np.testing.assert_allclose(returns_after(np.array([-1.0, -1.0, -1.0, 0.0]), True, g),
-                               [-(1 + g + g ** 2), -(1 + g), -1.0, 0.0])
+    np.testing.assert_allclose(returns([-1.0, -1.0, -1.0, 0.0], True, g), [-(1 + g + g ** 2), -(1 + g), -1.0, 0.0])
     # Cut by the time limit at -1 per step: the last reward goes on for ever, so every step is worth -1/(1-g).
-    np.testing.assert_allclose(returns_after(np.full(6, -1.0), False, g), np.full(6, -1 / (1 - g)))
+    np.testing.assert_allclose(returns([-1.0] * 6, False, g), np.full(6, -1 / (1 - g)))
     # Cut at -2 after two -1s: the -2 goes on after the end.
-    np.testing.assert_allclose(returns_after(np.array([-1.0, -1.0, -2.0]), False, g),
+    np.testing.assert_allclose(returns([-1.0, -1.0, -2.0], False, g),
                                [-1 - g - 2 * g ** 2 / (1 - g), -1 - 2 * g / (1 - g), -2 / (1 - g)], rtol=1e-12)
 
 
@@ -274,7 +278,12 @@ def test_return_probe_records_what_the_environment_did_and_the_return_that_follo
             k += 1
     q = run.agent.q_mean(jnp.asarray(rows['observations']), jnp.asarray(rows['actions']))
     np.testing.assert_allclose(rows['q'], np.asarray(q), rtol=1e-5)
-    assert (rows['q_std'] >= 0).all() and (rows['bc_distance'] >= 0).all()
+    # The spread is between the critic's members, state by state (not across states).
+    members = np.asarray(run.agent.network.apply('critic', jnp.asarray(rows['observations']),
+                                                 jnp.asarray(rows['actions'])), np.float64)
+    assert members.shape[0] == run.agent.config.num_qs
+    np.testing.assert_allclose(rows['q_std'], members.std(axis=0), rtol=1e-4, atol=1e-6)
+    assert set(rows) >= {'bc_distance', 'bc_preference'}  # QAM has a BC flow
 
     return_probe.print_table(rows)
     table = capsys.readouterr().out
