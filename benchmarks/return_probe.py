@@ -30,12 +30,19 @@ from benchmarks import saved_run
 from utils import flow
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('run_dir', None, 'A run directory of main.py (holding flags.json and checkpoints/).', required=True)
-flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
-flags.DEFINE_integer('episodes', 50, 'Evaluation episodes to record.')
-flags.DEFINE_integer('eval_index', 1000, 'Evaluation index: with the run\'s seed, it sets every episode\'s reset seed '
-                     'and policy noise (the default is one that no run of main.py reaches in its own evaluations).')
-flags.DEFINE_integer('eval_envs', 16, 'Environments that run the episodes, in waves (each holds 150-170 MB).')
+
+
+def define_flags():
+    """Defined when run as a script only: other benchmark scripts define flags of the same names (run_dir,
+    eval_envs, ...), and a test process imports several of them."""
+    flags.DEFINE_string('run_dir', None, 'A run directory of main.py (holding flags.json and checkpoints/).',
+                        required=True)
+    flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
+    flags.DEFINE_integer('episodes', 50, 'Evaluation episodes to record.')
+    flags.DEFINE_integer('eval_index', 1000, 'Evaluation index: with the run\'s seed, it sets every episode\'s reset '
+                         'seed and policy noise (the default is one that no run of main.py reaches in its own '
+                         'evaluations).')
+    flags.DEFINE_integer('eval_envs', 16, 'Environments that run the episodes, in waves (each holds 150-170 MB).')
 
 
 class StepRecorder(gymnasium.Wrapper):
@@ -147,4 +154,5 @@ def main(_):
 
 
 if __name__ == '__main__':
+    define_flags()
     app.run(main)
