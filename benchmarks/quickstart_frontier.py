@@ -44,6 +44,8 @@ class Point:
     inv_temp: float = 1.0
     online_steps: int = 0  # online environment steps after the offline phase (the quick start has 4K)
     eval_every: int = 0  # steps between evaluations; 0: steps / 4
+    lr: float = 3e-4  # Adam learning rate of every network (the default)
+    best_of_n: int = 1  # acting candidates scored by the critic (1: off, the default)
 
     def argv(self):
         dims = repr((self.width,) * self.depth)
@@ -53,7 +55,9 @@ class Point:
             f'--env_name={self.env_name}', f'--dataset_episodes={self.episodes}', f'--agent.actor_hidden_dims={dims}',
             f'--agent.value_hidden_dims={dims}', f'--agent.num_qs={self.critics}', f'--agent.batch_size={self.batch}',
             f'--offline_steps={self.steps}', f'--eval_interval={interval}', f'--save_interval={self.steps}',
-            f'--agent.inv_temp={self.inv_temp:g}']
+            f'--agent.inv_temp={self.inv_temp:g}'] + (
+            [f'--agent.lr={self.lr:g}'] if self.lr != 3e-4 else []) + (
+            [f'--agent.best_of_n={self.best_of_n}'] if self.best_of_n != 1 else [])
 
 
 CUBE_SINGLE, SCENE = 'cube-single-play-singletask-task{}-v0', 'scene-play-singletask-task{}-v0'
@@ -77,18 +81,32 @@ POINTS = {
     'c1-100ep-2x128-q2-16k-on8k-e8k': Point(CUBE_SINGLE.format(1), 100, 2, 128, 2, 256, 16_000, online_steps=8_000,
                                             eval_every=8_000),
 }
+# Variations of the quick start of 2026-12-05 (16K + 4K at the default learning rate), aimed at issue 16's 50%: a
+# larger learning rate (the quick start since 2026-12-07), acting with the best of 8 candidates by the critic, more
+# data, and smaller networks trained longer.
+_STEPS_16K_ON4K = POINTS['c1-100ep-2x128-q2-16k-on4k']
+POINTS.update({
+    'c1-100ep-2x128-q2-16k-on4k-lr1e-3': dataclasses.replace(_STEPS_16K_ON4K, lr=1e-3),
+    'c1-100ep-2x128-q2-16k-on4k-bo8': dataclasses.replace(_STEPS_16K_ON4K, best_of_n=8),
+    'c1-200ep-2x128-q2-16k-on4k': dataclasses.replace(_STEPS_16K_ON4K, episodes=200),
+    'c1-100ep-2x64-q2-24k-on4k': dataclasses.replace(_STEPS_16K_ON4K, width=64, steps=24_000, eval_every=4_000),
+})
+QUICK_START = 'c1-100ep-2x128-q2-16k-on4k-lr1e-3'  # the README's first command (tests/test_benchmark.py checks)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list('points', list(POINTS), 'Points to run, in order: ' + ', '.join(POINTS) + '.')
 flags.DEFINE_string('table_out', None, 'Also write the Markdown table to this file (appended to, one row per point).')
 flags.DEFINE_integer('timeout_s', 1800, 'Stop a point after this many seconds.')
+flags.DEFINE_integer('seed', 10001, "main.py's --seed for every point (the dataset stays the same); 10001 is the "
+                     "quick start's.")
 
 HEADER = ('| point | task | inv_temp | episodes | networks | critics | batch | offline steps | online steps | '
           'generation (s) | total (s) | success at each evaluation (%) |\n' + '|---' * 12 + '|')
 
 
-def run_point(name, timeout_s):
-    """One Markdown row: the point run from scratch (generation, then main.py), timed."""
+def run_point(name, timeout_s, seed=10001):
+    """One Markdown row: the point run from scratch (generation, then main.py with this seed), timed. The point's
+    name in the row carries the seed when it is not the quick start's."""
     point = POINTS[name]
     dataset_name = tasks.parse_env_name(point.env_name).dataset_name
     with tempfile.TemporaryDirectory(prefix=f'frontier-{name}-') as tmp:
@@ -97,8 +115,8 @@ def run_point(name, timeout_s):
         generate.generate_dataset(dataset_name, data_sources.generated_dir(cache, dataset_name, point.episodes, 0),
                                   num_episodes=point.episodes, seed=0, num_workers=2, progress=False)
         generation = time.perf_counter() - start
-        command = [sys.executable, os.path.join(REPO, 'main.py'), *point.argv(), f'--save_dir={tmp}/runs',
-                   f'--dataset_cache_dir={cache}', '--dataset_source=generate']
+        command = [sys.executable, os.path.join(REPO, 'main.py'), *point.argv(), f'--seed={seed}',
+                   f'--save_dir={tmp}/runs', f'--dataset_cache_dir={cache}', '--dataset_source=generate']
         result = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, cwd=REPO)
         total = time.perf_counter() - start
         if result.returncode != 0:
@@ -106,7 +124,8 @@ def run_point(name, timeout_s):
         (run,) = report_runs.find_runs(os.path.join(tmp, 'runs'))
     task = point.env_name.replace('-singletask', '').replace('-v0', '')
     successes = ', '.join(f'{step / 1000:g}K: {value:.0f}' for step, value in zip(run.steps, run.scores))
-    return (f'| {name} | {task} | {point.inv_temp:g} | {point.episodes} | {point.depth}x{point.width} | '
+    label = name if seed == 10001 else f'{name} (seed {seed})'
+    return (f'| {label} | {task} | {point.inv_temp:g} | {point.episodes} | {point.depth}x{point.width} | '
             f'{point.critics} | {point.batch} | '
             f'{point.steps:,} | {point.online_steps:,} | {generation:.0f} | {total:.0f} | {successes} |')
 
@@ -118,7 +137,7 @@ def main(argv):
         raise app.UsageError(f'Unknown points {unknown}; known: {", ".join(POINTS)}.')
     print(HEADER, flush=True)
     for name in FLAGS.points:
-        row = run_point(name, FLAGS.timeout_s)
+        row = run_point(name, FLAGS.timeout_s, FLAGS.seed)
         print(row, flush=True)
         if FLAGS.table_out:
             new = not os.path.exists(FLAGS.table_out)

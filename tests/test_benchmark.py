@@ -53,10 +53,10 @@ def test_quickstart_frontier_times_a_point_from_scratch_and_reads_its_evaluation
     monkeypatch.setitem(frontier.POINTS, 'tiny', tiny)
     monkeypatch.setenv('JAX_COMPILATION_CACHE_DIR', os.environ['QAM_TEST_JAX_CACHE'])
     monkeypatch.setenv('JAX_PLATFORMS', 'cpu')
-    row = frontier.run_point('tiny', timeout_s=900)
+    row = frontier.run_point('tiny', timeout_s=900, seed=20002)
     cells = [cell.strip() for cell in row.strip('|').split('|')]
     assert len(cells) == frontier.HEADER.splitlines()[0].count('|') - 1
-    assert cells[:9] == ['tiny', 'cube-single-play-task1', '1', '2', '2x16', '2', '16', '20', '0']
+    assert cells[:9] == ['tiny (seed 20002)', 'cube-single-play-task1', '1', '2', '2x16', '2', '16', '20', '0']
     generation, total = float(cells[9]), float(cells[10])
     assert 0 < generation <= total
     # Four evaluations, at steps / 4 intervals, each a success rate of 20 episodes (a multiple of 5%).
@@ -68,18 +68,23 @@ def test_quickstart_frontier_times_a_point_from_scratch_and_reads_its_evaluation
 def test_quickstart_frontier_points_with_an_online_phase_are_the_quick_start_command():
     from benchmarks import quickstart_frontier as frontier
 
-    argv = frontier.POINTS['c1-100ep-2x128-q2-16k-on4k'].argv()
+    argv = frontier.POINTS[frontier.QUICK_START].argv()
     # The README's first command, flag for flag, except its output folder and checkpoint interval.
     readme_path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'README.md')
     with open(readme_path) as f:
         (command,) = [line for line in f if line.startswith('pip install -r requirements.txt && python main.py')]
     readme = [a for a in shlex.split(command.split('main.py', 1)[1])
               if not a.startswith(('--save_dir=', '--save_interval='))]
-    assert len(readme) == 14
+    assert len(readme) == 15
     assert set(readme) <= set(argv)
     offline_only = frontier.POINTS['c1-100ep-2x128-q2-10k'].argv()
     assert '--online_steps=0' in offline_only and not any(a.startswith('--start_training') for a in offline_only)
     assert '--eval_interval=8000' in frontier.POINTS['c1-100ep-2x128-q2-16k-on8k-e8k'].argv()
+    # Variations pass their one change; points at the defaults' values have no flag for them.
+    default_lr = frontier.POINTS['c1-100ep-2x128-q2-16k-on4k'].argv()
+    assert not any(a.startswith(('--agent.lr', '--agent.best_of_n')) for a in default_lr)
+    assert set(argv) - set(default_lr) == {'--agent.lr=0.001'}
+    assert set(frontier.POINTS['c1-100ep-2x128-q2-16k-on4k-bo8'].argv()) - set(default_lr) == {'--agent.best_of_n=8'}
 
 
 @pytest.fixture(scope='module')
