@@ -20,6 +20,7 @@ import time
 
 from absl import app, flags
 
+from agents import qam
 from envs import data_sources, generate, tasks
 from sweeps import report_runs
 
@@ -28,6 +29,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Shared by every point: QAM, chunked, 2 generation workers, 20 evaluation episodes.
 COMMON = ('--agent=qam --agent.action_chunking=True --num_workers=2 --eval_episodes=20 --log_interval=1000 '
           '--progress=false')
+QAM_DEFAULTS = qam.get_config()  # a point passes --agent.lr and --agent.best_of_n only where it differs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,8 +46,8 @@ class Point:
     inv_temp: float = 1.0
     online_steps: int = 0  # online environment steps after the offline phase (the quick start has 4K)
     eval_every: int = 0  # steps between evaluations; 0: steps / 4
-    lr: float = 3e-4  # Adam learning rate of every network (the default)
-    best_of_n: int = 1  # acting candidates scored by the critic (1: off, the default)
+    lr: float = QAM_DEFAULTS.lr  # Adam learning rate of every network
+    best_of_n: int = QAM_DEFAULTS.best_of_n  # acting candidates scored by the critic (1: off)
 
     def argv(self):
         dims = repr((self.width,) * self.depth)
@@ -56,8 +58,8 @@ class Point:
             f'--agent.value_hidden_dims={dims}', f'--agent.num_qs={self.critics}', f'--agent.batch_size={self.batch}',
             f'--offline_steps={self.steps}', f'--eval_interval={interval}', f'--save_interval={self.steps}',
             f'--agent.inv_temp={self.inv_temp:g}'] + (
-            [f'--agent.lr={self.lr:g}'] if self.lr != 3e-4 else []) + (
-            [f'--agent.best_of_n={self.best_of_n}'] if self.best_of_n != 1 else [])
+            [f'--agent.lr={self.lr:g}'] if self.lr != QAM_DEFAULTS.lr else []) + (
+            [f'--agent.best_of_n={self.best_of_n}'] if self.best_of_n != QAM_DEFAULTS.best_of_n else [])
 
 
 CUBE_SINGLE, SCENE = 'cube-single-play-singletask-task{}-v0', 'scene-play-singletask-task{}-v0'
