@@ -108,7 +108,7 @@ HEADER = ('| point | task | inv_temp | episodes | networks | critics | batch | o
 
 def run_point(name, timeout_s, seed=10001):
     """One Markdown row: the point run from scratch (generation, then main.py with this seed), timed. The point's
-    name in the row carries the seed when it is not the quick start's."""
+    name in the row carries the run's seed when it is not the quick start's (10001, main.py's default)."""
     point = POINTS[name]
     dataset_name = tasks.parse_env_name(point.env_name).dataset_name
     with tempfile.TemporaryDirectory(prefix=f'frontier-{name}-') as tmp:
@@ -126,7 +126,8 @@ def run_point(name, timeout_s, seed=10001):
         (run,) = report_runs.find_runs(os.path.join(tmp, 'runs'))
     task = point.env_name.replace('-singletask', '').replace('-v0', '')
     successes = ', '.join(f'{step / 1000:g}K: {value:.0f}' for step, value in zip(run.steps, run.scores))
-    label = name if seed == 10001 else f'{name} (seed {seed})'
+    # The seed that the run recorded in its flags.json, so that a row cannot claim a seed main.py did not get.
+    label = name if run.seed == 10001 else f'{name} (seed {run.seed})'
     return (f'| {label} | {task} | {point.inv_temp:g} | {point.episodes} | {point.depth}x{point.width} | '
             f'{point.critics} | {point.batch} | '
             f'{point.steps:,} | {point.online_steps:,} | {generation:.0f} | {total:.0f} | {successes} |')
