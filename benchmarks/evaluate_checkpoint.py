@@ -9,6 +9,10 @@ this evaluates a kept checkpoint (main.py's --keep_checkpoints) on more. It uses
 seed, k, i), whatever the number of environments. With the run's own episode count and index (the defaults: its
 eval_episodes, and step // eval_interval as in main.py) it repeats the run's evaluation at that step, which eval.csv
 recorded; another --eval_index draws other episodes. Prints the success rate with its 95% Clopper-Pearson interval.
+
+--policy=bc acts with the BC flow that QAM, BAM and the other flow agents train beside their policy (the floor that
+the policy should stay above), --policy=sde with the memoryless SDE that QAM's and BAM's actor losses train on
+(they act with the deterministic ODE of the same field; the two agree only where the field is the tilted flow).
 """
 
 import csv
@@ -26,6 +30,8 @@ flags.DEFINE_integer('episodes', None, 'Evaluation episodes (default: the run\'s
 flags.DEFINE_integer('eval_index', None, 'Evaluation index: with the run\'s seed, it sets every episode\'s reset seed '
                      'and policy noise (default: the run\'s own at this step, step // eval_interval).')
 flags.DEFINE_integer('eval_envs', 16, 'Environments that run the episodes, in waves (each holds 150-170 MB).')
+flags.DEFINE_enum('policy', 'agent', list(saved_run.POLICIES), 'What acts: ' + '; '.join(
+    f'{name}: {text}' for name, text in saved_run.POLICIES.items()) + '.')
 
 
 def recorded_evaluation(run_dir, step):
@@ -43,15 +49,17 @@ def main(_):
     episodes = run_flags['eval_episodes'] if FLAGS.episodes is None else FLAGS.episodes
     own_index = run.step // run_flags['eval_interval']
     eval_index = own_index if FLAGS.eval_index is None else FLAGS.eval_index
-    metrics = saved_run.evaluate(run, episodes, eval_index, FLAGS.eval_envs)
+    metrics = saved_run.evaluate(run, episodes, eval_index, FLAGS.eval_envs, FLAGS.policy)
     successes = int(round(metrics['success'] * episodes))
     low, high = scipy.stats.binomtest(successes, episodes).proportion_ci(confidence_level=0.95)
     score = f', normalised score {metrics["normalized_score"]:.1f}' if 'normalized_score' in metrics else ''
-    print(f'{FLAGS.run_dir} at step {run.step}, evaluation index {eval_index}: success {100 * metrics["success"]:.1f}% '
-          f'({successes} of {episodes} episodes; 95% interval {100 * low:.1f}-{100 * high:.1f}%), return '
+    acting = '' if FLAGS.policy == 'agent' else f', acting with {FLAGS.policy}'
+    print(f'{FLAGS.run_dir} at step {run.step}{acting}, evaluation index {eval_index}: success '
+          f'{100 * metrics["success"]:.1f}% ({successes} of {episodes} episodes; 95% interval '
+          f'{100 * low:.1f}-{100 * high:.1f}%), return '
           f'{metrics["episode_return"]:.2f}, length {metrics["episode_length"]:.1f}{score}')
     recorded = recorded_evaluation(FLAGS.run_dir, run.step)
-    if recorded is not None:
+    if recorded is not None and FLAGS.policy == 'agent':
         same = int(recorded['num_episodes']) == episodes and eval_index == own_index
         print(f'The run\'s own evaluation at this step (eval.csv, index {own_index}): success '
               f'{100 * float(recorded["success"]):.1f}% on {recorded["num_episodes"]} episodes, return '

@@ -6,12 +6,13 @@ import dataclasses
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import app
 
 import agents
 from envs import data_sources, env_utils, tasks
-from utils import checkpoints, datasets, evaluation, experiment
+from utils import checkpoints, datasets, evaluation, experiment, flow
 
 
 @dataclasses.dataclass
@@ -62,13 +63,50 @@ def load(run_dir, step=None):
     return SavedRun(agent, dataset, step, record, make_env, info)
 
 
-def evaluate(run, episodes, eval_index, eval_envs):
-    """Metrics of `episodes` episodes of the run's policy (main.py's, as one member) with evaluation index
-    `eval_index`: success, episode_return, episode_length, num_episodes (and normalized_score for D4RL)."""
+# What `evaluate` can act with: the run's own policy, or two others that its flow networks define.
+POLICIES = {
+    'agent': 'the agent\'s own sample_actions, as main.py evaluates it',
+    'bc': 'the Euler ODE of the BC flow (behavior_flow) that the agent trained beside its policy: its own BC floor',
+    'sde': 'the memoryless SDE of the fine-tuned field (QAM, BAM: T − 1 stochastic steps of f_θ, then one '
+           'deterministic step of the base flow, ALGORITHMS §2.3), the process that their actor losses train on, '
+           'where the agent acts with the ODE of the same field',
+}
+
+
+def policy_sampler(agent, policy):
+    """sample(agent, observations (N, O), key) -> actions (N, D) in [−1, 1] for one of `POLICIES`, checked against
+    `agent`: usage errors name an agent that lacks the networks a policy needs."""
+    if policy == 'agent':
+        return lambda agent, observations, key: agent.sample_actions(observations, key)
+    if policy not in POLICIES:
+        raise app.UsageError(f'Unknown policy {policy!r}: use one of {", ".join(POLICIES)}.')
+    config, names = agent.config, agent.network.params.keys()
+    needs = {'bc': ('behavior_flow',), 'sde': ('finetuned_flow', 'behavior_flow')}[policy]
+    if not set(needs) <= set(names) or (policy == 'sde' and config.get('residual', False)):
+        raise app.UsageError(f'The {policy!r} policy needs an agent with {" and ".join(needs)} (QAM or BAM, not '
+                             f'residual); this one ({config.agent_name}) has {", ".join(sorted(names))}.')
+
+    def sample(agent, observations, key):
+        noise_key, sde_key = jax.random.split(key)
+        noises = jax.random.normal(noise_key, (*observations.shape[:-1], agent.action_size))
+        if policy == 'bc':
+            return flow.euler_ode(agent.network.select('behavior_flow'), observations, noises, config.flow_steps)
+        _, final = flow.memoryless_sde(agent.network.select('finetuned_flow'), agent.base_flow, observations, noises,
+                                       sde_key, config.flow_steps)
+        return jnp.clip(final, -1.0, 1.0)
+
+    return sample
+
+
+def evaluate(run, episodes, eval_index, eval_envs, policy='agent'):
+    """Metrics of `episodes` episodes of the run's policy (main.py's, as one member; or another of `POLICIES`) with
+    evaluation index `eval_index`: success, episode_return, episode_length, num_episodes (and normalized_score for
+    D4RL)."""
     if episodes < 1 or eval_envs < 1:
         raise app.UsageError(f'--episodes ({episodes}) and --eval_envs ({eval_envs}) must be at least 1.')
-    # main.py's policy for a run of one member: the agent's actions for its (1, N, O) observations and (1, 2) keys.
-    act = jax.jit(lambda agent, observations, keys: agent.sample_actions(observations[0], keys[0])[None])
+    sampler = policy_sampler(run.agent, policy)
+    # main.py's policy for a run of one member: the actions for its (1, N, O) observations and (1, 2) keys.
+    act = jax.jit(lambda agent, observations, keys: sampler(agent, observations[0], keys[0])[None])
     policy = lambda observations, keys: np.asarray(act(run.agent, observations, keys))  # noqa: E731
     envs = [run.make_env() for _ in range(min(episodes, eval_envs))]
     (metrics,), _ = evaluation.evaluate_members(policy, [envs], [run.record['flags']['seed']], eval_index,

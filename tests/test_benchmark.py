@@ -171,6 +171,66 @@ def test_saved_run_action_probe_and_evaluate_checkpoint_on_a_kept_run(kept_scene
     assert own.endswith('(the same episodes)')
 
 
+def test_saved_run_policies_against_loops_written_from_the_spec(kept_scene_run):
+    """evaluate_checkpoint's --policy: the BC flow's Euler ODE and the memoryless SDE of the fine-tuned field
+    (ALGORITHMS §1.5, §2.3), each against a loop written here from the spec's formulas, with the same draws."""
+    import jax
+    import numpy as np
+    from absl import app
+
+    import agents
+    from benchmarks import saved_run
+
+    run = saved_run.load(kept_scene_run)
+    agent, steps = run.agent, run.agent.config.flow_steps
+    observations = run.dataset['observations'][:8]
+    key = jax.random.PRNGKey(7)
+    noise_key, sde_key = jax.random.split(key)
+    x0 = np.asarray(jax.random.normal(noise_key, (8, agent.action_size)))
+    h = 1.0 / steps
+
+    def field(name, x, t):
+        return np.asarray(agent.network.apply(name, observations, x, np.full((8, 1), t, np.float32)))
+
+    x = x0
+    for i in range(steps):
+        x = x + h * field('behavior_flow', x, i * h)
+    bc = saved_run.policy_sampler(agent, 'bc')(agent, observations, key)
+    np.testing.assert_allclose(bc, np.clip(x, -1, 1), atol=2e-5)
+
+    x = x0
+    for i, step_key in zip(range(steps - 1), jax.random.split(sde_key, steps - 1)):
+        t, sigma = i * h, np.sqrt(2 * (1 - i * h + h) / (i * h + h))
+        epsilon = np.asarray(jax.random.normal(step_key, x.shape))
+        x = x + h * (2 * field('finetuned_flow', x, t) - x / (t + h)) + np.sqrt(h) * sigma * epsilon
+    x = x + h * field('target_behavior_flow', x, (steps - 1) * h)  # the base flow: the EMA target (target_actor)
+    sde = saved_run.policy_sampler(agent, 'sde')(agent, observations, key)
+    np.testing.assert_allclose(sde, np.clip(x, -1, 1), atol=1e-4)
+    assert np.abs(x).max() > 1  # the clip was exercised
+    own = saved_run.policy_sampler(agent, 'agent')(agent, observations, key)
+    np.testing.assert_array_equal(own, agent.sample_actions(observations, key))
+    assert not np.allclose(own, sde, atol=1e-3)  # the SDE is another policy than the agent's ODE
+
+    with pytest.raises(app.UsageError, match="Unknown policy 'ode': use one of agent, bc, sde"):
+        saved_run.policy_sampler(agent, 'ode')
+    rebrac = agents.load_agent('rebrac')
+    config = rebrac.get_config()
+    config.update(actor_hidden_dims=(8,), value_hidden_dims=(8,))
+    other = rebrac.Agent.create(0, observations[0], run.dataset['actions'][0], config)
+    with pytest.raises(app.UsageError, match="'sde' policy needs an agent with finetuned_flow and behavior_flow"):
+        saved_run.policy_sampler(other, 'sde')
+
+    # What a user runs: the flag reaches the policy, and the run's own evaluation is not set beside another policy's.
+    env = dict(os.environ, JAX_PLATFORMS='cpu', MUJOCO_GL='egl',
+               JAX_COMPILATION_CACHE_DIR=os.environ['QAM_TEST_JAX_CACHE'])
+    result = subprocess.run([sys.executable, '-m', 'benchmarks.evaluate_checkpoint', f'--run_dir={kept_scene_run}',
+                             '--eval_envs=1', '--policy=sde'], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 'at step 40, acting with sde, evaluation index 2: success ' in result.stdout
+    assert "The run's own evaluation" not in result.stdout
+
+
 def test_returns_to_go_against_the_closed_form():
     import numpy as np
 
