@@ -107,9 +107,9 @@ def evaluate(run, episodes, eval_index, eval_envs, policy='agent'):
     sampler = policy_sampler(run.agent, policy)
     # main.py's policy for a run of one member: the actions for its (1, N, O) observations and (1, 2) keys.
     act = jax.jit(lambda agent, observations, keys: sampler(agent, observations[0], keys[0])[None])
-    policy = lambda observations, keys: np.asarray(act(run.agent, observations, keys))  # noqa: E731
+    members_policy = lambda observations, keys: np.asarray(act(run.agent, observations, keys))  # noqa: E731
     envs = [run.make_env() for _ in range(min(episodes, eval_envs))]
-    (metrics,), _ = evaluation.evaluate_members(policy, [envs], [run.record['flags']['seed']], eval_index,
+    (metrics,), _ = evaluation.evaluate_members(members_policy, [envs], [run.record['flags']['seed']], eval_index,
                                                 run.dataset['actions'].shape[-1], num_episodes=episodes)
     for env in envs:
         env.close()
