@@ -90,6 +90,7 @@ _STEPS_16K_ON4K = POINTS['c1-100ep-2x128-q2-16k-on4k']
 POINTS.update({
     'c1-100ep-2x128-q2-16k-on4k-lr1e-3': dataclasses.replace(_STEPS_16K_ON4K, lr=1e-3),
     'c1-100ep-2x128-q2-16k-on4k-lr2e-3': dataclasses.replace(_STEPS_16K_ON4K, lr=2e-3),
+    'c1-100ep-2x128-q2-16k-on4k-lr3e-3': dataclasses.replace(_STEPS_16K_ON4K, lr=3e-3),
     'c1-100ep-2x128-q2-16k-on4k-bo8': dataclasses.replace(_STEPS_16K_ON4K, best_of_n=8),
     'c1-200ep-2x128-q2-16k-on4k': dataclasses.replace(_STEPS_16K_ON4K, episodes=200),
     'c1-100ep-2x64-q2-24k-on4k': dataclasses.replace(_STEPS_16K_ON4K, width=64, steps=24_000, eval_every=4_000),
