@@ -83,7 +83,7 @@ def test_quickstart_frontier_points_with_an_online_phase_are_the_quick_start_com
     # Variations pass their one change; points at the defaults' values have no flag for them.
     default_lr = frontier.POINTS['c1-100ep-2x128-q2-16k-on4k'].argv()
     assert not any(a.startswith(('--agent.lr', '--agent.best_of_n')) for a in default_lr)
-    assert set(argv) - set(default_lr) == {'--agent.lr=0.001'}
+    assert set(argv) - set(default_lr) == {'--agent.lr=0.003'}
     assert set(frontier.POINTS['c1-100ep-2x128-q2-16k-on4k-bo8'].argv()) - set(default_lr) == {'--agent.best_of_n=8'}
 
 
