@@ -81,10 +81,12 @@ def policy_sampler(agent, policy):
     if policy not in POLICIES:
         raise app.UsageError(f'Unknown policy {policy!r}: use one of {", ".join(POLICIES)}.')
     config, names = agent.config, agent.network.params.keys()
-    needs = {'bc': ('behavior_flow',), 'sde': ('finetuned_flow', 'behavior_flow')}[policy]
+    needs, which = {'bc': (('behavior_flow',), 'a flow agent: QAM, BAM, FQL, FEdit, DSRL, IFQL, CGQL'),
+                    'sde': (('finetuned_flow', 'behavior_flow'), 'QAM or BAM, without residual')}[policy]
     if not set(needs) <= set(names) or (policy == 'sde' and config.get('residual', False)):
-        raise app.UsageError(f'The {policy!r} policy needs an agent with {" and ".join(needs)} (QAM or BAM, not '
-                             f'residual); this one ({config.agent_name}) has {", ".join(sorted(names))}.')
+        raise app.UsageError(f'The {policy!r} policy needs an agent with {" and ".join(needs)} ({which}); this one '
+                             f'({config.agent_name}, residual={config.get("residual", False)}) has '
+                             f'{", ".join(sorted(names))}.')
 
     def sample(agent, observations, key):
         noise_key, sde_key = jax.random.split(key)

@@ -217,8 +217,10 @@ def test_saved_run_policies_against_loops_written_from_the_spec(kept_scene_run):
     config = rebrac.get_config()
     config.update(actor_hidden_dims=(8,), value_hidden_dims=(8,))
     other = rebrac.Agent.create(0, observations[0], run.dataset['actions'][0], config)
-    with pytest.raises(app.UsageError, match="'sde' policy needs an agent with finetuned_flow and behavior_flow"):
+    with pytest.raises(app.UsageError, match=r"'sde' policy needs an agent with finetuned_flow and behavior_flow \(QAM"):
         saved_run.policy_sampler(other, 'sde')
+    with pytest.raises(app.UsageError, match=r"'bc' policy needs an agent with behavior_flow \(a flow agent"):
+        saved_run.policy_sampler(other, 'bc')
 
     # What a user runs: the flag reaches the policy, and the run's own evaluation is not set beside another policy's.
     env = dict(os.environ, JAX_PLATFORMS='cpu', MUJOCO_GL='egl',
