@@ -217,7 +217,8 @@ def test_saved_run_policies_against_loops_written_from_the_spec(kept_scene_run):
     config = rebrac.get_config()
     config.update(actor_hidden_dims=(8,), value_hidden_dims=(8,))
     other = rebrac.Agent.create(0, observations[0], run.dataset['actions'][0], config)
-    with pytest.raises(app.UsageError, match=r"'sde' policy needs an agent with finetuned_flow and behavior_flow \(QAM"):
+    with pytest.raises(app.UsageError,
+                       match=r"'sde' policy needs an agent with finetuned_flow and behavior_flow \(QAM"):
         saved_run.policy_sampler(other, 'sde')
     with pytest.raises(app.UsageError, match=r"'bc' policy needs an agent with behavior_flow \(a flow agent"):
         saved_run.policy_sampler(other, 'bc')
